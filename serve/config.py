@@ -1,0 +1,118 @@
+"""The service configuration: one validated object, loadable from YAML.
+
+`ChorusConfig` is what a Serve config file passes as the application's `args`; model choice is
+configuration here, never code. Per-deployment scaling options (`num_replicas`,
+`autoscaling_config`, `max_ongoing_requests`, `ray_actor_options`) live in the same object under
+`deployments`; Serve's own `deployments:` section in a config file may override them at deploy time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fusion.prompt import FusionMode
+from modalities.llm import LLMConfig
+from modalities.speech import WhisperConfig
+from modalities.vision import ClipConfig
+
+DEPLOYMENT_NAMES = ("Ingress", "AudioEncoder", "VisionEncoder", "LLMDecoder")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingConfig(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept running")
+    max_replicas: int = Field(1, ge=1, description="Most replicas Serve may start")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for")
+    upscale_delay_s: float = Field(10.0, ge=0, description="How long load must stay high before adding a replica")
+    downscale_delay_s: float = Field(60.0, ge=0, description="How long load must stay low before removing one")
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve options for one deployment."""
+
+    num_replicas: int | None = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set)")
+    autoscaling_config: AutoscalingConfig | None = Field(None, description="Scale between min and max replicas")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica handles at once")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each replica claims; torch threads follow it")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each replica claims (1 = a GPU of its own)")
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between replica health checks")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails")
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Time to drain in-flight requests")
+
+    def to_serve_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump()
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class Deployments(_Strict):
+    ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=64))
+    audio_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    llm_decoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
+class FusionConfig(_Strict):
+    audio_mode: FusionMode = Field(
+        "transcript", description="Default way audio reaches the LLM; requests may override with chorus.fusion"
+    )
+    audio_projector: str | None = Field(
+        None, description="Audio projector checkpoint (directory or .safetensors); needed for embed/both modes"
+    )
+    vision_projector: str | None = Field(None, description="Vision projector checkpoint; needed for images")
+    allow_random_projectors: bool = Field(
+        False, description="Tests only: build untrained projectors when no checkpoint is set"
+    )
+
+
+class LimitsConfig(_Strict):
+    max_media_items: int = Field(8, ge=0, description="Images + audio clips per request")
+    default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request sets none")
+
+
+class ChorusConfig(_Strict):
+    served_model_name: str = Field("chorus", description="The model id clients send to /v1/chat/completions")
+    transcription_model_names: list[str] = Field(
+        default_factory=lambda: ["whisper-1"],
+        description="Model ids /v1/audio/transcriptions accepts besides the configured Whisper name",
+    )
+    allow_remote_media_urls: bool = Field(False, description="Fetch http(s) image URLs (off: data URLs only)")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    whisper: WhisperConfig = Field(default_factory=WhisperConfig)
+    vision: ClipConfig | None = Field(None, description="CLIP encoder; None = the service refuses images")
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    deployments: Deployments = Field(default_factory=Deployments)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChorusConfig":
+        if self.fusion.audio_mode != "transcript" and not (
+            self.fusion.audio_projector or self.fusion.allow_random_projectors
+        ):
+            raise ValueError(f"fusion.audio_mode={self.fusion.audio_mode!r} needs fusion.audio_projector")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ChorusConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(data)
+
+    def whisper_model_name(self) -> str:
+        model = self.whisper.model
+        return "whisper-base" if model == "packaged" else Path(str(model)).stem

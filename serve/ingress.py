@@ -1,0 +1,348 @@
+"""The HTTP API (FastAPI): OpenAI-compatible chat completions, transcriptions, models, health.
+
+`Ingress` is a plain class; `serve/app.py` wraps it with `serve.ingress(app)` and binds the encoder
+and decoder handles. The routes validate, fan media out to the encoders concurrently (router.py)
+and stream the decoder's tokens back as OpenAI's server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from ray import serve
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from modalities.errors import MediaError
+from modalities.llm import SamplingParams
+
+from . import metrics, router
+from .config import ChorusConfig
+from .deployments import DecodeRequest
+from .errors import SERVER_ERROR, APIError, from_media_error, model_not_found, validation_error
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+    new_completion_id,
+    now,
+)
+
+log = logging.getLogger("chorus.ingress")
+app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
+HEALTH_TIMEOUT_S = 5.0
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+
+
+def _error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+class Ingress:
+    def __init__(self, config: dict[str, Any], audio_handle, vision_handle, llm_handle) -> None:
+        self.config = ChorusConfig.model_validate(config)
+        self.audio = audio_handle
+        self.vision = vision_handle
+        self.llm = llm_handle
+        self._decoder_info: dict[str, Any] | None = None
+        self._tokenizer = None
+        self._init_lock = asyncio.Lock()
+        self.created = now()
+
+    async def _ensure_decoder_info(self) -> None:
+        """Fetch the decoder's tokenizer and limits once (same tokenizer the decoder runs)."""
+        if self._tokenizer is not None:
+            return
+        async with self._init_lock:
+            if self._tokenizer is None:
+                self._decoder_info = await self.llm.info.remote()
+                self._tokenizer = await self.llm.tokenizer.remote()
+
+    # --- routes --------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        async def probe(name: str, handle) -> tuple[str, dict[str, Any]]:
+            if handle is None:
+                return name, {"status": "not_configured"}
+            try:
+                return name, await asyncio.wait_for(handle.info.remote(), HEALTH_TIMEOUT_S)
+            except Exception as err:  # a sick deployment is reported, not raised
+                return name, {"status": "unavailable", "error": type(err).__name__}
+
+        results = dict(
+            await asyncio.gather(
+                probe("audio_encoder", self.audio), probe("vision_encoder", self.vision), probe("llm_decoder", self.llm)
+            )
+        )
+        healthy = all(r["status"] in ("ok", "not_configured") for r in results.values())
+        body = {"status": "ok" if healthy else "degraded", "deployments": results}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        ids = [self.config.served_model_name, self.config.whisper_model_name(), *self.config.transcription_model_names]
+        cards = [ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)]
+        return ModelList(data=cards).model_dump()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        route = "/v1/chat/completions"
+        try:
+            response = await self._chat(request)
+        except APIError as err:
+            response = _error_response(err)
+        except MediaError as err:
+            response = _error_response(from_media_error(err))
+        except Exception:
+            log.exception("chat completion failed")
+            response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
+        metrics.REQUESTS.inc(tags={"route": route, "status": str(response.status_code)})
+        if response.status_code >= 400:
+            metrics.ERRORS.inc(tags={"route": route, "status": str(response.status_code)})
+        return response
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(self, request: Request) -> Response:
+        route = "/v1/audio/transcriptions"
+        try:
+            response = await self._transcribe(request)
+        except APIError as err:
+            response = _error_response(err)
+        except MediaError as err:
+            response = _error_response(APIError(400, err.message, param="file", code=err.code))
+        except Exception:
+            log.exception("transcription failed")
+            response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
+        metrics.REQUESTS.inc(tags={"route": route, "status": str(response.status_code)})
+        if response.status_code >= 400:
+            metrics.ERRORS.inc(tags={"route": route, "status": str(response.status_code)})
+        return response
+
+    # --- chat ----------------------------------------------------------------------------------
+
+    async def _parse(self, request: Request) -> ChatCompletionRequest:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from err
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        try:
+            return ChatCompletionRequest.model_validate(body)
+        except ValidationError as err:
+            raise validation_error(err.errors()) from err
+
+    async def _chat(self, request: Request) -> Response:
+        req = await self._parse(request)
+        if req.model != self.config.served_model_name:
+            raise model_not_found(req.model)
+        await self._ensure_decoder_info()
+        info = self._decoder_info or {}
+
+        audio_mode = (req.chorus.fusion if req.chorus and req.chorus.fusion else None) or self.config.fusion.audio_mode
+        limits = self.config.limits
+        messages, media = router.extract(req, self.config.allow_remote_media_urls, limits.max_media_items)
+        for item in media:
+            if item.kind == "image" and self.vision is None:
+                raise APIError(
+                    400,
+                    "this deployment has no CLIP weights configured; set `vision` (model_name + pretrained tag or a "
+                    "local checkpoint path) and `fusion.vision_projector` in the service config to accept images",
+                    param=item.param,
+                    code="vision_not_configured",
+                )
+            if item.kind == "image" and "image" not in info.get("projectors", []) and not info.get("random_projectors"):
+                raise APIError(400, "no vision projector is configured", param=item.param, code="vision_not_configured")
+            if item.kind == "audio" and audio_mode != "transcript" and "audio" not in info.get("projectors", []) and not info.get("random_projectors"):
+                raise APIError(
+                    400,
+                    f"fusion mode '{audio_mode}' needs an audio projector, and none is configured; use "
+                    "chorus.fusion='transcript'",
+                    param="chorus.fusion",
+                    code="fusion_unavailable",
+                )
+
+        encoded = await router.encode_all(media, audio_mode, self.audio, self.vision)
+        plan = router.plan_prompt(messages, encoded, self._tokenizer, audio_mode)
+        prompt_tokens = router.prompt_length(plan, encoded)
+        max_context = int(info["max_context"])
+        requested = req.requested_max_tokens()
+        if prompt_tokens + (requested or 0) > max_context or prompt_tokens >= max_context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {max_context} tokens. However, you requested "
+                f"{prompt_tokens + (requested or 0)} tokens ({prompt_tokens} in the messages, {requested or 0} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        max_tokens = min(requested or limits.default_max_tokens, max_context - prompt_tokens)
+        try:
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                seed=req.seed,
+                stop=req.stop or [],
+            )
+        except (ValidationError, ValueError) as err:
+            raise APIError(400, str(err)[:300], code="invalid_value") from err
+
+        decode = DecodeRequest(plan=plan, media=encoded.features, params=params)
+        stream = self.llm.options(stream=True).generate.remote(decode)
+        completion_id, created, model = new_completion_id(), now(), self.config.served_model_name
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                self._sse_stream(stream, completion_id, created, model, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse(await self._collect(stream, completion_id, created, model))
+
+    async def _collect(self, stream, completion_id: str, created: int, model: str) -> dict[str, Any]:
+        text: list[str] = []
+        finish, prompt_tokens, completion_tokens = "stop", 0, 0
+        start = time.perf_counter()
+        first = None
+        async for event in stream:
+            first = first or time.perf_counter()
+            text.append(event.text)
+            prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
+            finish = event.finish_reason or finish
+        self._record_timing(start, first, completion_tokens)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        choice = Choice(message=ResponseMessage(content="".join(text)), finish_reason=finish)  # type: ignore[arg-type]
+        return ChatCompletion(id=completion_id, created=created, model=model, choices=[choice], usage=usage).model_dump()
+
+    async def _sse_stream(
+        self, stream, completion_id: str, created: int, model: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> bytes:
+            choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]  # type: ignore[arg-type]
+            body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, usage=usage)
+            return _sse(body.model_dump(exclude_none=False))
+
+        yield chunk(Delta(role="assistant", content=""))
+        start = time.perf_counter()
+        first = last = None
+        prompt_tokens = completion_tokens = 0
+        finish = "stop"
+        try:
+            async for event in stream:
+                now_t = time.perf_counter()
+                if first is None:
+                    first = now_t
+                elif last is not None:
+                    metrics.INTER_TOKEN.observe(now_t - last, tags={"route": "/v1/chat/completions"})
+                last = now_t
+                prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
+                if event.text:
+                    yield chunk(Delta(content=event.text))
+                if event.finish_reason:
+                    finish = event.finish_reason
+        except Exception as err:
+            # Never a silently truncated stream: the client gets an error event, then [DONE].
+            log.exception("stream failed")
+            status = 400 if isinstance(err, MediaError) else 500
+            api_err = from_media_error(err) if isinstance(err, MediaError) else APIError(status, "internal error", type=SERVER_ERROR)
+            yield _sse(api_err.body())
+            yield _sse("[DONE]")
+            return
+        self._record_timing(start, first, completion_tokens)
+        yield chunk(Delta(), finish=finish)
+        if include_usage:
+            usage = Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            yield chunk(Delta(), usage=usage, empty=True)
+        yield _sse("[DONE]")
+
+    @staticmethod
+    def _record_timing(start: float, first: float | None, completion_tokens: int) -> None:
+        route = {"route": "/v1/chat/completions"}
+        if first is not None:
+            metrics.TTFT.observe(first - start, tags=route)
+            elapsed = time.perf_counter() - first
+            if completion_tokens > 1 and elapsed > 0:
+                metrics.TOKENS_PER_S.observe((completion_tokens - 1) / elapsed, tags=route)
+
+    # --- transcriptions ------------------------------------------------------------------------
+
+    async def _transcribe(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise APIError(400, "expected a multipart/form-data body", code="invalid_request")
+        try:
+            form = await request.form()
+        except Exception as err:
+            raise APIError(400, "could not parse the multipart form", code="invalid_request") from err
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise APIError(400, "a 'file' field with the audio is required", param="file", code="missing_file")
+        model = str(form.get("model") or "")
+        accepted = {self.config.whisper_model_name(), *self.config.transcription_model_names}
+        if model not in accepted:
+            if not model:
+                raise APIError(400, "the 'model' field is required", param="model", code="missing_model")
+            raise model_not_found(model)
+        response_format = str(form.get("response_format") or "json")
+        if response_format not in TRANSCRIPTION_FORMATS:
+            raise APIError(
+                400,
+                f"response_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}",
+                param="response_format",
+                code="invalid_value",
+            )
+        language = form.get("language")
+        language = str(language) if language else None
+        data = await upload.read()
+        if not data:
+            raise APIError(400, "the uploaded file is empty", param="file", code="invalid_media")
+        result = await self.audio.encode.remote(data, False, True, language)
+        if response_format == "text":
+            return PlainTextResponse(result.transcript)
+        if response_format == "json":
+            return JSONResponse({"text": result.transcript})
+        return JSONResponse(
+            {
+                "task": "transcribe",
+                "language": result.language,
+                "duration": round(result.duration_s, 3),
+                "text": result.transcript,
+                "segments": [
+                    {"id": i, "start": s["start"], "end": s["end"], "text": s["text"]}
+                    for i, s in enumerate(result.segments or [])
+                ],
+            }
+        )
+
+
+# The FastAPI-wrapped class must live at module level: Ray pickles it by reference, so the replica
+# imports this very module and sees the routes bound to this class (a wrapper built elsewhere is
+# pickled by value and its routes lose their `self` binding).
+IngressDeployment = serve.ingress(app)(Ingress)

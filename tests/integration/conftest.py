@@ -1,0 +1,80 @@
+"""A real Ray Serve application over real HTTP on loopback, shared by the integration tests.
+
+Models: the packaged real Whisper-base and SmolLM2 (prepared by `make test`'s setup), a tiny
+random CLIP (no CLIP weights exist on these machines) and untrained projectors, explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_config() -> dict:
+    small = {"num_cpus": 0.25, "max_ongoing_requests": 16}
+    return {
+        "served_model_name": "chorus",
+        "llm": {"model": "packaged", "quantization": "none", "threads": 1},
+        "whisper": {"model": "packaged"},
+        "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
+        "fusion": {"audio_mode": "transcript", "allow_random_projectors": True},
+        "deployments": {
+            "ingress": small,
+            "audio_encoder": small,
+            "vision_encoder": small,
+            "llm_decoder": {"num_cpus": 1, "max_ongoing_requests": 16},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def serve_url():
+    import ray
+    from ray import serve
+
+    from modalities.llm_weights import prepare_llm
+    from modalities.whisper_weights import prepare_whisper
+    from serve.app import build_app
+
+    prepare_llm()
+    prepare_whisper()
+    # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
+    os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(test_config()), name="chorus", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url)
+    yield url
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/health", timeout=10)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as err:
+            last = err
+        time.sleep(1.0)
+    raise RuntimeError(f"service did not become healthy: {last!r}")

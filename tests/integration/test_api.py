@@ -1,0 +1,210 @@
+"""The OpenAI-compatible API over real HTTP against a real Serve app, with the official client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from modalities.espeak import synthesize, to_wav_bytes
+
+SPOKEN = "Please cancel my order and send me a refund."
+
+
+@pytest.fixture(scope="module")
+def client(serve_url):
+    return openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def wav_b64():
+    return base64.b64encode(to_wav_bytes(synthesize(SPOKEN))).decode()
+
+
+def png_data_url(size=(40, 30), color=(200, 30, 30)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def ask(client, content, **kwargs):
+    kwargs = {"max_tokens": 8, "temperature": 0, **kwargs}
+    return client.chat.completions.create(model="chorus", messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def test_models_lists_chat_and_whisper(client):
+    ids = {m.id for m in client.models.list().data}
+    assert {"chorus", "whisper-1", "whisper-base"} <= ids
+
+
+def test_health_reports_each_deployment(serve_url):
+    body = httpx.get(f"{serve_url}/health", timeout=30).json()
+    assert body["status"] == "ok"
+    assert set(body["deployments"]) == {"audio_encoder", "vision_encoder", "llm_decoder"}
+    assert all(d["status"] == "ok" for d in body["deployments"].values())
+
+
+def test_text_non_streaming(client):
+    resp = ask(client, "What is the capital of France?", max_completion_tokens=12)
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert resp.usage.completion_tokens <= 12
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+
+
+def test_streaming_matches_non_streaming_and_reports_usage(client):
+    question = "Name a colour."
+    full = ask(client, question)
+    chunks = list(ask(client, question, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content  # greedy: same tokens either way
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == full.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_raw_sse_framing(serve_url):
+    body = {"model": "chorus", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json=body, timeout=60) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    first = json.loads(events[0])
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_multi_turn_history_counts(client):
+    short = ask(client, "And the weather?")
+    history = [
+        {"role": "system", "content": "You are a support agent."},
+        {"role": "user", "content": "My parcel is late."},
+        {"role": "assistant", "content": "Sorry to hear that. What is your order number?"},
+        {"role": "user", "content": "And the weather?"},
+    ]
+    resp = client.chat.completions.create(model="chorus", messages=history, max_tokens=8, temperature=0)
+    assert resp.usage.prompt_tokens > short.usage.prompt_tokens + 15
+    assert resp.choices[0].message.content
+
+
+def test_seed_reproducible(client):
+    kwargs = dict(temperature=1.0, seed=1234, max_tokens=10)
+    a = ask(client, "Tell me a word.", **kwargs).choices[0].message.content
+    b = ask(client, "Tell me a word.", **kwargs).choices[0].message.content
+    assert a == b
+
+
+def test_image_tokens_reach_the_decoder(client):
+    text_only = ask(client, "Describe it.")
+    with_image = ask(client, [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": png_data_url()}}])
+    # tiny CLIP: 32 px / 8 px patches = 16 soft tokens, plus the <image></image> delimiters
+    assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens >= 16
+
+
+@pytest.mark.parametrize("mode", ["transcript", "embed", "both"])
+def test_audio_in_each_fusion_mode(client, wav_b64, mode):
+    content = [
+        {"type": "text", "text": "The caller said:"},
+        {"type": "input_audio", "input_audio": {"data": wav_b64, "format": "wav"}},
+    ]
+    resp = ask(client, content, extra_body={"chorus": {"fusion": mode}})
+    assert resp.choices[0].message.content is not None
+    baseline = ask(client, "The caller said:").usage.prompt_tokens
+    extra = resp.usage.prompt_tokens - baseline
+    if mode == "transcript":
+        assert 5 <= extra < 40  # the transcript's words
+    else:
+        assert extra >= 2.0 * 50 / 4  # ≥ 2 s of speech at 50 frames/s, 4 frames per soft token
+
+
+def test_transcriptions_formats(client, wav_b64):
+    wav = base64.b64decode(wav_b64)
+    text = client.audio.transcriptions.create(model="whisper-1", file=("call.wav", wav, "audio/wav"))
+    assert "refund" in text.text.lower() and "cancel my order" in text.text.lower()
+    plain = client.audio.transcriptions.create(model="whisper-base", file=("c.wav", wav), response_format="text")
+    assert "refund" in str(plain).lower()
+    verbose = client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav), response_format="verbose_json")
+    assert verbose.duration > 2 and verbose.segments and verbose.language == "en"
+
+
+# --- errors: OpenAI's body, the right status, a precise param --------------------------------
+
+
+def post(serve_url, body, raw=False):
+    kwargs = {"content": body} if raw else {"json": body}
+    return httpx.post(f"{serve_url}/v1/chat/completions", timeout=60, **kwargs)
+
+
+def assert_error(resp, status, param=None, code=None):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param
+    if code is not None:
+        assert err["code"] == code
+
+
+def msg(text="hi"):
+    return [{"role": "user", "content": text}]
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-9", messages=msg())
+    assert info.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body,param,code",
+    [
+        ({"model": "chorus", "messages": msg(), "n": 2}, "n", None),
+        ({"model": "chorus", "messages": msg(), "temperature": -1}, "temperature", None),
+        ({"model": "chorus", "messages": msg(), "top_p": 0}, "top_p", None),
+        ({"model": "chorus", "messages": msg(), "max_tokens": 100000}, "messages", "context_length_exceeded"),
+        ({"model": "chorus", "messages": msg(), "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
+        ({"model": "chorus", "messages": [{"role": "robot", "content": "x"}]}, None, None),
+        ({"model": "chorus", "messages": []}, "messages", None),
+        ({"messages": msg()}, "model", None),
+        ({"model": "chorus", "messages": msg(), "tools": []}, "tools", None),
+        (
+            {"model": "chorus", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]},
+            "messages.0.content.0.input_audio.data",
+            "invalid_base64",
+        ),
+        (
+            {"model": "chorus", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+            "messages.0.content.0.image_url.url",
+            "remote_url_disabled",
+        ),
+    ],
+)
+def test_bad_requests_are_400(serve_url, body, param, code):
+    assert_error(post(serve_url, body), 400, param, code)
+
+
+def test_invalid_json_is_400(serve_url):
+    assert_error(post(serve_url, b"{not json", raw=True), 400, code="invalid_json")
+
+
+def test_garbage_audio_is_400_and_service_survives(client, serve_url):
+    junk = base64.b64encode(np.random.default_rng(0).bytes(4000)).decode()
+    body = {"model": "chorus", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": junk, "format": "wav"}}]}]}
+    assert_error(post(serve_url, body), 400, "messages.0.content.0")
+    assert ask(client, "Still there?").choices[0].message.content is not None
+
+
+def test_transcription_errors(serve_url, wav_b64):
+    url = f"{serve_url}/v1/audio/transcriptions"
+    wav = base64.b64decode(wav_b64)
+    assert_error(httpx.post(url, data={"model": "nope"}, files={"file": ("a.wav", wav)}, timeout=60), 404, "model")
+    assert_error(httpx.post(url, data={"model": "whisper-1"}, timeout=60), 400)
+    bad = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF1234garbage")}, timeout=60)
+    assert_error(bad, 400, "file")
