@@ -47,7 +47,7 @@ demo: setup
 	$(BIN)/chorus demo
 
 serve: setup
-	$(BIN)/chorus demo
+	$(BIN)/chorus serve --config deploy/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,19 +17,18 @@ from .deployments import AudioEncoder, LLMDecoder, VisionEncoder
 from .ingress import IngressDeployment
 
 
-def build_app(args: dict[str, Any] | None = None, *, factories: dict[str, Any] | None = None) -> Application:
-    """Build the Chorus application; `factories` (tests) injects runtime factories per deployment."""
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the Chorus application from a Serve config file's `args` (a `ChorusConfig` as a dict)."""
     config = ChorusConfig.model_validate(args or {})
     payload = config.model_dump(mode="json")
     opts = config.deployments
-    factories = factories or {}
 
     def deployment(cls, name: str, options):
         return serve.deployment(cls, name=name, **options.to_serve_options())
 
-    audio = deployment(AudioEncoder, "AudioEncoder", opts.audio_encoder).bind(payload, factories.get("audio"))
+    audio = deployment(AudioEncoder, "AudioEncoder", opts.audio_encoder).bind(payload)
     vision = None
     if config.vision is not None:
-        vision = deployment(VisionEncoder, "VisionEncoder", opts.vision_encoder).bind(payload, factories.get("vision"))
-    llm = deployment(LLMDecoder, "LLMDecoder", opts.llm_decoder).bind(payload, factories.get("llm"))
+        vision = deployment(VisionEncoder, "VisionEncoder", opts.vision_encoder).bind(payload)
+    llm = deployment(LLMDecoder, "LLMDecoder", opts.llm_decoder).bind(payload)
     return deployment(IngressDeployment, "Ingress", opts.ingress).bind(payload, audio, vision, llm)

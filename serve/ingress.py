@@ -243,7 +243,12 @@ class Ingress:
         def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> bytes:
             choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]  # type: ignore[arg-type]
             body = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, usage=usage)
-            return _sse(body.model_dump(exclude_none=False))
+            payload = body.model_dump()
+            for choice in payload["choices"]:  # OpenAI sends only the delta fields that are set
+                choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            if not include_usage:  # `usage` appears on chunks only when the client asked for it
+                payload.pop("usage")
+            return _sse(payload)
 
         yield chunk(Delta(role="assistant", content=""))
         start = time.perf_counter()
