@@ -40,7 +40,7 @@ def test_config() -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_url():
     import ray
     from ray import serve

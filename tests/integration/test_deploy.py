@@ -1,0 +1,110 @@
+"""`ray start --head` + `serve deploy deploy/local.yaml` (a copy on free ports), a request answered,
+then one deployment scaled 1 → 2 replicas by editing the config and deploying again."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import REPO, free_port
+
+BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT_S = 300
+
+
+def _run(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    return result.stdout
+
+
+def _wait(predicate, what: str, timeout_s: float = STARTUP_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as err:  # not up yet
+            last = err
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+@pytest.fixture
+def ray_head():
+    """A head node of our own, stopped (with everything it started) when the test ends."""
+    gcs_port, dashboard_port = free_port(), free_port()
+    token = secrets.token_hex(32)
+    # Ray ≥ 2.5x protects the dashboard (which `serve deploy` talks to) with a token; use our own.
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+            "--disable-usage-stats",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+        _wait(lambda: httpx.get(f"{address}/api/version", headers=auth, timeout=5).status_code == 200, "the dashboard", 120)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops the cluster's processes on exit
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _replicas(address: str, env: dict[str, str], deployment: str) -> int:
+    status = yaml.safe_load(_run(str(BIN / "serve"), "status", "-a", address, env=env))
+    states = status["applications"]["chorus"]["deployments"][deployment]["replica_states"]
+    return states.get("RUNNING", 0)
+
+
+def test_serve_deploy_then_scale(ray_head, tmp_path):
+    address, env = ray_head
+    config = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    path = tmp_path / "chorus.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    _run(str(BIN / "serve"), "deploy", str(path), "-a", address, env=env)
+    base = f"http://127.0.0.1:{port}"
+    _wait(lambda: httpx.get(f"{base}/health", timeout=10).status_code == 200, "the deployed app")
+    reply = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": "chorus", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},
+        timeout=120,
+    )
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert _replicas(address, env, "AudioEncoder") == 1
+
+    for entry in config["applications"][0]["deployments"]:
+        if entry["name"] == "AudioEncoder":
+            entry["num_replicas"] = 2
+    path.write_text(yaml.safe_dump(config))
+    _run(str(BIN / "serve"), "deploy", str(path), "-a", address, env=env)
+    assert _wait(lambda: _replicas(address, env, "AudioEncoder") == 2, "2 AudioEncoder replicas")
+    assert _replicas(address, env, "LLMDecoder") == 1  # the others are untouched
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
