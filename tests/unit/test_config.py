@@ -1,0 +1,65 @@
+"""The shipped Serve configs parse into `ChorusConfig`; the config refuses what it must."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve.config import ChorusConfig
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def app_args(serve_config: dict) -> dict:
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == "serve.app:build_app"
+    return app["args"]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_deploy_configs_validate(name):
+    config = ChorusConfig.model_validate(app_args(yaml.safe_load((DEPLOY / name).read_text())))
+    assert config.served_model_name == "chorus"
+
+
+def test_local_is_cpu_loopback_packaged():
+    serve_config = yaml.safe_load((DEPLOY / "local.yaml").read_text())
+    assert serve_config["http_options"]["host"] == "127.0.0.1"
+    config = ChorusConfig.model_validate(app_args(serve_config))
+    assert config.llm.model == "packaged" and config.whisper.model == "packaged" and config.vision is None
+    assert all(getattr(config.deployments, d).num_gpus == 0 for d in ("audio_encoder", "llm_decoder"))
+
+
+def test_gpu_gives_each_model_its_own_gpu():
+    config = ChorusConfig.model_validate(app_args(yaml.safe_load((DEPLOY / "gpu.yaml").read_text())))
+    for name in ("audio_encoder", "vision_encoder", "llm_decoder"):
+        assert getattr(config.deployments, name).num_gpus == 1
+    assert config.deployments.ingress.num_gpus == 0
+
+
+def test_rayservice_wraps_the_gpu_config():
+    manifest = yaml.safe_load((DEPLOY / "rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService"
+    assert yaml.safe_load(manifest["spec"]["serveConfigV2"]) == yaml.safe_load((DEPLOY / "gpu.yaml").read_text())
+
+
+def test_unknown_field_is_refused():
+    with pytest.raises(ValidationError, match="extra"):
+        ChorusConfig.model_validate({"llm": {"model": "packaged", "quantisation": "int8"}})
+
+
+def test_embed_mode_needs_a_projector():
+    with pytest.raises(ValidationError, match="audio_projector"):
+        ChorusConfig.model_validate({"fusion": {"audio_mode": "embed"}})
+
+
+def test_serve_options_autoscaling_replaces_replicas():
+    config = ChorusConfig.model_validate(
+        {"deployments": {"llm_decoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}}}
+    )
+    options = config.deployments.llm_decoder.to_serve_options()
+    assert "num_replicas" not in options and options["autoscaling_config"]["max_replicas"] == 3
+    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}

@@ -1,0 +1,111 @@
+"""Request validation and media extraction, without Ray or HTTP."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from pydantic import ValidationError
+
+from fusion.prompt import MediaItem
+from serve.errors import APIError, validation_error
+from serve.protocol import ChatCompletionRequest
+from serve.router import decode_image_url, extract
+
+
+def req(**kwargs):
+    return ChatCompletionRequest.model_validate({"model": "chorus", "messages": [{"role": "user", "content": "hi"}], **kwargs})
+
+
+def test_max_completion_tokens_wins():
+    assert req(max_tokens=5, max_completion_tokens=7).requested_max_tokens() == 7
+    assert req(max_tokens=5).requested_max_tokens() == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"n": 3}, "n"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"stop": ["a"] * 5}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"functions": []}, "functions"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"chorus": {"fusion": "telepathy"}}, "chorus.fusion"),
+    ],
+)
+def test_invalid_fields_name_their_param(kwargs, param):
+    with pytest.raises(ValidationError) as info:
+        req(**kwargs)
+    err = validation_error(info.value.errors())
+    assert err.status == 400 and err.param == param
+
+
+def test_stop_string_becomes_list():
+    assert req(stop="END").stop == ["END"]
+
+
+def test_assistant_media_refused():
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(
+            {
+                "model": "chorus",
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}
+                ],
+            }
+        )
+
+
+def test_extract_orders_media_and_maps_developer_role():
+    audio = base64.b64encode(b"RIFFxxxx").decode()
+    png = "data:image/png;base64," + base64.b64encode(b"\x89PNG....").decode()
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "chorus",
+            "messages": [
+                {"role": "developer", "content": "Be kind."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        {"type": "image_url", "image_url": {"url": png}},
+                        {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                    ],
+                },
+            ],
+        }
+    )
+    messages, media = extract(request, allow_remote=False, max_media=4)
+    assert messages[0].role == "system"
+    assert messages[1].parts == ["look", MediaItem("image", 0), MediaItem("audio", 1)]
+    assert [m.kind for m in media] == ["image", "audio"] and media[1].data == b"RIFFxxxx"
+    assert media[0].param == "messages.1.content.1"
+
+
+def test_too_many_media_items():
+    png = "data:image/png;base64," + base64.b64encode(b"x").decode()
+    parts = [{"type": "image_url", "image_url": {"url": png}}] * 3
+    request = ChatCompletionRequest.model_validate({"model": "chorus", "messages": [{"role": "user", "content": parts}]})
+    with pytest.raises(APIError) as info:
+        extract(request, allow_remote=False, max_media=2)
+    assert info.value.code == "too_many_media" and info.value.param == "messages.0.content.2"
+
+
+@pytest.mark.parametrize(
+    "url,code",
+    [
+        ("https://example.com/cat.png", "remote_url_disabled"),
+        ("data:text/plain;base64,aGk=", "invalid_image_url"),
+        ("data:image/png,rawbytes", "invalid_image_url"),
+        ("data:image/png;base64,@@@", "invalid_base64"),
+        ("file:///etc/passwd", "invalid_image_url"),
+    ],
+)
+def test_bad_image_urls(url, code):
+    with pytest.raises(APIError) as info:
+        decode_image_url(url, "p", allow_remote=False)
+    assert info.value.code == code and info.value.status == 400
