@@ -53,7 +53,7 @@ def serve_url():
     prepare_whisper()
     # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(test_config()), name="chorus", route_prefix="/", blocking=False)
