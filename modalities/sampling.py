@@ -1,0 +1,114 @@
+"""Generation parameters and next-token sampling, on the logits' own device.
+
+`SamplingParams` validates itself on construction and raises `MediaError` with `param` naming the
+offending field, so the serving layer reports a bad request exactly like a bad media file.
+Sampling uses a per-request `torch.Generator`: the same seed gives the same tokens (on the same
+device and model), independent of any other request running in the process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from modalities.errors import MediaError
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
+DEFAULT_TOP_P = 1.0
+INVALID_PARAM_CODE = "invalid_request_error"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    top_p: nucleus sampling: sample from the smallest set of tokens whose probability mass reaches it.
+    seed: fixes the sampler's random stream; None draws a fresh one per request.
+    max_tokens: most tokens to generate (fewer if the context window fills first).
+    stop: up to four strings; generation ends before the first one appears and it is not returned.
+    ignore_eos: keep going past end-of-sequence tokens until max_tokens (benchmarks; as in vLLM).
+    """
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    seed: int | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    stop: Sequence[str] = ()  # a list or a single string is accepted; stored as a tuple
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise _invalid("temperature must be a finite number >= 0", "temperature")
+        if not _is_number(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise _invalid("top_p must be in (0, 1]", "top_p")
+        if self.seed is not None and not _is_int(self.seed):
+            raise _invalid("seed must be an integer", "seed")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise _invalid("max_tokens must be an integer >= 1", "max_tokens")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if len(stop) > MAX_STOP_SEQUENCES:
+            raise _invalid(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", "stop")
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise _invalid("stop sequences must be non-empty strings", "stop")
+        if not isinstance(self.ignore_eos, bool):
+            raise _invalid("ignore_eos must be a boolean", "ignore_eos")
+        object.__setattr__(self, "stop", stop)  # normalised: always a tuple of str
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _invalid(message: str, param: str) -> MediaError:
+    return MediaError(message, param=param, code=INVALID_PARAM_CODE)
+
+
+def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+    """A generator for this request's random stream (None for greedy, which needs none)."""
+    if params.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()  # nondeterministic, but still private to this request
+    else:
+        generator.manual_seed(params.seed)
+    return generator
+
+
+def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick the next token.
+
+    logits: `[V]` scores for the next position (any float dtype; computed in float32).
+    Returns a 0-d long tensor on the logits' device (no host sync here; the caller decides when).
+    """
+    assert logits.dim() == 1, f"expected [V] logits, got {tuple(logits.shape)}"
+    if params.greedy:
+        return torch.argmax(logits)
+    scaled = logits.float() / params.temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if params.top_p < 1.0:
+        probs = _top_p_filter(probs, params.top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[0]
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero every token outside the nucleus: `[V]` probabilities in, `[V]` unnormalised weights out."""
+    sorted_probs, order = torch.sort(probs, descending=True)
+    # A token stays if the mass *before* it is still short of top_p; so the top token always stays.
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    return torch.zeros_like(probs).scatter_(0, order, sorted_probs)

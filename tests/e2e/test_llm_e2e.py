@@ -1,0 +1,67 @@
+"""The packaged SmolLM2-135M-Instruct, prepared from its GGUF and loaded for real."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
+from modalities.llm_weights import SIDECAR, SMOLLM2_CHAT_TEMPLATE, prepare_llm, verify_llm_dir
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
+ALREADY_PREPARED_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return prepare_llm()
+
+
+@pytest.fixture(scope="module")
+def fp32(model_dir) -> LLMRuntime:
+    return LLMRuntime.from_config(LLMConfig(model=str(model_dir)))
+
+
+def test_prepare_is_idempotent_and_hashed(model_dir):
+    start = time.perf_counter()
+    again = prepare_llm()
+    assert again == model_dir
+    assert time.perf_counter() - start < ALREADY_PREPARED_SECONDS
+    assert (model_dir / SIDECAR).is_file()
+    assert verify_llm_dir(model_dir)
+
+
+def test_packaged_template_is_smollm2_chatml(fp32):
+    assert fp32.tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE
+    text = fp32.tokenizer.decode(fp32.chat_template(QUESTION))
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_capital_of_france(fp32):
+    completion = fp32.generate(input_ids=fp32.chat_template(QUESTION), params=GREEDY)
+    assert "Paris" in completion.text
+    assert completion.finish_reason in ("stop", "length")
+
+
+def test_streaming_concatenation_equals_generate(fp32):
+    ids = fp32.chat_template([{"role": "user", "content": "Write one sentence about the sea."}])
+    events = list(fp32.stream(input_ids=ids, params=GREEDY))
+    completion = fp32.generate(input_ids=ids, params=GREEDY)
+    assert "".join(e.text for e in events) == completion.text
+    assert [e.token_id for e in events] == completion.token_ids
+    assert completion.text.strip()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_is_smaller_and_still_answers(model_dir, fp32, mode, record_property):
+    quantized = LLMRuntime.from_config(LLMConfig(model=str(model_dir), quantization=mode))
+    ratio = quantized.weight_bytes() / fp32.weight_bytes()
+    record_property(f"{mode}_over_fp32_weight_bytes", round(ratio, 3))
+    print(f"{mode}: {quantized.weight_bytes() / 1e6:.0f} MB vs fp32 {fp32.weight_bytes() / 1e6:.0f} MB ({ratio:.2f}x)")
+    assert ratio < 1.0
+    completion = quantized.generate(input_ids=quantized.chat_template(QUESTION), params=GREEDY)
+    assert "Paris" in completion.text
