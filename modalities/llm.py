@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from modalities.detokenize import IncrementalDetokenizer, StopStringFilter
+from modalities.devices import TorchDevice
 from modalities.errors import MediaError
 from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm_quant import Quantization, QuantizationReport, quantize_model, weight_bytes
@@ -58,7 +59,7 @@ class LLMConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="Dtype of the unquantized weights and activations"
     )
-    device: str = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    device: TorchDevice = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -68,15 +69,6 @@ class LLMConfig(BaseModel):
     max_context: int | None = Field(
         default=None, ge=1, description="Prompt + generated tokens limit; None: the model's max_position_embeddings"
     )
-
-    @field_validator("device")
-    @classmethod
-    def _valid_device(cls, value: str) -> str:
-        try:
-            torch.device(value)
-        except RuntimeError as e:
-            raise ValueError(f"not a torch device: {value!r}") from e
-        return value
 
 
 @dataclass(frozen=True)

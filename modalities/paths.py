@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 CACHE_ENV = "CHORUS_CACHE_DIR"
 DEFAULT_CACHE = Path.home() / ".cache" / "chorus"
+
+HASH_CHUNK_BYTES = 8 << 20
 
 # Names of the directories `chorus models prepare` writes for the packaged weights.
 PACKAGED_LLM_NAME = "smollm2-135m-instruct"
@@ -38,3 +41,12 @@ def packaged_llm_dir() -> Path:
 def packaged_whisper_path() -> Path:
     """openai-whisper checkpoint (`.pt` with `dims` + `model_state_dict`) made from the CT2 parts."""
     return models_dir() / PACKAGED_WHISPER_NAME / "base.pt"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (weights are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -31,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from modalities.devices import TorchDevice
 from modalities.errors import MediaError
 from modalities.image import ImageLimits, decode_image
 
@@ -89,7 +90,7 @@ class ClipConfig(BaseModel):
         ),
     )
     drop_cls: bool = Field(True, description="Drop the class token from the patch features (LLaVA's 'patch' select).")
-    device: str = Field("cpu", description="Torch device for the model, e.g. 'cpu', 'cuda', 'cuda:1'.")
+    device: TorchDevice = Field("cpu", description="Torch device for the model, e.g. 'cpu', 'cuda', 'cuda:1'.")
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         "fp32", description="Weight precision (open_clip's `precision`)."
     )
@@ -111,15 +112,6 @@ class ClipConfig(BaseModel):
                 f"model_name {value!r}: 'hf-hub:' / 'local-dir:' names are not supported; give an architecture "
                 "name or model-config JSON and set pretrained to a tag or checkpoint path"
             )
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _valid_device(cls, value: str) -> str:
-        try:
-            torch.device(value)
-        except RuntimeError as e:
-            raise ValueError(f"not a torch device: {value!r}") from e
         return value
 
     @model_validator(mode="after")

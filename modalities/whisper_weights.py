@@ -32,7 +32,6 @@ exact anyway: it adds `q . b` to every logit of a query, a constant that softmax
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
@@ -51,6 +50,7 @@ import torch
 from whisper.model import ModelDimensions, Whisper
 
 from modalities import paths
+from modalities.paths import sha256_file
 from modalities.ctranslate2 import CT2Model, read_ct2
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,6 @@ CT2_SPEC_NAME = "WhisperSpec"
 
 CHECKPOINT_FORMAT = "openai-whisper checkpoint (dims + model_state_dict), converted from CTranslate2"
 _COPY_CHUNK = 8 * 1024 * 1024
-_HASH_CHUNK = 8 * 1024 * 1024
 _FILE_MODE = 0o644
 
 
@@ -104,14 +103,6 @@ class WhisperWeightsError(RuntimeError):
 def sidecar_path(checkpoint: Path | None = None) -> Path:
     """JSON record written next to the prepared checkpoint (`base.pt` -> `base.json`)."""
     return (checkpoint or paths.packaged_whisper_path()).with_suffix(".json")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _installed_versions() -> dict[str, str]:

@@ -44,7 +44,9 @@ class APIError(Exception):
 
 
 def from_media_error(err: MediaError, param: str | None = None) -> APIError:
-    return APIError(400, err.message, param=err.param or param, code=err.code)
+    """400 for a runtime's `MediaError`; `param` (the request field the media came in) wins over the
+    runtime's own name for it."""
+    return APIError(400, err.message, param=param or err.param, code=err.code)
 
 
 def model_not_found(model: str) -> APIError:

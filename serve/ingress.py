@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request
 from ray import serve
@@ -53,6 +53,25 @@ def _error_response(err: APIError) -> JSONResponse:
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+async def _respond(route: str, handler: Awaitable[Response], media_param: str | None) -> Response:
+    """Run a route's handler, map its errors to OpenAI error bodies, count the outcome."""
+    try:
+        response = await handler
+    except APIError as err:
+        response = _error_response(err)
+    except MediaError as err:
+        # Media errors name the form field when the route has one (transcriptions: `file`).
+        response = _error_response(from_media_error(err, param=media_param))
+    except Exception:
+        log.exception("%s failed", route)
+        response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
+    tags = {"route": route, "status": str(response.status_code)}
+    metrics.REQUESTS.inc(tags=tags)
+    if response.status_code >= 400:
+        metrics.ERRORS.inc(tags=tags)
+    return response
 
 
 class Ingress:
@@ -104,37 +123,11 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        route = "/v1/chat/completions"
-        try:
-            response = await self._chat(request)
-        except APIError as err:
-            response = _error_response(err)
-        except MediaError as err:
-            response = _error_response(from_media_error(err))
-        except Exception:
-            log.exception("chat completion failed")
-            response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
-        metrics.REQUESTS.inc(tags={"route": route, "status": str(response.status_code)})
-        if response.status_code >= 400:
-            metrics.ERRORS.inc(tags={"route": route, "status": str(response.status_code)})
-        return response
+        return await _respond("/v1/chat/completions", self._chat(request), media_param=None)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(self, request: Request) -> Response:
-        route = "/v1/audio/transcriptions"
-        try:
-            response = await self._transcribe(request)
-        except APIError as err:
-            response = _error_response(err)
-        except MediaError as err:
-            response = _error_response(APIError(400, err.message, param="file", code=err.code))
-        except Exception:
-            log.exception("transcription failed")
-            response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
-        metrics.REQUESTS.inc(tags={"route": route, "status": str(response.status_code)})
-        if response.status_code >= 400:
-            metrics.ERRORS.inc(tags={"route": route, "status": str(response.status_code)})
-        return response
+        return await _respond("/v1/audio/transcriptions", self._transcribe(request), media_param="file")
 
     # --- chat ----------------------------------------------------------------------------------
 
