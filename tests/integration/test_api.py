@@ -208,3 +208,29 @@ def test_transcription_errors(serve_url, wav_b64):
     assert_error(httpx.post(url, data={"model": "whisper-1"}, timeout=60), 400)
     bad = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF1234garbage")}, timeout=60)
     assert_error(bad, 400, "file")
+
+
+def test_concurrent_streams_all_complete(serve_url):
+    """Several streams at once share the decoder (token-level interleaving) and all finish."""
+    import asyncio
+
+    async def one(i: int) -> tuple[str, str]:
+        body = {
+            "model": "chorus",
+            "messages": [{"role": "user", "content": f"Count to {i + 2}."}],
+            "max_tokens": 6,
+            "temperature": 0,
+            "stream": True,
+        }
+        async with httpx.AsyncClient(timeout=120) as http:
+            async with http.stream("POST", f"{serve_url}/v1/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                events = [line[6:] async for line in resp.aiter_lines() if line.startswith("data: ")]
+        finish = json.loads(events[-2])["choices"][0]["finish_reason"]
+        return events[-1], finish
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(4)))
+
+    results = asyncio.run(main())
+    assert all(done == "[DONE]" and finish in ("stop", "length") for done, finish in results)
