@@ -40,7 +40,7 @@ from modalities.speech import WhisperConfig, WhisperRuntime  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api_ttft.json"
 QUESTION = "My parcel has not arrived. What should I do?"
-SPOKEN = "Hello, I ordered a pair of running shoes ten days ago and the tracking page has not changed since Monday."
+SPOKEN = "Hello, I ordered running shoes ten days ago and the tracking page has not changed."
 PROMPT_TEXT = "Answer this caller briefly:"
 
 
@@ -123,7 +123,8 @@ def main() -> int:
     audio_b64 = base64.b64encode(wav).decode()
 
     base, service_args = start_service(free_port())
-    threads = int(service_args["llm"].get("threads") or 1)
+    # the decoder replica's threads: its config's, else its CPU claim (serve/deployments.py)
+    threads = int(service_args["llm"].get("threads") or service_args["deployments"]["llm_decoder"]["num_cpus"])
     torch.set_num_threads(threads)
     whisper_rt = WhisperRuntime.from_config(WhisperConfig(threads=1))
     llm = LLMRuntime.from_config(LLMConfig(threads=threads))
