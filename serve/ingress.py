@@ -55,8 +55,26 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+_in_flight: dict[str, int] = {}
+
+
+def _track(route: str, delta: int) -> None:
+    """Requests in flight per route at this ingress replica (the queue-depth gauge)."""
+    _in_flight[route] = _in_flight.get(route, 0) + delta
+    metrics.QUEUE_DEPTH.set(_in_flight[route], tags={"route": route})
+
+
+async def _tracked_stream(route: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        _track(route, -1)
+
+
 async def _respond(route: str, handler: Awaitable[Response], media_param: str | None) -> Response:
     """Run a route's handler, map its errors to OpenAI error bodies, count the outcome."""
+    _track(route, +1)
     try:
         response = await handler
     except APIError as err:
@@ -71,6 +89,10 @@ async def _respond(route: str, handler: Awaitable[Response], media_param: str | 
     metrics.REQUESTS.inc(tags=tags)
     if response.status_code >= 400:
         metrics.ERRORS.inc(tags=tags)
+    if isinstance(response, StreamingResponse):  # still in flight until the stream ends
+        response.body_iterator = _tracked_stream(route, response.body_iterator)
+    else:
+        _track(route, -1)
     return response
 
 

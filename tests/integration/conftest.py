@@ -41,7 +41,7 @@ def test_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def serve_url():
+def serve_app():
     import ray
     from ray import serve
 
@@ -53,15 +53,28 @@ def serve_url():
     prepare_whisper()
     # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    metrics_port = free_port()
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(test_config()), name="chorus", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url)
-    yield url
+    yield url, metrics_port
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def metrics_port(serve_app):
+    return serve_app[1]
+
+
+@pytest.fixture(scope="module")
+def serve_url(serve_app):
+    return serve_app[0]
 
 
 def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:

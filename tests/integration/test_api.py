@@ -234,3 +234,22 @@ def test_concurrent_streams_all_complete(serve_url):
 
     results = asyncio.run(main())
     assert all(done == "[DONE]" and finish in ("stop", "length") for done, finish in results)
+
+
+def test_prometheus_metrics_exported(client, metrics_port):
+    """Requests, errors, TTFT and encoder metrics reach Ray's Prometheus endpoint."""
+    import time
+
+    ask(client, "Hello!")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=msg())
+    wanted = ["ray_chorus_requests_total", "ray_chorus_errors_total", "ray_chorus_time_to_first_token_s"]
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(3)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, f"not exported: {missing}"
+    assert 'route="/v1/chat/completions"' in text
