@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from modalities.audio import (
     resample,
 )
 from modalities.errors import MediaError
+from tests.helpers.memory import peak_bytes
 
 FORMATS = {  # soundfile format, subtype
     "wav": ("WAV", "PCM_16"),
@@ -155,14 +155,6 @@ def test_rejects_non_finite_samples_and_unsupported_formats() -> None:
     _rejects(aiff.getvalue(), code="unsupported_format")
 
 
-def _peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return peak
 
 
 def test_forged_gigabyte_wav_header_allocates_only_what_is_there() -> None:
@@ -171,13 +163,13 @@ def test_forged_gigabyte_wav_header_allocates_only_what_is_there() -> None:
 
     # Claims 1.5 GB (~27 hours at 8 kHz): a real length, contradicted by the bytes -> truncated.
     forged = wav_header(data_size=1_500_000_000) + body
-    peak = _peak_bytes(lambda: _rejects(forged, limits))
+    peak = peak_bytes(lambda: _rejects(forged, limits))
     assert peak < 10_000_000  # well under the claimed 1.5 GB (and the 4 GB float32 it would decode to)
 
     # Claims ~4 GB in the streaming-placeholder range: decoded as the 1 s actually present.
     placeholder = wav_header(data_size=0xFFFFFFF0) + body
     out: list[np.ndarray] = []
-    peak = _peak_bytes(lambda: out.append(decode_audio(placeholder, limits)))
+    peak = peak_bytes(lambda: out.append(decode_audio(placeholder, limits)))
     assert len(out[0]) == SAMPLE_RATE and peak < 10_000_000
 
 
@@ -185,7 +177,7 @@ def test_long_real_body_is_rejected_from_the_header() -> None:
     # 8-bit 4 kHz mono packs 300 s into 1.2 MB, far over a 10 s limit: rejected before any read.
     body = np.full(4_000 * 300, 128, np.uint8).tobytes()
     data = wav_header(rate=4_000, bits=8, data_size=0x7FFFF000) + body
-    peak = _peak_bytes(lambda: _rejects(data, AudioLimits(max_duration_s=10), code="audio_too_long"))
+    peak = peak_bytes(lambda: _rejects(data, AudioLimits(max_duration_s=10), code="audio_too_long"))
     assert peak < 1_000_000
 
 
@@ -202,7 +194,7 @@ def test_block_loop_caps_a_header_that_under_reports(monkeypatch: pytest.MonkeyP
         return info
 
     monkeypatch.setattr(sf, "info", lying_info)
-    peak = _peak_bytes(lambda: _rejects(data, AudioLimits(max_duration_s=10), code="audio_too_long"))
+    peak = peak_bytes(lambda: _rejects(data, AudioLimits(max_duration_s=10), code="audio_too_long"))
     # all 300 s as 16 kHz float32 would be 19 MB; the cap stops at ~10 s (0.6 MB) plus one block
     assert peak < 5_000_000
 
@@ -213,7 +205,7 @@ def test_flac_header_claiming_hours_is_rejected_before_reading() -> None:
     (packed,) = struct.unpack(">Q", flac[18:26])
     struct.pack_into(">Q", flac, 18, (packed & ~((1 << 36) - 1)) | ((1 << 36) - 1))
     assert sf.info(io.BytesIO(bytes(flac))).frames == (1 << 36) - 1
-    peak = _peak_bytes(lambda: _rejects(bytes(flac), code="audio_too_long"))
+    peak = peak_bytes(lambda: _rejects(bytes(flac), code="audio_too_long"))
     assert peak < 5_000_000
 
 

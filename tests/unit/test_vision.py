@@ -7,7 +7,6 @@ import json
 import struct
 import threading
 import time
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import modalities.image as image_module
 from modalities.errors import MediaError
 from modalities.image import ImageLimits, decode_image
 from modalities.vision import ClipConfig, ClipRuntime
+from tests.helpers.memory import peak_bytes
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "assets" / "tiny_clip.json"
 TINY_ARCH = TINY_CLIP_JSON.stem
@@ -72,14 +72,6 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def peak_bytes_while(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return peak
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +139,7 @@ def test_decompression_bomb_rejected_from_header(bomb, declared):
             decode_image(bomb)
         assert info.value.code == "image_too_large"
 
-    assert peak_bytes_while(decode) < BOMB_PEAK_BYTES, declared
+    assert peak_bytes(decode) < BOMB_PEAK_BYTES, declared
 
 
 def test_pixel_limit_is_configurable():
