@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from .auth import KeyStore
 from .config import ChorusConfig
 from .deployments import AudioEncoder, LLMDecoder, VisionEncoder
 from .ingress import IngressDeployment
@@ -20,6 +21,7 @@ from .ingress import IngressDeployment
 def build_app(args: dict[str, Any]) -> Application:
     """Build the Chorus application from a Serve config file's `args` (a `ChorusConfig` as a dict)."""
     config = ChorusConfig.model_validate(args or {})
+    KeyStore(config.auth)  # a config that requires API keys and has none fails here, before any replica starts
     payload = config.model_dump(mode="json")
     opts = config.deployments
 

@@ -19,6 +19,8 @@ from modalities.llm import LLMConfig
 from modalities.speech import WhisperConfig
 from modalities.vision import ClipConfig
 
+from .auth import AuthConfig
+
 DEPLOYMENT_NAMES = ("Ingress", "AudioEncoder", "VisionEncoder", "LLMDecoder")
 
 
@@ -82,6 +84,9 @@ class FusionConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(
+        40 * 2**20, ge=1024, description="Largest request body (25 MiB of audio is ~34 MiB as base64 JSON)"
+    )
     max_media_items: int = Field(8, ge=0, description="Images + audio clips per request")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request sets none")
 
@@ -97,6 +102,7 @@ class ChorusConfig(_Strict):
     whisper: WhisperConfig = Field(default_factory=WhisperConfig)
     vision: ClipConfig | None = Field(None, description="CLIP encoder; None = the service refuses images")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     deployments: Deployments = Field(default_factory=Deployments)
 

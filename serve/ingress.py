@@ -22,6 +22,7 @@ from modalities.errors import MediaError
 from modalities.llm import SamplingParams
 
 from . import metrics, router
+from .auth import KeyStore, RateLimiter, retry_after_header
 from .config import ChorusConfig
 from .deployments import DecodeRequest
 from .errors import SERVER_ERROR, APIError, from_media_error, model_not_found, validation_error
@@ -106,6 +107,47 @@ class Ingress:
         self._tokenizer = None
         self._init_lock = asyncio.Lock()
         self.created = now()
+        self.keys = KeyStore(self.config.auth)
+        per_minute = self.config.auth.requests_per_minute
+        self.rate_limiter = RateLimiter(per_minute) if per_minute else None
+
+    def _admit(self, request: Request) -> None:
+        """Authenticate and rate-limit before any other work (401 / 429 with Retry-After)."""
+        if not self.keys.enabled:
+            return
+        key_id = self.keys.identify(request.headers.get("authorization"))
+        if key_id is None:
+            raise APIError(
+                401,
+                "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+        if self.rate_limiter is not None:
+            wait = self.rate_limiter.acquire(key_id)
+            if wait > 0:
+                raise APIError(
+                    429,
+                    "Rate limit reached for this API key; retry after the time in the Retry-After header.",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to exceed the limit."""
+        limit = self.config.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_large = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _ensure_decoder_info(self) -> None:
         """Fetch the decoder's tokenizer and limits once (same tokenizer the decoder runs)."""
@@ -138,10 +180,14 @@ class Ingress:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> Response:
+        return await _respond("/v1/models", self._models(request), media_param=None)
+
+    async def _models(self, request: Request) -> Response:
+        self._admit(request)
         ids = [self.config.served_model_name, self.config.whisper_model_name(), *self.config.transcription_model_names]
         cards = [ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)]
-        return ModelList(data=cards).model_dump()
+        return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -154,8 +200,9 @@ class Ingress:
     # --- chat ----------------------------------------------------------------------------------
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
+        raw = await self._read_body(request)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise APIError(400, "We could not parse the JSON body of your request.", code="invalid_json") from err
         if not isinstance(body, dict):
@@ -166,6 +213,7 @@ class Ingress:
             raise validation_error(err.errors()) from err
 
     async def _chat(self, request: Request) -> Response:
+        self._admit(request)
         req = await self._parse(request)
         if req.model != self.config.served_model_name:
             raise model_not_found(req.model)
@@ -314,9 +362,13 @@ class Ingress:
     # --- transcriptions ------------------------------------------------------------------------
 
     async def _transcribe(self, request: Request) -> Response:
+        self._admit(request)
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise APIError(400, "expected a multipart/form-data body", code="invalid_request")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.limits.max_body_bytes:
+            raise APIError(413, f"request body exceeds {self.config.limits.max_body_bytes} bytes", code="request_too_large")
         try:
             form = await request.form()
         except Exception as err:

@@ -6,6 +6,7 @@ random CLIP (no CLIP weights exist on these machines) and untrained projectors, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -15,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
+API_KEY = "sk-chorus-integration-test"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def free_port() -> int:
@@ -31,6 +34,8 @@ def test_config() -> dict:
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
         "fusion": {"audio_mode": "transcript", "allow_random_projectors": True},
+        # the key is configured by its hash, as a shared config should
+        "auth": {"api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()]},
         "deployments": {
             "ingress": small,
             "audio_encoder": small,

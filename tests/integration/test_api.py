@@ -14,12 +14,14 @@ from PIL import Image
 
 from modalities.espeak import synthesize, to_wav_bytes
 
+from .conftest import API_KEY, AUTH
+
 SPOKEN = "Please cancel my order and send me a refund."
 
 
 @pytest.fixture(scope="module")
 def client(serve_url):
-    return openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{serve_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_streaming_matches_non_streaming_and_reports_usage(client):
 
 def test_raw_sse_framing(serve_url):
     body = {"model": "chorus", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json=body, timeout=60) as resp:
+    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -139,7 +141,7 @@ def test_transcriptions_formats(client, wav_b64):
 
 def post(serve_url, body, raw=False):
     kwargs = {"content": body} if raw else {"json": body}
-    return httpx.post(f"{serve_url}/v1/chat/completions", timeout=60, **kwargs)
+    return httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=60, **kwargs)
 
 
 def assert_error(resp, status, param=None, code=None):
@@ -204,9 +206,9 @@ def test_garbage_audio_is_400_and_service_survives(client, serve_url):
 def test_transcription_errors(serve_url, wav_b64):
     url = f"{serve_url}/v1/audio/transcriptions"
     wav = base64.b64decode(wav_b64)
-    assert_error(httpx.post(url, data={"model": "nope"}, files={"file": ("a.wav", wav)}, timeout=60), 404, "model")
-    assert_error(httpx.post(url, data={"model": "whisper-1"}, timeout=60), 400)
-    bad = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF1234garbage")}, timeout=60)
+    assert_error(httpx.post(url, data={"model": "nope"}, files={"file": ("a.wav", wav)}, headers=AUTH, timeout=60), 404, "model")
+    assert_error(httpx.post(url, data={"model": "whisper-1"}, headers=AUTH, timeout=60), 400)
+    bad = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("a.wav", b"RIFF1234garbage")}, headers=AUTH, timeout=60)
     assert_error(bad, 400, "file")
 
 
@@ -222,7 +224,7 @@ def test_concurrent_streams_all_complete(serve_url):
             "temperature": 0,
             "stream": True,
         }
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(timeout=120, headers=AUTH) as http:
             async with http.stream("POST", f"{serve_url}/v1/chat/completions", json=body) as resp:
                 assert resp.status_code == 200
                 events = [line[6:] async for line in resp.aiter_lines() if line.startswith("data: ")]
@@ -253,3 +255,16 @@ def test_prometheus_metrics_exported(client, metrics_port):
     missing = [name for name in wanted if name not in text]
     assert not missing, f"not exported: {missing}"
     assert 'route="/v1/chat/completions"' in text
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
+def test_api_key_required_when_configured(serve_url, headers):
+    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/audio/transcriptions")):
+        resp = httpx.request(method, f"{serve_url}{path}", json={"model": "chorus", "messages": msg()}, headers=headers, timeout=30)
+        assert_error(resp, 401, code="invalid_api_key")
+    assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200  # health stays open
+
+
+def test_oversized_body_is_413(serve_url):
+    big = b'{"model": "chorus", "messages": [{"role": "user", "content": "' + b"a" * (41 * 2**20) + b'"}]}'
+    assert_error(post(serve_url, big, raw=True), 413, code="request_too_large")

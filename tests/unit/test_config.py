@@ -63,3 +63,10 @@ def test_serve_options_autoscaling_replaces_replicas():
     options = config.deployments.llm_decoder.to_serve_options()
     assert "num_replicas" not in options and options["autoscaling_config"]["max_replicas"] == 3
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def test_shared_configs_require_keys():
+    config = ChorusConfig.model_validate(app_args(yaml.safe_load((DEPLOY / "gpu.yaml").read_text())))
+    assert config.auth.require_api_keys
+    local = ChorusConfig.model_validate(app_args(yaml.safe_load((DEPLOY / "local.yaml").read_text())))
+    assert not local.auth.require_api_keys and not local.auth.api_keys
