@@ -42,6 +42,9 @@ class DeploymentOptions(_Strict):
     num_replicas: int | None = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set)")
     autoscaling_config: AutoscalingConfig | None = Field(None, description="Scale between min and max replicas")
     max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica handles at once")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="Requests waiting for this deployment beyond that; more are refused at once (503). -1 = unbounded"
+    )
     num_cpus: float = Field(1.0, ge=0, description="CPUs each replica claims; torch threads follow it")
     num_gpus: float = Field(0.0, ge=0, description="GPUs each replica claims (1 = a GPU of its own)")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between replica health checks")
@@ -51,6 +54,7 @@ class DeploymentOptions(_Strict):
     def to_serve_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,

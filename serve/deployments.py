@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -186,16 +187,25 @@ class LLMDecoder:
         factory = runtime_factory or LLMRuntime.from_config
         self.runtime = factory(with_threads(self.config.llm))
         self.projectors = self._load_projectors()
+        self.active_streams = 0
 
     def _load_projectors(self) -> dict[str, torch.nn.Module]:
         fusion = self.config.fusion
         hidden = self.runtime.hidden_size
         projectors: dict[str, torch.nn.Module] = {}
+        if not (fusion.audio_projector or fusion.vision_projector):
+            return projectors
+        from fusion.checkpoint import llm_identity, load_projector, whisper_identity
+
+        llm = llm_identity(self.config.llm.model)
+        # The vision encoder's weights are not identified yet (no real CLIP weights here), so only
+        # the audio projector is checked against its encoder.
+        encoders = {"audio": whisper_identity(self.config.whisper.model), "image": None}
         for kind, path in (("audio", fusion.audio_projector), ("image", fusion.vision_projector)):
             if path:
-                from fusion.checkpoint import load_projector  # lands with the Fusion issue
-
-                projectors[kind] = load_projector(path, llm_hidden_size=hidden)
+                projectors[kind], _metadata = load_projector(
+                    path, llm_hidden_size=hidden, llm=llm, encoder=encoders[kind]
+                )
         return projectors
 
     def _projector(self, kind: str, in_dim: int) -> torch.nn.Module:
@@ -232,15 +242,25 @@ class LLMDecoder:
         stream = self.runtime.stream(inputs_embeds=inputs_embeds, params=request.params)
         sentinel = object()
         completion_tokens = 0
-        while True:
-            # Each step runs in a worker thread so concurrent streams interleave token by token.
-            event = await asyncio.to_thread(next, stream, sentinel)
-            if event is sentinel:
-                return
-            completion_tokens += 1
-            yield DecodeEvent(event.text, event.finish_reason, prompt_tokens, completion_tokens)
-            if event.finish_reason is not None:
-                return
+        # One thread per stream: steps of concurrent streams interleave token by token, and the
+        # close below is queued behind a step still in flight (a generator can't be closed while
+        # it runs), so a client that goes away frees its KV cache right after the current step.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        loop = asyncio.get_running_loop()
+        self.active_streams += 1
+        try:
+            while True:
+                event = await loop.run_in_executor(executor, next, stream, sentinel)
+                if event is sentinel:
+                    return
+                completion_tokens += 1
+                yield DecodeEvent(event.text, event.finish_reason, prompt_tokens, completion_tokens)
+                if event.finish_reason is not None:
+                    return
+        finally:
+            self.active_streams -= 1
+            executor.submit(stream.close)
+            executor.shutdown(wait=False)
 
     def tokenizer(self):
         """The tokenizer this decoder runs (the ingress plans prompts with the very same one)."""
@@ -253,6 +273,7 @@ class LLMDecoder:
             "quantization": self.config.llm.quantization,
             "weight_bytes": self.runtime.weight_bytes(),
             "max_context": self.runtime.max_context,
+            "active_streams": self.active_streams,
             "projectors": sorted(self.projectors),
             "random_projectors": self.config.fusion.allow_random_projectors,
         }

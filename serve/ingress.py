@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -44,6 +45,7 @@ from .protocol import (
 log = logging.getLogger("chorus.ingress")
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
+OVERLOAD_RETRY_AFTER_S = 2
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 
 

@@ -268,3 +268,32 @@ def test_api_key_required_when_configured(serve_url, headers):
 def test_oversized_body_is_413(serve_url):
     big = b'{"model": "chorus", "messages": [{"role": "user", "content": "' + b"a" * (41 * 2**20) + b'"}]}'
     assert_error(post(serve_url, big, raw=True), 413, code="request_too_large")
+
+
+def test_disconnect_mid_stream_frees_the_decoder(serve_url):
+    """A client that goes away mid-stream stops its generation: the decoder's stream count drops."""
+    import time
+
+    def active() -> int:
+        return httpx.get(f"{serve_url}/health", timeout=30).json()["deployments"]["llm_decoder"]["active_streams"]
+
+    body = {
+        "model": "chorus",
+        "messages": msg("Write a very long story about a lost parcel."),
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as resp:
+        lines = resp.iter_lines()
+        seen = 0
+        for line in lines:
+            seen += line.startswith("data: ")
+            if seen >= 4:
+                break
+        assert active() >= 1
+    # the connection is closed here, ~396 tokens early; finishing them would take far longer than
+    # this (~10 tokens/s here), so only a real cancellation gets the count to 0 in time
+    deadline = time.monotonic() + 10
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert active() == 0
