@@ -22,6 +22,7 @@ from modalities.audio import (
     resample,
 )
 from modalities.errors import MediaError
+from tests.helpers.media import wav_header
 from tests.helpers.memory import peak_bytes
 
 FORMATS = {  # soundfile format, subtype
@@ -47,12 +48,6 @@ def peak_hz(audio: np.ndarray, rate: int = SAMPLE_RATE) -> float:
     spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
     return float(np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()])
 
-
-def wav_header(*, channels: int = 1, rate: int = 8000, bits: int = 16, data_size: int, fmt_tag: int = 1) -> bytes:
-    block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block, block, bits)
-    riff_size = min(4 + 8 + len(fmt) + 8 + data_size, 0xFFFFFFFF)
-    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", data_size)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ import modalities.image as image_module
 from modalities.errors import MediaError
 from modalities.image import ImageLimits, decode_image
 from modalities.vision import ClipConfig, ClipRuntime
+from tests.helpers.media import encoded, jpeg_declaring, png_declaring
 from tests.helpers.memory import peak_bytes
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "assets" / "tiny_clip.json"
@@ -48,28 +46,7 @@ def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Im
     return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
 
 
-def encoded(image: Image.Image, fmt: str, **save_args) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save_args)
-    return buffer.getvalue()
 
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A ~70-byte PNG whose IHDR claims `width` x `height` (CRC fixed so the header parses)."""
-    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
-    # Signature (8) + chunk length (4) + b"IHDR" (4), then width and height, big-endian.
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """A small JPEG whose SOF0 frame header claims `width` x `height`."""
-    data = bytearray(encoded(Image.new("RGB", (8, 8)), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    # Marker (2) + segment length (2) + precision (1), then height and width.
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 
