@@ -9,7 +9,7 @@ configuration here, never code. Per-deployment scaling options (`num_replicas`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator

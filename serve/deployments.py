@@ -21,7 +21,7 @@ import torch
 from ray import serve
 
 from fusion.projectors import build_projector
-from fusion.prompt import MediaSlot, PromptPlan, splice
+from fusion.prompt import PromptPlan, splice
 from modalities.audio import SAMPLE_RATE
 from modalities.errors import MediaError
 from modalities.llm import LLMRuntime, SamplingParams

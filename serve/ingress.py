@@ -85,6 +85,16 @@ async def _respond(route: str, handler: Awaitable[Response], media_param: str | 
     except MediaError as err:
         # Media errors name the form field when the route has one (transcriptions: `file`).
         response = _error_response(from_media_error(err, param=media_param))
+    except BackPressureError:
+        # A deployment's queue is full: say so at once rather than queue without bound.
+        overloaded = APIError(
+            503,
+            "the service is overloaded; retry shortly",
+            type=SERVER_ERROR,
+            code="overloaded",
+            headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
+        )
+        response = _error_response(overloaded)
     except Exception:
         log.exception("%s failed", route)
         response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
@@ -97,6 +107,24 @@ async def _respond(route: str, handler: Awaitable[Response], media_param: str | 
     else:
         _track(route, -1)
     return response
+
+
+async def _peeked(stream) -> AsyncIterator[Any]:
+    """`stream` with its first item already fetched (errors raised here, not mid-response)."""
+    iterator = stream.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def chained() -> AsyncIterator[Any]:
+        if first is None:
+            return
+        yield first
+        async for item in iterator:
+            yield item
+
+    return chained()
 
 
 class Ingress:
@@ -275,6 +303,9 @@ class Ingress:
         stream = self.llm.options(stream=True).generate.remote(decode)
         completion_id, created, model = new_completion_id(), now(), self.config.served_model_name
         if req.stream:
+            # Wait for the first token before committing to a 200: overload, a decoder fault or a
+            # bad prompt still get a proper status instead of an error event inside a 200 stream.
+            stream = await _peeked(stream)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
                 self._sse_stream(stream, completion_id, created, model, include_usage),
