@@ -45,7 +45,7 @@ def test_config() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve_app():
     import ray
     from ray import serve
@@ -72,12 +72,12 @@ def serve_app():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def metrics_port(serve_app):
     return serve_app[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve_url(serve_app):
     return serve_app[0]
 

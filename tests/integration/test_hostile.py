@@ -1,0 +1,138 @@
+"""A hostile-input corpus against the live service: each case gets its exact status (4xx for the
+client's mistakes; odd but valid media simply works) and the service still answers afterwards."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from tests.helpers.media import encoded, jpeg_declaring, png_declaring, wav_header
+
+from .conftest import AUTH
+
+RNG = np.random.default_rng(7)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def audio_bytes(fmt: str, seconds: float = 1.0, rate: int = 16_000, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    sf.write(buf, tone, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def png(size) -> bytes:
+    return encoded(Image.new("RGB", size, (10, 200, 30)), "PNG")
+
+
+def chat(*parts, **extra) -> dict:
+    content = list(parts) if parts else "hi"
+    return {"model": "chorus", "messages": [{"role": "user", "content": content}], "max_tokens": 2, **extra}
+
+
+def image_part(data: bytes, mime: str = "image/png") -> dict:
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64(data)}"}}
+
+
+def audio_part(data: bytes, fmt: str = "wav") -> dict:
+    return {"type": "input_audio", "input_audio": {"data": b64(data), "format": fmt}}
+
+
+def hour_of_silence_flac() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(3600 * 8000, dtype=np.int16), 8000, format="FLAC")
+    return buf.getvalue()
+
+
+WAV = audio_bytes("WAV")
+FLAC = audio_bytes("FLAC")
+MP3 = audio_bytes("MP3", seconds=2.0)
+
+# (id, body — dict for JSON or bytes for raw, expected status)
+CHAT_CASES = [
+    ("invalid-json", b'{"model": "chorus", "messages": [', 400),
+    ("json-array", b"[1, 2, 3]", 400),
+    ("not-utf8", b"\xff\xfe\xfa", 400),
+    ("messages-not-a-list", {"model": "chorus", "messages": "hi"}, 400),
+    ("content-wrong-type", {"model": "chorus", "messages": [{"role": "user", "content": 42}]}, 400),
+    ("unknown-role", {"model": "chorus", "messages": [{"role": "wizard", "content": "hi"}]}, 400),
+    ("unknown-part-type", chat({"type": "video_url", "video_url": {"url": "x"}}), 400),
+    ("bad-base64-audio", chat({"type": "input_audio", "input_audio": {"data": "!!notbase64!!", "format": "wav"}}), 400),
+    ("unsupported-audio-format", chat({"type": "input_audio", "input_audio": {"data": b64(WAV), "format": "aac"}}), 400),
+    ("image-url-wrong-mime", chat(image_part(png((4, 4)), mime="text/plain")), 400),
+    ("truncated-png", chat(image_part(png((64, 64))[:60])), 400),
+    ("truncated-jpeg", chat(image_part(encoded(Image.new("RGB", (64, 64)), "JPEG")[:200], "image/jpeg")), 400),
+    ("truncated-wav", chat(audio_part(WAV[: len(WAV) // 2 + 1])), 400),
+    ("truncated-flac", chat(audio_part(FLAC[:300], "flac")), 400),
+    ("mp3-header-only", chat(audio_part(MP3[:64], "mp3")), 400),
+    ("random-bytes-audio", chat(audio_part(RNG.bytes(5000))), 400),
+    ("random-bytes-image", chat(image_part(RNG.bytes(5000))), 400),
+    ("empty-audio", chat({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}), 400),
+    ("empty-image", chat({"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}), 400),
+    ("image-1x1", chat({"type": "text", "text": "what?"}, image_part(png((1, 1)))), 200),
+    ("image-1x100000", chat(image_part(png((1, 100_000)))), 200),
+    ("png-bomb", chat(image_part(png_declaring(100_000, 100_000))), 400),
+    ("jpeg-bomb", chat(image_part(jpeg_declaring(60_000, 60_000), "image/jpeg")), 400),
+    ("tiff-not-allowed", chat(image_part(encoded(Image.new("RGB", (8, 8)), "TIFF"), "image/tiff")), 400),
+    ("wav-forged-rate", chat(audio_part(wav_header(rate=1, data_size=16000) + b"\0" * 16000)), 400),
+    ("wav-forged-channels", chat(audio_part(wav_header(channels=300, data_size=6000) + b"\0" * 6000)), 400),
+    ("wav-claims-gigabytes", chat(audio_part(wav_header(data_size=0x7FFE0000) + b"\0" * 4000)), 400),
+    ("hour-of-silence", chat(audio_part(hour_of_silence_flac(), "flac")), 400),
+    ("too-many-media", chat(*[image_part(png((2, 2)))] * 9), 400),
+    ("max-tokens-beyond-context", chat(max_tokens=10**6), 400),
+    ("negative-temperature", chat(temperature=-0.5), 400),
+    ("nan-temperature", b'{"model": "chorus", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
+    ("n-5", chat(n=5), 400),
+    ("huge-stop-list", chat(stop=[f"s{i}" for i in range(100)]), 400),
+    ("prompt-beyond-context", chat({"type": "text", "text": "word " * 20_000}), 400),
+    ("unknown-model", {**chat(), "model": "gpt-4o"}, 404),
+    ("valid-mp3", chat(audio_part(MP3, "mp3"), chorus={"fusion": "transcript"}), 200),
+]
+
+
+def _still_answers(serve_url: str) -> None:
+    assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200
+    ok = httpx.post(f"{serve_url}/v1/chat/completions", json=chat(), headers=AUTH, timeout=60)
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("case,body,status", CHAT_CASES, ids=[c[0] for c in CHAT_CASES])
+def test_chat_hostile_input(serve_url, case, body, status):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    resp = httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=120, **kwargs)
+    assert resp.status_code == status, resp.text[:500]
+    if status >= 400:
+        error = resp.json()["error"]
+        assert error["message"] and len(resp.content) < 2000  # small, and never echoes the input
+    _still_answers(serve_url)
+
+
+TRANSCRIPTION_CASES = [
+    ("random-bytes", {"model": "whisper-1"}, {"file": ("a.wav", RNG.bytes(3000))}, 400),
+    ("empty-file", {"model": "whisper-1"}, {"file": ("a.wav", b"")}, 400),
+    ("bad-response-format", {"model": "whisper-1", "response_format": "srt-ish"}, {"file": ("a.wav", WAV)}, 400),
+    ("bad-language", {"model": "whisper-1", "language": "klingon"}, {"file": ("a.wav", WAV)}, 400),
+    ("valid-flac", {"model": "whisper-1"}, {"file": ("a.flac", FLAC)}, 200),
+]
+
+
+@pytest.mark.parametrize("case,data,files,status", TRANSCRIPTION_CASES, ids=[c[0] for c in TRANSCRIPTION_CASES])
+def test_transcription_hostile_input(serve_url, case, data, files, status):
+    resp = httpx.post(f"{serve_url}/v1/audio/transcriptions", data=data, files=files, headers=AUTH, timeout=120)
+    assert resp.status_code == status, resp.text[:500]
+    _still_answers(serve_url)
+
+
+def test_not_multipart_transcription(serve_url):
+    resp = httpx.post(f"{serve_url}/v1/audio/transcriptions", json={"model": "whisper-1"}, headers=AUTH, timeout=30)
+    assert resp.status_code == 400 and json.loads(resp.text)["error"]["code"] == "invalid_request"
