@@ -348,6 +348,14 @@ def is_prepared(checkpoint: Path | None = None, *, versions: dict[str, str] | No
     return record.get("sha256") == sha256_file(checkpoint)
 
 
+def _save_deterministic(checkpoint: dict[str, Any], path: Path) -> None:
+    """torch.save through a file object: given a path, torch names the zip's root folder after the
+    file (here a random temp name), so the same weights would hash differently on every prepare.
+    Projector checkpoints record this hash, so it must depend on the weights alone."""
+    with path.open("wb") as handle:
+        torch.save(checkpoint, handle)
+
+
 def _atomic_write(dest: Path, writer) -> None:
     """Write through `writer(tmp_path)` to a temp file beside `dest`, then rename over it."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -391,7 +399,7 @@ def prepare_whisper(force: bool = False) -> Path:
     heads = _check_alignment_heads(_read_ct2_config().get("alignment_heads", []), dims)
 
     checkpoint = {"dims": asdict(dims), "model_state_dict": state_dict}
-    _atomic_write(out, lambda tmp: torch.save(checkpoint, tmp))
+    _atomic_write(out, lambda tmp: _save_deterministic(checkpoint, tmp))
     record = {
         "format": CHECKPOINT_FORMAT,
         "sha256": sha256_file(out),
