@@ -7,6 +7,9 @@ instant. Subcommands:
   chorus models info                                     where prepared models live, their hashes
   chorus demo [--audio FILE] [--question TEXT]           a spoken request → transcript → LLM answer
   chorus serve [--config deploy/local.yaml]              run the service (Ray Serve), print how to try it
+  chorus make-speech-data [--out DIR]                    espeak-ng speech corpus + cached Whisper features
+  chorus train-projector --data DIR [--out DIR]          train the audio projector (Whisper, LLM frozen)
+  chorus eval-projector --checkpoint DIR --data DIR      "repeat" WER: embed vs transcript vs untrained
 """
 
 from __future__ import annotations
@@ -138,6 +141,82 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return proc.wait()
 
 
+def _default_fusion_dir(name: str) -> str:
+    from modalities.paths import cache_dir
+
+    return str(cache_dir() / "fusion" / name)
+
+
+def _cmd_make_speech_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from fusion.speech_data import SpeechDataConfig, build_speech_data
+    from modalities.espeak import synthesize
+    from modalities.llm import LLMConfig, LLMRuntime
+    from modalities.speech import WhisperConfig, WhisperRuntime
+
+    config = SpeechDataConfig(
+        out_dir=args.out,
+        template_sentences=args.template_sentences,
+        llm_sentences=args.llm_sentences,
+        llm_budget_s=args.llm_budget_s,
+        prose_sentences=args.prose_sentences,
+        heldout_sentences=args.heldout_sentences,
+        seed=args.seed,
+    )
+    torch.set_num_threads(args.threads)
+
+    def llm_factory():
+        runtime = LLMRuntime.from_config(LLMConfig(threads=args.threads))
+        return runtime.model, runtime.tokenizer
+
+    whisper_rt = WhisperRuntime.from_config(WhisperConfig(threads=args.threads))
+    start = time.perf_counter()
+    out = build_speech_data(config, whisper_rt, llm_factory, synthesize)
+    print(f"speech corpus at {out} ({time.perf_counter() - start:.0f} s)")
+    print((out / "recipe.json").read_text())
+    return 0
+
+
+def _cmd_train_projector(args: argparse.Namespace) -> int:
+    from fusion.train import TrainConfig, train_projector_cli
+
+    config = TrainConfig(
+        data_dir=args.data,
+        out_dir=args.out,
+        stack=args.stack,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        distill=args.distill,
+        match_embedding_norm=not args.no_norm_match,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    command = "chorus " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("chorus") else " ".join(sys.argv)
+    train_projector_cli(config, command=command, ship_to=args.ship_to)
+    return 0
+
+
+def _cmd_eval_projector(args: argparse.Namespace) -> int:
+    from fusion.evaluate import evaluate_cli
+
+    evaluate_cli(
+        checkpoint=args.checkpoint,
+        data_dir=args.data,
+        limit=args.limit,
+        modes=args.modes.split(","),
+        write_metadata=args.write_metadata,
+        threads=args.threads,
+        report=args.report,
+        baseline=args.baseline,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +240,45 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("serve", help="run the service with a Serve config file (foreground)")
     run.add_argument("--config", default=str(DEFAULT_SERVE_CONFIG), help="Serve config YAML")
     run.set_defaults(func=_cmd_serve)
+
+    data = sub.add_parser("make-speech-data", help="build the espeak-ng speech corpus with cached Whisper features")
+    data.add_argument("--out", default=_default_fusion_dir("speech-v2"), help="corpus directory (outside the repo)")
+    data.add_argument("--template-sentences", type=int, default=3400)
+    data.add_argument("--llm-sentences", type=int, default=300, help="sentences the LLM writes (cached)")
+    data.add_argument("--llm-budget-s", type=float, default=420.0, help="wall-clock cap on LLM sentence writing")
+    data.add_argument("--prose-sentences", type=int, default=3000, help="sentences from stdlib docstrings")
+    data.add_argument("--heldout-sentences", type=int, default=60)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--threads", type=int, default=2)
+    data.set_defaults(func=_cmd_make_speech_data)
+
+    train = sub.add_parser("train-projector", help="train the audio projector on a speech corpus")
+    train.add_argument("--data", default=_default_fusion_dir("speech-v2"), help="corpus from make-speech-data")
+    train.add_argument("--out", default=_default_fusion_dir("runs/audio"), help="run directory (checkpoints)")
+    train.add_argument("--ship-to", default=None, help="also write the final fp16 projector to this directory")
+    train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (serve assumes 4)")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--distill", action="store_true", help="add KL to the LLM reading the transcript as text")
+    train.add_argument("--no-norm-match", action="store_true", help="skip scaling outputs to the embedding norm")
+    train.add_argument("--eval-every", type=int, default=200)
+    train.add_argument("--checkpoint-every", type=int, default=50)
+    train.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this long")
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_cmd_train_projector)
+
+    ev = sub.add_parser("eval-projector", help='"repeat" WER of a projector: embed vs transcript vs untrained')
+    ev.add_argument("--checkpoint", required=True, help="projector checkpoint directory")
+    ev.add_argument("--data", default=_default_fusion_dir("speech-v2"), help="corpus from make-speech-data")
+    ev.add_argument("--limit", type=int, default=40, help="clips per eval split")
+    ev.add_argument("--modes", default="embed,transcript,untrained", help="comma-separated")
+    ev.add_argument("--write-metadata", action="store_true", help="record the figures in the checkpoint metadata")
+    ev.add_argument("--report", default=None, help="also write the figures (and samples) to this JSON file")
+    ev.add_argument("--baseline", default=None, help="merge the modes of an earlier --report JSON (same clips)")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(func=_cmd_eval_projector)
     return parser
 
 

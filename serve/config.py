@@ -79,7 +79,9 @@ class FusionConfig(_Strict):
         "transcript", description="Default way audio reaches the LLM; requests may override with chorus.fusion"
     )
     audio_projector: str | None = Field(
-        None, description="Audio projector checkpoint (directory or .safetensors); needed for embed/both modes"
+        None,
+        description="Audio projector checkpoint (directory or .safetensors), or 'packaged' for the one shipped "
+        "for Whisper-base × SmolLM2-135M-Instruct; needed for embed/both modes",
     )
     vision_projector: str | None = Field(None, description="Vision projector checkpoint; needed for images")
     allow_random_projectors: bool = Field(

@@ -33,7 +33,8 @@ def test_config() -> dict:
         "llm": {"model": "packaged", "quantization": "none", "threads": 1},
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
-        "fusion": {"audio_mode": "transcript", "allow_random_projectors": True},
+        # the shipped audio projector; the tiny CLIP gets an untrained one, explicitly allowed
+        "fusion": {"audio_mode": "transcript", "audio_projector": "packaged", "allow_random_projectors": True},
         # the key is configured by its hash, as a shared config should
         "auth": {"api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()]},
         "deployments": {

@@ -1,0 +1,234 @@
+"""Projector evaluation: the "repeat what was said" task, word error rate per split and fusion mode.
+
+Modes compared on the same clips and the same canonical instruction (`Repeat exactly what was said.`):
+
+- `embed`: the trained projector's soft tokens (what the projector carries);
+- `transcript`: Whisper's own transcript inserted as text (the cascade) — SmolLM2 tends to answer
+  the caller rather than repeat, which this figure shows;
+- `untrained`: a freshly initialised projector of the same kind, seeded as serve seeds its random
+  projector — the floor.
+
+Decoding is greedy and batched (left-padded, positions from the attention mask) with a KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jiwer
+import torch
+from torch import nn
+
+from fusion.prompt import MediaItem, Message, build_prompt, splice
+
+AUDIO_INDEX = 0
+MAX_NEW_TOKENS_SLACK = 16  # room beyond the reference's own length for a few extra words
+EVAL_BATCH = 8
+TRANSCRIPTS_FILE = "transcripts.json"
+SAMPLES_PER_SPLIT = 3
+_WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+def normalize(text: str) -> list[str]:
+    """Lower-case words without punctuation (quotes and a trailing period are not word errors)."""
+    return _WORD_RE.findall(text.lower().replace("’", "'"))
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference word count) after `normalize` (jiwer)."""
+    ref, hyp = " ".join(normalize(reference)), " ".join(normalize(hypothesis))
+    if not ref:
+        return len(hyp.split()), 0
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, len(ref.split())
+
+
+def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER: total word errors over total reference words."""
+    errors = words = 0
+    for ref, hyp in zip(references, hypotheses):
+        e, n = word_errors(ref, hyp)
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
+
+
+def prompt_embeds(
+    model: nn.Module,
+    tokenizer,
+    instruction: str,
+    mode: str,
+    projector: nn.Module | None = None,
+    features: torch.Tensor | None = None,
+    transcript: str | None = None,
+) -> torch.Tensor:
+    """The serve-time prompt for one clip: `[L, H]` (user text part, then the audio part)."""
+    messages = [Message("user", [instruction, MediaItem("audio", AUDIO_INDEX, transcript)])]
+    plan = build_prompt(messages, tokenizer, mode)
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        text_embeds = [embedding(torch.tensor(p, dtype=torch.long)) for p in plan.pieces if isinstance(p, list)]
+        media = {}
+        if plan.slots:
+            assert projector is not None and features is not None
+            media[AUDIO_INDEX] = projector(features.float().unsqueeze(0))[0].to(text_embeds[0].dtype)
+    inputs, _mask, _counts = splice(plan, text_embeds, media)
+    return inputs[0]
+
+
+@torch.no_grad()
+def greedy_batch(model: nn.Module, prompts: Sequence[torch.Tensor], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
+    """Greedy continuation of several `[L_i, H]` prompts at once → generated token ids (EOS dropped)."""
+    batch, longest, hidden = len(prompts), max(p.shape[0] for p in prompts), prompts[0].shape[1]
+    inputs = prompts[0].new_zeros(batch, longest, hidden)
+    mask = torch.zeros(batch, longest, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends at the right edge
+        inputs[i, longest - p.shape[0] :] = p
+        mask[i, longest - p.shape[0] :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True)
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool)
+    eos = torch.tensor(sorted(eos_ids))
+    for _ in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(-1)
+        done_now = torch.isin(token, eos)
+        for i in range(batch):
+            if not done[i] and not done_now[i]:
+                generated[i].append(int(token[i]))
+        done |= done_now
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+    return generated
+
+
+def repeat_outputs(
+    model: nn.Module,
+    tokenizer,
+    eos_ids: set[int],
+    clips: Sequence[dict],
+    mode: str,
+    projector: nn.Module | None,
+    instruction: str,
+) -> list[str]:
+    """The LLM's answers to "repeat" for `clips` (dicts with features / transcript / text)."""
+    answers: list[str] = []
+    for i in range(0, len(clips), EVAL_BATCH):
+        group = clips[i : i + EVAL_BATCH]
+        prompts = [
+            prompt_embeds(model, tokenizer, instruction, "transcript" if mode == "transcript" else "embed", projector, c["features"], c.get("transcript"))
+            for c in group
+        ]
+        budget = max(len(tokenizer.encode(c["text"], add_special_tokens=False)) for c in group) + MAX_NEW_TOKENS_SLACK
+        for ids in greedy_batch(model, prompts, budget, eos_ids):
+            answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return answers
+
+
+def cached_transcripts(data_dir: Path, clips, whisper_factory) -> dict[str, str]:
+    """Whisper's transcript per clip id, made by re-synthesizing the clip, cached in the corpus."""
+    from modalities.espeak import synthesize
+
+    path = data_dir / TRANSCRIPTS_FILE
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    missing = [c for c in clips if c.id not in cache]
+    if missing:
+        runtime = whisper_factory()
+        for clip in missing:
+            audio = synthesize(clip.text, voice=clip.voice, speed_wpm=clip.speed_wpm, pitch=clip.pitch)
+            cache[clip.id] = runtime.transcribe(audio).text.strip()
+        path.write_text(json.dumps(cache, indent=1))
+    return cache
+
+
+def evaluate_cli(
+    checkpoint: str,
+    data_dir: str,
+    limit: int,
+    modes: Sequence[str],
+    write_metadata: bool,
+    threads: int,
+    report: str | None = None,
+    baseline: str | None = None,
+) -> dict:
+    """`chorus eval-projector`: WER table per split × mode; optionally into the checkpoint metadata.
+
+    `baseline`: a report JSON from an earlier run on the same clips (e.g. `transcript,untrained`,
+    which do not depend on the trained projector) whose modes are merged into this result."""
+    from fusion.checkpoint import llm_identity, load_projector, update_metadata, whisper_identity
+    from fusion.projectors import build_projector
+    from fusion.speech_data import EVAL_SPLITS, REPEAT_INSTRUCTION, load_features, load_manifest
+    from modalities.llm import LLMConfig, LLMRuntime
+    from modalities.speech import WhisperConfig, WhisperRuntime
+
+    known = {"embed", "transcript", "untrained"}
+    if unknown := set(modes) - known:
+        raise ValueError(f"unknown eval modes {sorted(unknown)}; known: {sorted(known)}")
+    torch.set_num_threads(threads)
+    root = Path(data_dir).expanduser()
+    runtime = LLMRuntime.from_config(LLMConfig(threads=threads))
+    projector, meta = load_projector(
+        checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=whisper_identity("packaged")
+    )
+    spec = meta["projector"]
+    # serve's untrained projector: same kind, seeded with 0 (LLMDecoder._projector).
+    torch.manual_seed(0)
+    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
+
+    clips = [c for c in load_manifest(root) if c.split in EVAL_SPLITS]
+    by_split = {s: [c for c in clips if c.split == s][:limit] for s in EVAL_SPLITS}
+    chosen = [c for group in by_split.values() for c in group]
+    features = load_features(root, chosen)
+    transcripts = (
+        cached_transcripts(root, chosen, lambda: WhisperRuntime.from_config(WhisperConfig(threads=threads)))
+        if "transcript" in modes
+        else {}
+    )
+    eos = set(runtime.eos_token_ids)
+    projectors = {"embed": projector, "untrained": untrained, "transcript": None}
+    figures: dict[str, dict] = {}
+    for split, group in by_split.items():
+        rows = [{"text": c.text, "features": features[c.id], "transcript": transcripts.get(c.id)} for c in group]
+        refs = [c.text for c in group]
+        figures[split] = {"clips": len(group)}
+        for mode in modes:
+            start = time.perf_counter()
+            answers = repeat_outputs(runtime.model, runtime.tokenizer, eos, rows, mode, projectors[mode], REPEAT_INSTRUCTION)
+            figures[split][mode] = {
+                "wer": round(wer(refs, answers), 4),
+                "seconds": round(time.perf_counter() - start, 1),
+                "samples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, answers))[:SAMPLES_PER_SPLIT]],
+            }
+            print(f"{split:15s} {mode:10s} WER {figures[split][mode]['wer']:.3f}  ({len(group)} clips)", flush=True)
+        if "transcript" in modes:
+            # Whisper's own transcript against the reference: the ceiling the cascade starts from.
+            figures[split]["whisper_transcript_wer"] = round(wer(refs, [transcripts[c.id] for c in group]), 4)
+
+    if baseline:
+        earlier = json.loads(Path(baseline).read_text())["splits"]
+        for split, figs in earlier.items():
+            for key, value in figs.items():
+                figures.setdefault(split, {}).setdefault(key, value)
+        modes = [m for m in ("embed", "transcript", "untrained") if m in figures[EVAL_SPLITS[0]]]
+    table = ["| split | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for split in EVAL_SPLITS:
+        table.append(f"| {split} | " + " | ".join(f"{figures[split][m]['wer'] * 100:.1f} %" for m in modes) + " |")
+    print("\n".join(table))
+    result = {"task": "repeat", "instruction": REPEAT_INSTRUCTION, "decoding": "greedy", "splits": figures}
+    if write_metadata:
+        update_metadata(checkpoint, eval=result)
+    if report:
+        Path(report).write_text(json.dumps(result, indent=2))
+    return result

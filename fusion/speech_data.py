@@ -1,0 +1,315 @@
+"""The speech corpus for audio-projector training: sentences → espeak-ng speech → cached Whisper features.
+
+Recipe (`SpeechDataConfig`, recorded in `recipe.json` and in every projector checkpoint trained on it):
+
+1. Sentences: slot-filled customer-service templates (`fusion.corpus`), sentences the LLM itself
+   writes at high temperature across many topics and personas (cached in `llm_sentences.json`:
+   CPU generation is slow), and English prose that installs offline (stdlib docstrings), deduplicated.
+2. Splits: whole sentences are held out (`eval_sentences`, spoken by training voices), the same
+   held-out sentences are also spoken by held-out voices (`eval_voices`), and a hand-written
+   free-form list (`eval_freeform`, held-out voices) checks what no template or generator produced.
+3. Each clip: a voice (espeak-ng voice + variant), speed and pitch drawn at random, 16 kHz.
+4. Whisper features `[T, d_audio]` at the clip's real length (what serve's AudioEncoder returns),
+   stored float16 in safetensors shards, one key per clip. Shards are written one at a time (eval
+   clips first), so an interrupted run resumes where it stopped and training can start on the
+   shards already complete. Whisper transcripts for `transcript`-mode evaluation are made at eval
+   time (re-synthesizing the clip: espeak-ng is deterministic) and cached in `transcripts.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, template_sentences
+
+DATA_VERSION = 1
+REPEAT_INSTRUCTION = "Repeat exactly what was said."
+# Paraphrases keep the projector from keying on one exact instruction; the canonical one is used
+# for evaluation and appears most often in training.
+REPEAT_PARAPHRASES: tuple[str, ...] = (
+    "Repeat what was said, word for word.",
+    "Say back exactly what you heard.",
+    "Write down exactly what the speaker said.",
+)
+CANONICAL_INSTRUCTION_SHARE = 0.5
+
+# espeak-ng voice + variant. Held-out voices share neither the base accent nor the variant with
+# any training voice, so `eval_voices` measures speakers the projector never heard.
+TRAIN_BASES: tuple[str, ...] = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-029")
+TRAIN_VARIANTS: tuple[str, ...] = ("", "+m1", "+m2", "+m3", "+m4", "+m6", "+f1", "+f2", "+klatt")
+HELDOUT_VOICES: tuple[str, ...] = ("en-gb-scotland+m7", "en-us-nyc+m5", "en-gb-x-gbcwmd+f5", "en-us-nyc")
+SPEED_WPM = (130, 200)
+PITCH = (25, 75)
+
+SPLITS = ("train", "eval_sentences", "eval_voices", "eval_freeform")
+EVAL_SPLITS = SPLITS[1:]
+MANIFEST = "manifest.jsonl"
+RECIPE = "recipe.json"
+LLM_SENTENCES = "llm_sentences.json"
+
+
+def train_voices() -> list[str]:
+    return [base + variant for base in TRAIN_BASES for variant in TRAIN_VARIANTS]
+
+
+class SpeechDataConfig(BaseModel):
+    """How to build the speech corpus."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out_dir: str = Field(description="Directory for the manifest, recipe and feature shards (outside the repo)")
+    template_sentences: int = Field(3400, ge=1, description="Distinct slot-filled template sentences")
+    llm_sentences: int = Field(300, ge=0, description="Sentences the LLM writes (at most; see llm_budget_s)")
+    prose_sentences: int = Field(3000, ge=0, description="Sentences from installed English prose (stdlib docstrings)")
+    llm_budget_s: float = Field(420.0, ge=0, description="Wall-clock cap on LLM sentence generation")
+    llm_temperature: float = Field(1.1, gt=0, description="Sampling temperature for LLM-written sentences")
+    heldout_sentences: int = Field(60, ge=1, description="Sentences held out of training (eval_sentences/voices)")
+    shard_size: int = Field(500, ge=1, description="Clips per feature shard")
+    seed: int = Field(0, description="Seed for sentences, splits, voices, speeds and pitches")
+
+
+@dataclass
+class Clip:
+    """One utterance of the corpus (a manifest line)."""
+
+    id: str
+    split: str
+    text: str
+    source: str  # template domain, "llm" or "freeform"
+    voice: str
+    speed_wpm: int
+    pitch: int
+    frames: int = 0
+    shard: str = ""
+    transcript: str | None = None
+
+
+# --- LLM-written sentences -------------------------------------------------------------------------
+
+LLM_TOPICS: tuple[str, ...] = (
+    "a late pizza delivery", "a broken washing machine", "a gym membership", "a cancelled flight",
+    "a hotel booking", "a mobile phone contract", "an electricity bill", "a car repair", "a lost suitcase",
+    "a library fine", "a bank transfer", "a dentist appointment", "concert tickets", "a rented apartment",
+    "a water leak", "a train delay", "online grocery shopping", "a streaming subscription", "a pet insurance claim",
+    "a wedding dress", "a school uniform", "a furniture assembly service", "a taxi ride", "a parking fine",
+    "a broken laptop screen", "a gift that arrived late", "a noisy neighbour complaint", "a medical prescription",
+    "a software licence", "a cooking class", "a house move", "a hair salon visit", "a garden centre order",
+    "a damaged rental car", "an internet outage", "a loyalty card", "a charity donation", "a bicycle repair",
+    "a hearing aid", "a cinema booking", "a kitchen renovation", "a baby monitor", "a photo printing order",
+)
+LLM_PERSONAS: tuple[str, ...] = (
+    "an angry", "a polite", "an elderly", "a confused", "a busy", "a cheerful", "a worried", "a sarcastic",
+    "a very formal", "a chatty", "a tired", "an impatient",
+)
+LLM_MAX_NEW_TOKENS = 32
+LLM_BATCH = 24
+MIN_WORDS, MAX_WORDS = 4, 24
+_CLEAN_RE = re.compile(r"^[A-Za-z][A-Za-z ,.'?!-]*[.?!]$")
+_SENTENCE_END_RE = re.compile(r"(?<=[.?!])\s")
+
+
+def clean_generated(text: str) -> str | None:
+    """First sentence of a generation if it is speakable and evaluable (letters only, 4-24 words)."""
+    text = text.strip().strip('"').strip()
+    text = _SENTENCE_END_RE.split(text.splitlines()[0] if text else "", maxsplit=1)[0].strip().strip('"')
+    if not _CLEAN_RE.match(text) or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
+        return None
+    return text
+
+
+@torch.no_grad()
+def generate_llm_sentences(model, tokenizer, count: int, budget_s: float, temperature: float, seed: int) -> list[str]:
+    """Sample up to `count` distinct customer sentences from the LLM, batched, within `budget_s`."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"  # batched generation continues from the right edge
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    seen: set[str] = set()
+    start = time.perf_counter()
+    while len(out) < count and time.perf_counter() - start < budget_s:
+        prompts = []
+        for _ in range(LLM_BATCH):
+            messages = [
+                {"role": "system", "content": "You write one realistic line a customer says. No quotes, no lists."},
+                {
+                    "role": "user",
+                    "content": f"Write one sentence that {rng.choice(LLM_PERSONAS)} customer says to a support "
+                    f"agent about {rng.choice(LLM_TOPICS)}.",
+                },
+            ]
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        generated = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_p=0.95,
+            max_new_tokens=LLM_MAX_NEW_TOKENS,
+            pad_token_id=pad_id,
+        )
+        for row in tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True):
+            sentence = clean_generated(row)
+            if sentence and sentence not in seen:
+                seen.add(sentence)
+                out.append(sentence)
+    return out[:count]
+
+
+# --- corpus plan ------------------------------------------------------------------------------------
+
+
+def plan_clips(config: SpeechDataConfig, llm_sentences: Sequence[str]) -> list[Clip]:
+    """Assign every sentence to a split and a voice/speed/pitch; deterministic given the config."""
+    rng = random.Random(config.seed)
+    pool = [(source, text) for source, text in template_sentences(config.template_sentences, config.seed)]
+    known = {text for _, text in pool}
+    pool += [("llm", text) for text in llm_sentences if text not in known]
+    known |= set(llm_sentences)
+    pool += [("prose", t) for t in prose_sentences(config.prose_sentences, config.seed) if t not in known]
+    freeform = set(FREEFORM_SENTENCES)
+    pool = [(s, t) for s, t in pool if t not in freeform]  # the free-form set must stay unseen
+    rng.shuffle(pool)
+    heldout, train = pool[: config.heldout_sentences], pool[config.heldout_sentences :]
+    voices = train_voices()
+
+    def clip(split: str, i: int, source: str, text: str, voice_pool: Sequence[str]) -> Clip:
+        return Clip(
+            id=f"{split}-{i:05d}",
+            split=split,
+            text=text,
+            source=source,
+            voice=rng.choice(voice_pool),
+            speed_wpm=rng.randint(*SPEED_WPM),
+            pitch=rng.randint(*PITCH),
+        )
+
+    # Eval clips come first so that they sit in the first shard, ready before training data ends.
+    clips = [clip("eval_sentences", i, s, t, voices) for i, (s, t) in enumerate(heldout)]
+    clips += [clip("eval_voices", i, s, t, HELDOUT_VOICES) for i, (s, t) in enumerate(heldout)]
+    clips += [clip("eval_freeform", i, "freeform", t, HELDOUT_VOICES) for i, t in enumerate(FREEFORM_SENTENCES)]
+    clips += [clip("train", i, s, t, voices) for i, (s, t) in enumerate(train)]
+    return clips
+
+
+# --- building ---------------------------------------------------------------------------------------
+
+
+def build_speech_data(
+    config: SpeechDataConfig,
+    whisper_runtime,
+    llm_factory: Callable[[], tuple[object, object]] | None,
+    synthesize: Callable[..., object],
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write the corpus under `config.out_dir`; resumes from existing shards. Returns the directory.
+
+    `llm_factory()` → (model, tokenizer) for LLM-written sentences (None: templates only);
+    `synthesize(text, voice=, speed_wpm=, pitch=)` → float32 16 kHz audio (modalities.espeak).
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    out = Path(config.out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = out / RECIPE
+    if recipe_path.exists():
+        previous = json.loads(recipe_path.read_text())["config"]
+        if previous != config.model_dump():
+            raise ValueError(f"{out} holds a corpus built with another config; use a fresh --out directory")
+
+    llm_path = out / LLM_SENTENCES
+    if llm_path.exists():
+        llm_sentences = json.loads(llm_path.read_text())
+    elif config.llm_sentences and llm_factory is not None:
+        model, tokenizer = llm_factory()
+        t0 = time.perf_counter()
+        llm_sentences = generate_llm_sentences(
+            model, tokenizer, config.llm_sentences, config.llm_budget_s, config.llm_temperature, config.seed
+        )
+        log(f"LLM wrote {len(llm_sentences)} sentences in {time.perf_counter() - t0:.0f} s")
+        llm_path.write_text(json.dumps(llm_sentences, indent=1))
+    else:
+        llm_sentences = []
+
+    clips = plan_clips(config, llm_sentences)
+    recipe = {
+        "version": DATA_VERSION,
+        "config": config.model_dump(),
+        "train_voices": train_voices(),
+        "heldout_voices": list(HELDOUT_VOICES),
+        "speed_wpm": list(SPEED_WPM),
+        "pitch": list(PITCH),
+        "instructions": [REPEAT_INSTRUCTION, *REPEAT_PARAPHRASES],
+        "counts": {split: sum(c.split == split for c in clips) for split in SPLITS},
+        "distinct_sentences": len({c.text for c in clips}),
+        "llm_sentences": len(llm_sentences),
+        "synthesizer": "espeak-ng",
+    }
+    recipe_path.write_text(json.dumps(recipe, indent=2))
+
+    shards = [clips[i : i + config.shard_size] for i in range(0, len(clips), config.shard_size)]
+    with ThreadPoolExecutor(max_workers=2) as pool, tqdm(total=len(clips), desc="speech clips", unit="clip") as bar:
+        for n, shard in enumerate(shards):
+            name = f"shard-{n:03d}"
+            meta_path = out / f"{name}.jsonl"
+            if meta_path.exists():  # finished in an earlier run
+                bar.update(len(shard))
+                continue
+            tensors: dict[str, torch.Tensor] = {}
+            # espeak runs in subprocesses, so synthesis overlaps with encoding in this thread.
+            audios = pool.map(lambda c: synthesize(c.text, voice=c.voice, speed_wpm=c.speed_wpm, pitch=c.pitch), shard)
+            for clip, audio in zip(shard, audios):
+                features = whisper_runtime.encode(audio)
+                tensors[clip.id] = features.to(torch.float16).contiguous()
+                clip.frames, clip.shard = int(features.shape[0]), f"{name}.safetensors"
+                bar.update(1)
+            save_file(tensors, str(out / f"{name}.safetensors"))
+            # The metadata file is written last: its presence marks the shard complete.
+            meta_path.write_text("".join(json.dumps(asdict(c)) + "\n" for c in shard))
+
+    lines = [meta_path.read_text() for meta_path in sorted(out.glob("shard-*.jsonl"))]
+    (out / MANIFEST).write_text("".join(lines))
+    return out
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def load_manifest(data_dir: str | Path) -> list[Clip]:
+    """Every clip of the corpus, or of its complete shards while `make-speech-data` still runs."""
+    root = Path(data_dir).expanduser()
+    path = root / MANIFEST
+    parts = [path] if path.exists() else sorted(root.glob("shard-*.jsonl"))
+    if not parts:
+        raise FileNotFoundError(f"no speech corpus at {root} (run `chorus make-speech-data` first)")
+    return [Clip(**json.loads(line)) for part in parts for line in part.read_text().splitlines() if line]
+
+
+def load_recipe(data_dir: str | Path) -> dict:
+    return json.loads((Path(data_dir).expanduser() / RECIPE).read_text())
+
+
+def load_features(data_dir: str | Path, clips: Iterable[Clip]) -> dict[str, torch.Tensor]:
+    """clip id → float16 features `[T, d_audio]` for `clips` (reads only the shards needed)."""
+    from safetensors import safe_open
+
+    by_shard: dict[str, list[str]] = {}
+    for clip in clips:
+        by_shard.setdefault(clip.shard, []).append(clip.id)
+    out: dict[str, torch.Tensor] = {}
+    for shard, ids in by_shard.items():
+        with safe_open(str(Path(data_dir).expanduser() / shard), framework="pt") as f:
+            for clip_id in ids:
+                out[clip_id] = f.get_tensor(clip_id)
+    return out
