@@ -147,6 +147,12 @@ def _default_fusion_dir(name: str) -> str:
     return str(cache_dir() / "fusion" / name)
 
 
+def _config_from_args(cls, args: argparse.Namespace, **explicit):
+    """A pydantic config from the command-line options named like its fields, plus `explicit` ones."""
+    values = {name: getattr(args, name) for name in cls.model_fields if hasattr(args, name)}
+    return cls(**{**values, **explicit})
+
+
 def _cmd_make_speech_data(args: argparse.Namespace) -> int:
     import torch
 
@@ -155,15 +161,7 @@ def _cmd_make_speech_data(args: argparse.Namespace) -> int:
     from modalities.llm import LLMConfig, LLMRuntime
     from modalities.speech import WhisperConfig, WhisperRuntime
 
-    config = SpeechDataConfig(
-        out_dir=args.out,
-        template_sentences=args.template_sentences,
-        llm_sentences=args.llm_sentences,
-        llm_budget_s=args.llm_budget_s,
-        prose_sentences=args.prose_sentences,
-        heldout_sentences=args.heldout_sentences,
-        seed=args.seed,
-    )
+    config = _config_from_args(SpeechDataConfig, args, out_dir=args.out)
     torch.set_num_threads(args.threads)
 
     def llm_factory():
@@ -181,20 +179,8 @@ def _cmd_make_speech_data(args: argparse.Namespace) -> int:
 def _cmd_train_projector(args: argparse.Namespace) -> int:
     from fusion.train import TrainConfig, train_projector_cli
 
-    config = TrainConfig(
-        data_dir=args.data,
-        out_dir=args.out,
-        stack=args.stack,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        distill=args.distill,
-        match_embedding_norm=not args.no_norm_match,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        max_minutes=args.max_minutes,
-        threads=args.threads,
-        seed=args.seed,
+    config = _config_from_args(
+        TrainConfig, args, data_dir=args.data, out_dir=args.out, match_embedding_norm=not args.no_norm_match
     )
     command = "chorus " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("chorus") else " ".join(sys.argv)
     train_projector_cli(config, command=command, ship_to=args.ship_to)
