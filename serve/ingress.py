@@ -164,18 +164,24 @@ class Ingress:
                     headers={"Retry-After": retry_after_header(wait)},
                 )
 
+    def _too_large(self) -> APIError:
+        return APIError(413, f"request body exceeds {self.config.limits.max_body_bytes} bytes", code="request_too_large")
+
+    def _check_declared_size(self, request: Request) -> None:
+        """413 from the Content-Length header alone, before any of the body is read."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.limits.max_body_bytes:
+            raise self._too_large()
+
     async def _read_body(self, request: Request) -> bytes:
         """The body, refused with 413 as soon as it is known to exceed the limit."""
+        self._check_declared_size(request)
         limit = self.config.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        too_large = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -399,9 +405,7 @@ class Ingress:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise APIError(400, "expected a multipart/form-data body", code="invalid_request")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.config.limits.max_body_bytes:
-            raise APIError(413, f"request body exceeds {self.config.limits.max_body_bytes} bytes", code="request_too_large")
+        self._check_declared_size(request)
         try:
             form = await request.form()
         except Exception as err:
