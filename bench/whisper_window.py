@@ -12,7 +12,8 @@ absolute seconds):
   repeated-segment clean-up alone; `--naive` adds 0 s without the cap, where the decoder repeats
   itself up to whisper's 224-token limit per window).
 
-Prints a markdown table and writes bench/results/whisper_window.json.
+Prints a markdown table and writes bench/results/whisper_window.json. `chorus bench --only encoders`
+reuses `encoder_times` (2/5/10/30 s clips) and `bench_transcribe` (full vs the default adaptive window).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def bench_weights(repeats: int) -> dict:
     }
 
 
-def bench_encoder(model, corpus, repeats: int) -> dict:
-    text, clip = min(corpus, key=lambda item: abs(len(item[1]) / 16_000 - ENCODER_CLIP_SECONDS))
+def encoder_times(model, clip, repeats: int) -> dict[str, list[float]]:
+    """Encoder seconds for one clip, full 30-s window vs adaptive, interleaved over `repeats`."""
     runtimes = {
         "full": WhisperRuntime(model, WhisperConfig(device="cpu", adaptive_window=False)),
         "adaptive": WhisperRuntime(model, WhisperConfig(device="cpu", adaptive_window=True)),
@@ -85,11 +86,18 @@ def bench_encoder(model, corpus, repeats: int) -> dict:
     for _ in range(repeats):
         for name, rt in runtimes.items():  # interleaved, so load changes hit both alike
             times[name].append(timed(lambda: rt.encode(clip))[0])
+    return times
+
+
+def bench_encoder(model, corpus, repeats: int) -> dict:
+    text, clip = min(corpus, key=lambda item: abs(len(item[1]) / 16_000 - ENCODER_CLIP_SECONDS))
+    times = encoder_times(model, clip, repeats)
+    adaptive_rt = WhisperRuntime(model, WhisperConfig(device="cpu", adaptive_window=True))
     full, adaptive = (statistics.median(times[n]) for n in ("full", "adaptive"))
     return {
         "clip_s": round(len(clip) / 16_000, 2),
         "text": text,
-        "frames": int(runtimes["adaptive"].encode(clip).shape[0]),
+        "frames": int(adaptive_rt.encode(clip).shape[0]),
         "full_s": round(full, 4),
         "adaptive_s": round(adaptive, 4),
         "speedup": round(full / adaptive, 2),

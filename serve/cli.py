@@ -8,8 +8,9 @@ instant. Subcommands:
   chorus demo [--audio FILE] [--question TEXT]           a spoken request → transcript → LLM answer
   chorus serve [--config deploy/local.yaml]              run the service (Ray Serve), print how to try it
   chorus make-speech-data [--out DIR]                    espeak-ng speech corpus + cached Whisper features
-  chorus train-projector --data DIR [--out DIR]          train the audio projector (Whisper, LLM frozen)
-  chorus eval-projector --checkpoint DIR --data DIR      "repeat" WER: embed vs transcript vs untrained
+  chorus make-vision-data [--out DIR]                    synthetic shape images + cached CLIP patch features
+  chorus train-projector --data DIR [--out DIR]          train a projector (encoder, LLM frozen); audio or image by --data
+  chorus eval-projector --checkpoint DIR --data DIR      audio: "repeat" WER; image: caption CE + attribute accuracy
 """
 
 from __future__ import annotations
@@ -176,11 +177,36 @@ def _cmd_make_speech_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_vision_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from fusion.vision_data import VisionDataConfig, build_clip, build_vision_data, encoder_identity
+
+    config = _config_from_args(VisionDataConfig, args, out_dir=args.out)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out = build_vision_data(config, build_clip(config, args.threads), encoder_identity(config))
+    print(f"image set at {out} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _modality(args: argparse.Namespace) -> str:
+    """--modality, else what the --data directory holds (an image set or a speech corpus)."""
+    from fusion.vision_data import is_vision_data
+
+    if args.modality:
+        return args.modality
+    return "image" if args.data and is_vision_data(args.data) else "audio"
+
+
 def _cmd_train_projector(args: argparse.Namespace) -> int:
     from fusion.train import TrainConfig, train_projector_cli
 
+    modality = _modality(args)
+    data = args.data or _default_fusion_dir("vision-v1" if modality == "image" else "speech-v2")
+    out = args.out or _default_fusion_dir(f"runs/{modality}")
     config = _config_from_args(
-        TrainConfig, args, data_dir=args.data, out_dir=args.out, match_embedding_norm=not args.no_norm_match
+        TrainConfig, args, data_dir=data, out_dir=out, modality=modality, match_embedding_norm=not args.no_norm_match
     )
     command = "chorus " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("chorus") else " ".join(sys.argv)
     train_projector_cli(config, command=command, ship_to=args.ship_to)
@@ -188,8 +214,14 @@ def _cmd_train_projector(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_projector(args: argparse.Namespace) -> int:
-    from fusion.evaluate import evaluate_cli
+    from fusion.checkpoint import read_metadata
+    from fusion.evaluate import evaluate_cli, evaluate_vision_cli
 
+    if read_metadata(args.checkpoint).get("modality") == "image":
+        data = args.data or read_metadata(args.checkpoint)["data"]["config"]["out_dir"]
+        evaluate_vision_cli(args.checkpoint, data, args.limit, args.write_metadata, args.threads, args.report)
+        return 0
+    args.data = args.data or _default_fusion_dir("speech-v2")
     evaluate_cli(
         checkpoint=args.checkpoint,
         data_dir=args.data,
@@ -201,6 +233,12 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
         baseline=args.baseline,
     )
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.harness import main as bench_main
+
+    return bench_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,9 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--threads", type=int, default=2)
     data.set_defaults(func=_cmd_make_speech_data)
 
-    train = sub.add_parser("train-projector", help="train the audio projector on a speech corpus")
-    train.add_argument("--data", default=_default_fusion_dir("speech-v2"), help="corpus from make-speech-data")
-    train.add_argument("--out", default=_default_fusion_dir("runs/audio"), help="run directory (checkpoints)")
+    vdata = sub.add_parser("make-vision-data", help="build the synthetic shapes image set with cached CLIP features")
+    vdata.add_argument("--out", default=_default_fusion_dir("vision-v1"), help="image-set directory (outside the repo)")
+    vdata.add_argument("--train-images", type=int, default=4000)
+    vdata.add_argument("--eval-images", type=int, default=200, help="per held-out split (eval_seen, eval_combos)")
+    vdata.add_argument("--clip-model", default=str(REPO_ROOT / "tests" / "assets" / "tiny_clip.json"),
+                       help="open_clip architecture or model-config JSON (default: the tiny test CLIP)")
+    vdata.add_argument("--clip-pretrained", default=None, help="open_clip tag or local checkpoint; none = random init")
+    vdata.add_argument("--clip-seed", type=int, default=0, help="torch seed for random-init CLIP weights")
+    vdata.add_argument("--feature-layer", type=int, default=-2)
+    vdata.add_argument("--seed", type=int, default=0)
+    vdata.add_argument("--threads", type=int, default=2)
+    vdata.set_defaults(func=_cmd_make_vision_data)
+
+    train = sub.add_parser("train-projector", help="train an audio or image projector (encoder and LLM frozen)")
+    train.add_argument("--data", default=None, help="speech corpus or image set (default: ~/.cache/chorus/fusion/speech-v2)")
+    train.add_argument("--modality", choices=["audio", "image"], default=None, help="default: what --data holds")
+    train.add_argument("--out", default=None, help="run directory (default: ~/.cache/chorus/fusion/runs/<modality>)")
     train.add_argument("--ship-to", default=None, help="also write the final fp16 projector to this directory")
     train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (serve assumes 4)")
     train.add_argument("--steps", type=int, default=1000)
@@ -255,16 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_cmd_train_projector)
 
-    ev = sub.add_parser("eval-projector", help='"repeat" WER of a projector: embed vs transcript vs untrained')
+    ev = sub.add_parser("eval-projector", help='audio: "repeat" WER (embed/transcript/untrained); image: captions vs untrained')
     ev.add_argument("--checkpoint", required=True, help="projector checkpoint directory")
-    ev.add_argument("--data", default=_default_fusion_dir("speech-v2"), help="corpus from make-speech-data")
-    ev.add_argument("--limit", type=int, default=40, help="clips per eval split")
-    ev.add_argument("--modes", default="embed,transcript,untrained", help="comma-separated")
+    ev.add_argument("--data", default=None, help="speech corpus / image set (default: speech-v2; the image set it was trained on)")
+    ev.add_argument("--limit", type=int, default=40, help="clips / images per eval split")
+    ev.add_argument("--modes", default="embed,transcript,untrained", help="audio: comma-separated")
     ev.add_argument("--write-metadata", action="store_true", help="record the figures in the checkpoint metadata")
     ev.add_argument("--report", default=None, help="also write the figures (and samples) to this JSON file")
     ev.add_argument("--baseline", default=None, help="merge the modes of an earlier --report JSON (same clips)")
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=_cmd_eval_projector)
+
+    from bench.harness import add_arguments as add_bench_arguments  # argparse only: no heavy imports
+
+    bench = sub.add_parser("bench", help="side-by-side benchmarks: JSON + markdown report + PNG plots")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

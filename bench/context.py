@@ -1,0 +1,116 @@
+"""What every benchmark section shares: options, the loaded LLM runtimes, timing helpers.
+
+Runtimes are loaded once per (quantization, engine) and reused by every section in the run, so the
+decode, bandwidth, quantization and concurrency sections measure the very same objects.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.report import Report
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
+
+# The continuous-batching engine adds `LLMConfig.engine`; until it exists the runtime has one engine.
+ENGINE_FIELD = "engine"
+REFERENCE_ENGINE = "eager"
+
+
+def available_engines() -> list[str | None]:
+    """Engines `LLMConfig` knows, reference first; [None] when the config has no engine choice."""
+    field_info = LLMConfig.model_fields.get(ENGINE_FIELD)
+    if field_info is None:
+        return [None]
+    choices = list(getattr(field_info.annotation, "__args__", ()) or [field_info.default])
+    return sorted(choices, key=lambda engine: engine != REFERENCE_ENGINE)
+
+
+def engine_label(engine: str | None) -> str:
+    """None: this checkout's LLMConfig has no engine choice (the eager loop is the only engine)."""
+    return engine or "eager"
+
+
+@dataclass
+class BenchOptions:
+    threads: int = 1
+    quick: bool = False
+    model: str = "packaged"  # an LLMConfig.model: 'packaged' or a local transformers directory
+    repeats: int = 5
+    new_tokens: int = 64
+
+
+@dataclass
+class BenchContext:
+    options: BenchOptions
+    report: Report = field(default_factory=Report)
+    log: Callable[[str], None] = print
+    _runtimes: dict[tuple[str, str | None], LLMRuntime] = field(default_factory=dict)
+    load_s: dict[str, float] = field(default_factory=dict)
+
+    def runtime(self, quantization: str = "none", engine: str | None = None) -> LLMRuntime:
+        """The LLM runtime for this (quantization, engine), loaded on first use.
+
+        Raises whatever loading raises (e.g. UnsupportedQuantization); sections turn that into a
+        not-measured row.
+        """
+        key = (quantization, engine)
+        if key not in self._runtimes:
+            values = {"model": self.options.model, "quantization": quantization, "threads": self.options.threads}
+            if engine is not None:
+                values[ENGINE_FIELD] = engine
+            start = time.perf_counter()
+            self._runtimes[key] = LLMRuntime.from_config(LLMConfig(**values))
+            self.load_s[f"{quantization}/{engine_label(engine)}"] = round(time.perf_counter() - start, 2)
+        torch.set_num_threads(self.options.threads)
+        return self._runtimes[key]
+
+
+def median_of(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    """Greedy, EOS ignored: every run produces exactly `max_tokens` tokens (as vLLM's benchmarks)."""
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def stream_stamps(runtime: LLMRuntime, ids: list[int], new_tokens: int) -> tuple[float, list[float]]:
+    """(start, arrival time of each token) for one greedy stream through `LLMRuntime.stream`."""
+    start = time.perf_counter()
+    stamps = [time.perf_counter() for _ in runtime.stream(input_ids=ids, params=greedy(new_tokens))]
+    if len(stamps) != new_tokens:
+        raise RuntimeError(f"expected {new_tokens} tokens, the stream gave {len(stamps)}")
+    return start, stamps
+
+
+def decode_rate(stamps: Sequence[float]) -> float:
+    """Tokens after the first / time from the first to the last token: decode only, prefill excluded."""
+    if len(stamps) < 2:
+        raise ValueError("a decode rate needs at least two tokens")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def env_info(threads: int) -> dict:
+    import platform
+
+    return {
+        "machine": f"{platform.machine()} ({platform.processor() or platform.system()})",
+        "cpus": len(os.sched_getaffinity(0)),
+        "threads": threads,
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "loadavg_start": round(os.getloadavg()[0], 2),
+    }

@@ -1,0 +1,363 @@
+"""LLM sections: decode vs llama.cpp, decode vs the memory-bandwidth bound, quantization modes,
+concurrency. Each takes the run's `BenchContext` and adds `Figure`s to its report.
+
+Every comparison is measured interleaved (ours, then the reference, within each repeat) so that
+load changes on a shared machine hit both alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from bench.context import BenchContext, available_engines, decode_rate, engine_label, greedy, stream_stamps
+from bench.report import Figure, Stat, Target
+
+PROMPT = [{"role": "user", "content": "Tell me about the history of Paris in a few paragraphs."}]
+WARMUP_TOKENS = 8
+MIN_RATIO_VS_LLAMA_CPP = 0.5
+MAX_WEIGHT_RATIO = 0.35
+MIN_QUANT_SPEED_RATIO = 1.0
+MIN_AGREEMENT_PCT = 95.0
+AGREEMENT_TOKENS = 32
+# A fixed, varied prompt set for greedy agreement with fp32 (customer service, facts, code, lists).
+AGREEMENT_PROMPTS = (
+    "Where is my parcel? I ordered it ten days ago.",
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain what a refund is in one paragraph.",
+    "List three tips for packing fragile items.",
+    "Write a Python function that reverses a string.",
+    "My phone screen is cracked. What should I do?",
+    "Summarize the plot of Romeo and Juliet.",
+)
+COPY_BYTES = 256 * 2**20  # far beyond any CPU cache: the copy runs at memory speed
+QUICK_COPY_BYTES = 64 * 2**20
+COPIES_PER_SAMPLE = 3
+CONCURRENCY_LEVELS = (1, 2, 4, 8)
+MIN_CONCURRENCY_SCALING = 4.0
+LLAMA_CPP_CONTEXT = 512
+NOT_INSTALLED = "llama.cpp not installed: pip install -e '.[bench]'"
+
+
+def _prompt_ids(ctx: BenchContext) -> list[int]:
+    return ctx.runtime().chat_template(PROMPT)
+
+
+# --- 1. decode vs llama.cpp ----------------------------------------------------------------------
+
+
+class LlamaCppDecoder:
+    """llama-cpp-python on the Q4_1 GGUF the packaged weights come from, fed our token ids."""
+
+    def __init__(self, threads: int) -> None:
+        from llama_cpp import Llama
+
+        from modalities.llm_weights import packaged_gguf_path
+
+        self.path = packaged_gguf_path()
+        self.llm = Llama(
+            model_path=str(self.path), n_threads=threads, n_threads_batch=threads, n_ctx=LLAMA_CPP_CONTEXT, verbose=False
+        )
+
+    def stamps(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
+        """Arrival time of each greedy token (EOS ignored, as ours), and the tokens."""
+        self.llm.reset()  # no prefix reuse between repeats: same work as ours every time
+        stamps, tokens = [], []
+        for token in self.llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            stamps.append(time.perf_counter())
+            tokens.append(int(token))
+            if len(tokens) == new_tokens:
+                break
+        return stamps, tokens
+
+
+def section_decode(ctx: BenchContext) -> None:
+    """Our decode tok/s (fp32 as deployed, and int4, closest to llama.cpp's Q4_1) vs llama.cpp."""
+    opts, report = ctx.options, ctx.report
+    repeats = 2 if opts.quick else opts.repeats
+    new_tokens = 16 if opts.quick else opts.new_tokens
+    ids = _prompt_ids(ctx)
+    ours: dict[str, object] = {}
+    for engine in available_engines():
+        for quantization in ("none", "int4"):
+            label = f"{quantization}, {engine_label(engine)}"
+            try:
+                ours[label] = ctx.runtime(quantization, engine)
+            except Exception as e:  # noqa: BLE001 - reported as not measured, with the reason
+                report.add(Figure("decode", f"decode tok/s, ours ({label})", "tok/s", None, note=f"{type(e).__name__}: {e}"))
+    try:
+        llama = LlamaCppDecoder(opts.threads)
+    except ImportError:
+        llama, why = None, NOT_INSTALLED
+    except Exception as e:  # noqa: BLE001
+        llama, why = None, f"llama.cpp failed to load the GGUF: {type(e).__name__}: {e}"
+
+    for runtime in ours.values():
+        stream_stamps(runtime, ids, WARMUP_TOKENS)
+    if llama is not None:
+        llama.stamps(ids, WARMUP_TOKENS)
+    rates: dict[str, list[float]] = {label: [] for label in ours}
+    reference: list[float] = []
+    for _ in range(repeats):
+        for label, runtime in ours.items():
+            rates[label].append(decode_rate(stream_stamps(runtime, ids, new_tokens)[1]))
+        if llama is not None:
+            stamps, llama_tokens = llama.stamps(ids, new_tokens)
+            reference.append(decode_rate(stamps))
+    ref_stat = Stat.of(reference) if reference else None
+    detail: dict = {"prompt_tokens": len(ids), "new_tokens": new_tokens, "repeats": repeats, "ours": rates}
+    if llama is not None:
+        ours_tokens = ctx.runtime().generate(input_ids=ids, params=greedy(new_tokens)).token_ids
+        same = sum(a == b for a, b in zip(ours_tokens, llama_tokens))
+        detail.update(llama_cpp=reference, llama_cpp_gguf=str(llama.path), tokens_equal_to_fp32=f"{same}/{new_tokens}")
+    for label, samples in rates.items():
+        report.add(
+            Figure(
+                "decode",
+                f"decode tok/s, ours ({label})",
+                "tok/s",
+                Stat.of(samples),
+                ref_stat,
+                "llama.cpp Q4_1" if llama is not None else NOT_INSTALLED,
+                Target(">=", MIN_RATIO_VS_LLAMA_CPP),
+                note="" if llama is not None else f"reference not measured: {why}",
+            )
+        )
+    engines = [e for e in available_engines() if e is not None]
+    for engine in engines[1:]:  # engines other than eager, against eager in the same run
+        for quantization in ("none", "int4"):
+            mine, base = f"{quantization}, {engine}", f"{quantization}, {engines[0]}"
+            if mine in rates and base in rates:
+                report.add(
+                    Figure("decode", f"decode tok/s, {mine}", "tok/s", Stat.of(rates[mine]), Stat.of(rates[base]), base)
+                )
+    ctx.report.sections["decode"] = detail
+
+
+# --- 2. decode vs the memory-bandwidth bound -----------------------------------------------------
+
+
+def copy_bandwidth(nbytes: int, copies: int = COPIES_PER_SAMPLE) -> float:
+    """Bytes read + written per second by large tensor copies (torch's current thread count)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in before timing
+    start = time.perf_counter()
+    for _ in range(copies):
+        dst.copy_(src)
+    return copies * 2 * nbytes / (time.perf_counter() - start)
+
+
+def section_bandwidth(ctx: BenchContext) -> None:
+    """Decode tok/s as a fraction of bandwidth / bytes of weights read per token."""
+    opts, report = ctx.options, ctx.report
+    repeats = 2 if opts.quick else opts.repeats
+    new_tokens = 16 if opts.quick else opts.new_tokens
+    nbytes = QUICK_COPY_BYTES if opts.quick else COPY_BYTES
+    ids = _prompt_ids(ctx)
+    runtimes = {}
+    for quantization in ("none", "int4"):
+        try:
+            runtimes[quantization] = ctx.runtime(quantization)
+        except Exception as e:  # noqa: BLE001
+            report.add(Figure("bandwidth", f"decode tok/s vs bandwidth bound ({quantization})", "tok/s", None,
+                              note=f"{type(e).__name__}: {e}"))
+    for runtime in runtimes.values():
+        stream_stamps(runtime, ids, WARMUP_TOKENS)
+    copy_bandwidth(nbytes)
+    bandwidth: list[float] = []
+    rates: dict[str, list[float]] = {q: [] for q in runtimes}
+    for _ in range(repeats):
+        bandwidth.append(copy_bandwidth(nbytes))
+        for quantization, runtime in runtimes.items():
+            rates[quantization].append(decode_rate(stream_stamps(runtime, ids, new_tokens)[1]))
+    detail = {"copy_bytes": nbytes, "bandwidth_gb_s": [round(b / 1e9, 3) for b in bandwidth], "rows": {}}
+    report.add(Figure("bandwidth", "copy bandwidth (read + write)", "GB/s", Stat.of([b / 1e9 for b in bandwidth]),
+                      note=f"{nbytes // 2**20} MiB float32 tensor copied {COPIES_PER_SAMPLE}× per sample, {opts.threads} thread(s)"))
+    for quantization, runtime in runtimes.items():
+        per_token = runtime.weight_bytes()
+        bounds = [b / per_token for b in bandwidth]
+        detail["rows"][quantization] = {"weight_bytes_per_token": per_token, "bound_tok_s": bounds, "tok_s": rates[quantization]}
+        report.add(
+            Figure(
+                "bandwidth",
+                f"decode tok/s vs bandwidth bound ({quantization})",
+                "tok/s",
+                Stat.of(rates[quantization]),
+                Stat.of(bounds),
+                f"bound: bandwidth / {per_token / 1e6:.0f} MB per token",
+                note="" if quantization != "none" else
+                "bytes per token = the runtime's weight_bytes() (every weight read once per token; KV cache "
+                "and activations not counted), so the bound is an upper limit on decode speed",
+            )
+        )
+    report.sections["bandwidth"] = detail
+
+
+# --- 3. quantization modes -----------------------------------------------------------------------
+
+
+def _teacher_forced_agreement(runtime, prompts: list[list[int]], references: list[list[int]]) -> float:
+    """Share of positions where this model's argmax, fed the fp32 greedy continuation, equals it."""
+    agree = total = 0
+    with torch.inference_mode():
+        for ids, ref in zip(prompts, references):
+            sequence = torch.tensor([ids + ref[:-1]], device=runtime.device)
+            logits = runtime.model(input_ids=sequence).logits[0, len(ids) - 1 :]
+            predicted = logits.argmax(dim=-1).tolist()
+            agree += sum(p == r for p, r in zip(predicted, ref))
+            total += len(ref)
+    return 100.0 * agree / total
+
+
+def _free_running_agreement(runtime, prompts: list[list[int]], references: list[list[int]], tokens: int) -> float:
+    """Share of positions equal to fp32's when each model generates on its own (divergence cascades)."""
+    agree = total = 0
+    for ids, ref in zip(prompts, references):
+        mine = runtime.generate(input_ids=ids, params=greedy(tokens)).token_ids
+        agree += sum(a == b for a, b in zip(mine, ref))
+        total += len(ref)
+    return 100.0 * agree / total
+
+
+def section_quant(ctx: BenchContext) -> None:
+    """none / int8 / int4: weight memory, decode tok/s and greedy agreement, each against fp32."""
+    opts, report = ctx.options, ctx.report
+    repeats = 2 if opts.quick else opts.repeats
+    new_tokens = 16 if opts.quick else opts.new_tokens
+    n_prompts, agreement_tokens = (2, 8) if opts.quick else (len(AGREEMENT_PROMPTS), AGREEMENT_TOKENS)
+    reference = ctx.runtime("none")
+    ids = _prompt_ids(ctx)
+    runtimes = {"none": reference}
+    for mode in ("int8", "int4"):
+        try:
+            runtimes[mode] = ctx.runtime(mode)
+        except Exception as e:  # noqa: BLE001
+            for name in ("weight memory", "decode tok/s", "greedy agreement"):
+                report.add(Figure("quant", f"{name}, {mode}", "", None, note=f"{type(e).__name__}: {e}"))
+    for runtime in runtimes.values():
+        stream_stamps(runtime, ids, WARMUP_TOKENS)
+    rates: dict[str, list[float]] = {mode: [] for mode in runtimes}
+    for _ in range(repeats):
+        for mode, runtime in runtimes.items():
+            rates[mode].append(decode_rate(stream_stamps(runtime, ids, new_tokens)[1]))
+
+    prompts = [reference.chat_template([{"role": "user", "content": p}]) for p in AGREEMENT_PROMPTS[:n_prompts]]
+    fp32_tokens = [reference.generate(input_ids=p, params=greedy(agreement_tokens)).token_ids for p in prompts]
+    fp32_bytes = reference.weight_bytes()
+    detail: dict = {"new_tokens": new_tokens, "repeats": repeats, "agreement_prompts": n_prompts,
+                    "agreement_tokens": agreement_tokens, "modes": {}}
+    for mode, runtime in runtimes.items():
+        if mode == "none":
+            detail["modes"][mode] = {"weight_bytes": fp32_bytes, "tok_s": rates[mode]}
+            continue
+        size = runtime.weight_bytes()
+        forced = _teacher_forced_agreement(runtime, prompts, fp32_tokens)
+        free = _free_running_agreement(runtime, prompts, fp32_tokens, agreement_tokens)
+        skipped = runtime.quantization.skipped
+        detail["modes"][mode] = {"weight_bytes": size, "tok_s": rates[mode], "teacher_forced_agreement_pct": forced,
+                                 "free_running_agreement_pct": free, "layers_left_float": skipped}
+        report.add(Figure("quant", f"weight memory, {mode}", "MB", Stat.exact(size / 1e6), Stat.exact(fp32_bytes / 1e6),
+                          "fp32", Target("<=", MAX_WEIGHT_RATIO),
+                          note=f"{mode}: {len(skipped)} linear layer(s) left float ({', '.join(sorted(set(skipped.values())))})"
+                          if skipped else ""))
+        report.add(Figure("quant", f"decode tok/s, {mode}", "tok/s", Stat.of(rates[mode]), Stat.of(rates["none"]), "fp32",
+                          Target(">=", MIN_QUANT_SPEED_RATIO)))
+        report.add(Figure("quant", f"greedy agreement with fp32, {mode}", "%", Stat.exact(forced), None,
+                          f"fp32 greedy tokens ({n_prompts}×{agreement_tokens})", Target(">=", MIN_AGREEMENT_PCT, on="value"),
+                          note=f"{mode}: per position, fed fp32's continuation (teacher-forced); free-running "
+                          f"(own tokens, a divergence cascades) {free:.1f} %"))
+    report.sections["quant"] = detail
+
+
+# --- 5. concurrency ------------------------------------------------------------------------------
+
+
+def _concurrent_round(runtime, ids: list[int], streams: int, new_tokens: int) -> dict:
+    """`streams` greedy streams started together from threads: aggregate tok/s and each TTFT."""
+    barrier = threading.Barrier(streams + 1)
+    ttft: list[float] = [0.0] * streams
+    ends: list[float] = [0.0] * streams
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            barrier.wait()
+            start = time.perf_counter()
+            for n, _ in enumerate(runtime.stream(input_ids=ids, params=greedy(new_tokens))):
+                if n == 0:
+                    ttft[i] = time.perf_counter() - start
+            ends[i] = time.perf_counter()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def section_concurrency(ctx: BenchContext) -> None:
+    """Aggregate tok/s and TTFT p50/p99 at 1, 2, 4, 8 streams, the engine called directly (threads)."""
+    opts, report = ctx.options, ctx.report
+    repeats = 1 if opts.quick else 2
+    new_tokens = 8 if opts.quick else 32
+    levels = (1, 2) if opts.quick else CONCURRENCY_LEVELS
+    ids = _prompt_ids(ctx)
+    curve: dict[str, list[dict]] = {}
+    rows = ["| engine | streams | aggregate tok/s (median) | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
+    for engine in available_engines():
+        label = engine_label(engine)
+        try:
+            runtime = ctx.runtime("none", engine)
+        except Exception as e:  # noqa: BLE001
+            report.add(Figure("concurrency", f"aggregate tok/s, {label}", "tok/s", None, note=f"{type(e).__name__}: {e}"))
+            continue
+        stream_stamps(runtime, ids, WARMUP_TOKENS)
+        results: dict[int, list[dict]] = {n: [] for n in levels}
+        for _ in range(repeats):
+            for streams in levels:
+                results[streams].append(_concurrent_round(runtime, ids, streams, new_tokens))
+        points = []
+        for streams in levels:
+            aggregate = [r["aggregate_tok_s"] for r in results[streams]]
+            ttfts = [t for r in results[streams] for t in r["ttft_s"]]
+            point = {"streams": streams, "aggregate_tok_s": Stat.of(aggregate).median, "aggregate_samples": aggregate,
+                     "ttft_p50_s": _percentile(ttfts, 50), "ttft_p99_s": _percentile(ttfts, 99), "ttft_samples": ttfts}
+            points.append(point)
+            rows.append(f"| {label} | {streams} | {point['aggregate_tok_s']:.1f} | {point['ttft_p50_s']:.3f} s "
+                        f"| {point['ttft_p99_s']:.3f} s |")
+        curve[label] = points
+        single = Stat.of([r["aggregate_tok_s"] for r in results[levels[0]]])
+        top = levels[-1]
+        for streams in levels[1:]:
+            report.add(Figure("concurrency", f"aggregate tok/s, {streams} streams, {label}", "tok/s",
+                              Stat.of([r["aggregate_tok_s"] for r in results[streams]]), single, "1 stream",
+                              Target(">=", MIN_CONCURRENCY_SCALING) if streams == CONCURRENCY_LEVELS[-1] else None))
+        top_ttfts = [t for r in results[top] for t in r["ttft_s"]]
+        one_ttfts = [t for r in results[levels[0]] for t in r["ttft_s"]]
+        report.add(Figure("concurrency", f"TTFT p50, {top} streams, {label}", "s",
+                          Stat.exact(_percentile(top_ttfts, 50)), Stat.exact(_percentile(one_ttfts, 50)), "1 stream"))
+        report.add(Figure("concurrency", f"TTFT p99, {top} streams, {label}", "s",
+                          Stat.exact(_percentile(top_ttfts, 99)), Stat.exact(_percentile(one_ttfts, 99)), "1 stream"))
+    report.sections["concurrency"] = {
+        "new_tokens": new_tokens, "repeats": repeats, "curve": curve, "markdown": "\n".join(rows),
+        "how": "each stream a thread calling LLMRuntime.stream on one shared runtime, started together",
+    }

@@ -1,0 +1,163 @@
+"""Service overhead: TTFT and inter-token latency through the HTTP API vs the runtimes called directly.
+
+"API" is a real Serve app built from deploy/local.yaml, started in this process on a free port and
+streamed over HTTP; "direct" is `LLMRuntime.stream` (and, for speech, `WhisperRuntime.transcribe`)
+in this process with the thread count the decoder replica uses. Requests alternate between the two
+paths so machine-load drift hits both alike. `bench/api_ttft.py` is the stand-alone script over the
+same functions (it adds a spoken request).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import yaml
+
+from bench.context import BenchContext
+from bench.report import Figure, Stat, Target
+from fusion.prompt import MediaItem, Message, build_prompt
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
+
+REPO = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = REPO / "deploy" / "local.yaml"
+QUESTION = "My parcel has not arrived. What should I do?"
+SPOKEN = "Hello, I ordered running shoes ten days ago and the tracking page has not changed."
+PROMPT_TEXT = "Answer this caller briefly:"
+MAX_API_TO_DIRECT_TTFT = 1.10
+READY_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_service(port: int, config_path: Path = SERVE_CONFIG) -> tuple[str, dict]:
+    """Start a local Ray cluster and the Chorus app from a Serve config; returns (base URL, app args)."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    config = yaml.safe_load(config_path.read_text())
+    args = config["applications"][0]["args"]
+    os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="chorus", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=10).status_code == 200:
+                return base, args
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the service did not answer /health within {READY_TIMEOUT_S} s")
+
+
+def stop_service() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def decoder_threads(service_args: dict) -> int:
+    """The decoder replica's torch threads: its config's, else its CPU claim (serve/deployments.py)."""
+    return int(service_args["llm"].get("threads") or service_args["deployments"]["llm_decoder"]["num_cpus"])
+
+
+def api_stamps(base: str, content: object, max_tokens: int) -> tuple[float, list[float]]:
+    """(start, arrival of each SSE chunk carrying text) for one streamed chat completion."""
+    body = {
+        "model": "chorus",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "chorus": {"fusion": "transcript"},
+    }
+    stamps: list[float] = []
+    start = time.perf_counter()
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=REQUEST_TIMEOUT_S) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[len("data: ") :]).get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                stamps.append(time.perf_counter())
+    if not stamps:
+        raise RuntimeError("the stream ended without content")
+    return start, stamps
+
+
+def direct_stamps(llm: LLMRuntime, max_tokens: int, whisper_rt=None, audio: bytes | None = None) -> tuple[float, list[float]]:
+    """(start, arrival of each event carrying text) for the same request, runtimes called in-process."""
+    start = time.perf_counter()
+    parts: list = [PROMPT_TEXT if audio is not None else QUESTION]
+    if audio is not None:
+        transcript = whisper_rt.transcribe(whisper_rt.decode(audio)).text
+        parts.append(MediaItem("audio", 0, transcript))
+    plan = build_prompt([Message("user", parts)], llm.tokenizer, audio_mode="transcript")
+    stamps = [
+        time.perf_counter()
+        for event in llm.stream(input_ids=plan.token_ids(), params=SamplingParams(temperature=0, max_tokens=max_tokens))
+        if event.text
+    ]
+    return start, stamps
+
+
+def ttft(start: float, stamps: list[float]) -> float:
+    return stamps[0] - start
+
+
+def inter_token(stamps: list[float]) -> float | None:
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else None
+
+
+def section_service(ctx: BenchContext) -> None:
+    """Text-only request: API TTFT and inter-token latency vs the engine called directly."""
+    opts, report = ctx.options, ctx.report
+    repeats = 2 if opts.quick else opts.repeats
+    max_tokens = 8 if opts.quick else 32
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        report.add(Figure("service", "TTFT, API vs direct", "s", None, note=f"Ray not importable: {e}"))
+        return
+    base, service_args = start_service(free_port())
+    try:
+        threads = decoder_threads(service_args)
+        llm = LLMRuntime.from_config(LLMConfig(model=service_args["llm"].get("model", "packaged"), threads=threads))
+        samples: dict[str, dict[str, list[float]]] = {"direct": {"ttft": [], "itl": []}, "api": {"ttft": [], "itl": []}}
+        direct_stamps(llm, max_tokens), api_stamps(base, QUESTION, max_tokens)  # warm both paths
+        for _ in range(repeats):
+            for path, run in (("direct", lambda: direct_stamps(llm, max_tokens)), ("api", lambda: api_stamps(base, QUESTION, max_tokens))):
+                start, stamps = run()
+                samples[path]["ttft"].append(ttft(start, stamps))
+                itl = inter_token(stamps)
+                if itl is not None:
+                    samples[path]["itl"].append(itl)
+    finally:
+        stop_service()
+        torch.set_num_threads(opts.threads)
+    note = (f"deploy/local.yaml app in this process over HTTP (SSE), decoder replica {threads} thread(s); direct = "
+            f"LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens max, greedy")
+    report.add(Figure("service", "TTFT, text-only, API", "s", Stat.of(samples["api"]["ttft"]), Stat.of(samples["direct"]["ttft"]),
+                      "engine direct", Target("<=", MAX_API_TO_DIRECT_TTFT), note=note))
+    if samples["api"]["itl"] and samples["direct"]["itl"]:
+        report.add(Figure("service", "inter-token latency, API", "s", Stat.of(samples["api"]["itl"]),
+                          Stat.of(samples["direct"]["itl"]), "engine direct"))
+    report.sections["service"] = {"repeats": repeats, "max_tokens": max_tokens, "decoder_threads": threads, "samples": samples}
