@@ -20,6 +20,7 @@ from modalities.speech import WhisperConfig
 from modalities.vision import ClipConfig
 
 from .auth import AuthConfig
+from .fetch import RemoteMediaConfig
 
 DEPLOYMENT_NAMES = ("Ingress", "AudioEncoder", "VisionEncoder", "LLMDecoder")
 
@@ -103,7 +104,9 @@ class ChorusConfig(_Strict):
         default_factory=lambda: ["whisper-1"],
         description="Model ids /v1/audio/transcriptions accepts besides the configured Whisper name",
     )
-    allow_remote_media_urls: bool = Field(False, description="Fetch http(s) image URLs (off: data URLs only)")
+    remote_media: RemoteMediaConfig = Field(
+        default_factory=RemoteMediaConfig, description="Fetching remote image URLs (off: data URLs only)"
+    )
     llm: LLMConfig = Field(default_factory=LLMConfig)
     whisper: WhisperConfig = Field(default_factory=WhisperConfig)
     vision: ClipConfig | None = Field(None, description="CLIP encoder; None = the service refuses images")
@@ -111,6 +114,18 @@ class ChorusConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     deployments: Deployments = Field(default_factory=Deployments)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_remote_flag(cls, data: Any) -> Any:
+        # `allow_remote_media_urls` never fetched anything; `false` is what it always meant.
+        if isinstance(data, dict) and "allow_remote_media_urls" in data:
+            data = dict(data)
+            if data.pop("allow_remote_media_urls"):
+                raise ValueError(
+                    "allow_remote_media_urls is replaced by remote_media: {enabled: true, allowed_hosts: [...]}"
+                )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "ChorusConfig":

@@ -27,6 +27,7 @@ from .auth import KeyStore, RateLimiter, retry_after_header
 from .config import ChorusConfig
 from .deployments import DecodeRequest
 from .errors import SERVER_ERROR, APIError, from_media_error, model_not_found, validation_error
+from .fetch import RemoteMediaFetcher
 from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -41,8 +42,12 @@ from .protocol import (
     new_completion_id,
     now,
 )
+from .redact import RedactingFilter
 
 log = logging.getLogger("chorus.ingress")
+# Everything this logger writes (access lines, tracebacks that may quote a prompt) is PII-redacted.
+log.addFilter(RedactingFilter())
+log.setLevel(logging.INFO)
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
 OVERLOAD_RETRY_AFTER_S = 2
@@ -75,8 +80,9 @@ async def _tracked_stream(route: str, body: AsyncIterator[bytes]) -> AsyncIterat
         _track(route, -1)
 
 
-async def _respond(route: str, handler: Awaitable[Response], media_param: str | None) -> Response:
-    """Run a route's handler, map its errors to OpenAI error bodies, count the outcome."""
+async def _respond(request: Request, route: str, handler: Awaitable[Response], media_param: str | None) -> Response:
+    """Run a route's handler, map its errors to OpenAI error bodies, count and log the outcome."""
+    started = time.perf_counter()
     _track(route, +1)
     try:
         response = await handler
@@ -106,6 +112,15 @@ async def _respond(route: str, handler: Awaitable[Response], media_param: str | 
         response.body_iterator = _tracked_stream(route, response.body_iterator)
     else:
         _track(route, -1)
+    # One access line per request: never bodies, media or text (streams: latency to the first byte).
+    log.info(
+        "%s %s %d %.1fms key=%s",
+        request.method,
+        route,
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+        getattr(request.state, "key_id", "-"),
+    )
     return response
 
 
@@ -140,6 +155,7 @@ class Ingress:
         self.keys = KeyStore(self.config.auth)
         per_minute = self.config.auth.requests_per_minute
         self.rate_limiter = RateLimiter(per_minute) if per_minute else None
+        self.fetcher = RemoteMediaFetcher(self.config.remote_media)
 
     def _admit(self, request: Request) -> None:
         """Authenticate and rate-limit before any other work (401 / 429 with Retry-After)."""
@@ -153,6 +169,7 @@ class Ingress:
                 type="invalid_request_error",
                 code="invalid_api_key",
             )
+        request.state.key_id = key_id
         if self.rate_limiter is not None:
             wait = self.rate_limiter.acquire(key_id)
             if wait > 0:
@@ -217,7 +234,7 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> Response:
-        return await _respond("/v1/models", self._models(request), media_param=None)
+        return await _respond(request, "/v1/models", self._models(request), media_param=None)
 
     async def _models(self, request: Request) -> Response:
         self._admit(request)
@@ -227,11 +244,11 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        return await _respond("/v1/chat/completions", self._chat(request), media_param=None)
+        return await _respond(request, "/v1/chat/completions", self._chat(request), media_param=None)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(self, request: Request) -> Response:
-        return await _respond("/v1/audio/transcriptions", self._transcribe(request), media_param="file")
+        return await _respond(request, "/v1/audio/transcriptions", self._transcribe(request), media_param="file")
 
     # --- chat ----------------------------------------------------------------------------------
 
@@ -258,7 +275,7 @@ class Ingress:
 
         audio_mode = (req.chorus.fusion if req.chorus and req.chorus.fusion else None) or self.config.fusion.audio_mode
         limits = self.config.limits
-        messages, media = router.extract(req, self.config.allow_remote_media_urls, limits.max_media_items)
+        messages, media = await router.extract(req, self.fetcher, limits.max_media_items)
         for item in media:
             if item.kind == "image" and self.vision is None:
                 raise APIError(

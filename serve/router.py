@@ -9,7 +9,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from fusion.prompt import FusionMode, MediaItem, Message, PromptPlan, build_prom
 from modalities.errors import MediaError
 
 from .errors import APIError
+from .fetch import RemoteMediaFetcher, is_remote_url
 from .protocol import AudioPart, ChatCompletionRequest, ImagePart, TextPart
 
 _DATA_URL_RE = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
@@ -45,7 +46,8 @@ def _b64(data: str, param: str) -> bytes:
         raise APIError(400, "invalid base64 data", param=param, code="invalid_base64") from err
 
 
-def decode_image_url(url: str, param: str, allow_remote: bool) -> bytes:
+async def decode_image_url(url: str, param: str, fetcher: RemoteMediaFetcher | None) -> bytes:
+    """The image bytes of a data URL, or of a remote URL when the deployment fetches them."""
     match = _DATA_URL_RE.match(url)
     if match:
         if not match.group("b64"):
@@ -54,22 +56,39 @@ def decode_image_url(url: str, param: str, allow_remote: bool) -> bytes:
         if mime and not mime.startswith("image/"):
             raise APIError(400, f"expected an image data URL, got '{mime[:40]}'", param=param, code="invalid_image_url")
         return _b64(url[match.end() :], param)
-    if url.startswith(("http://", "https://")):
-        if not allow_remote:
+    if is_remote_url(url):
+        if fetcher is None or not fetcher.enabled:
             raise APIError(
                 400,
                 "remote image URLs are disabled on this deployment; send the image as a base64 data URL",
                 param=param,
                 code="remote_url_disabled",
             )
-        raise APIError(400, "remote image URLs are not supported yet", param=param, code="remote_url_disabled")
+        return await fetcher.fetch_image(url, param)
     raise APIError(400, "image_url must be a data: URL", param=param, code="invalid_image_url")
 
 
-def extract(request: ChatCompletionRequest, allow_remote: bool, max_media: int) -> tuple[list[Message], list[MediaInput]]:
-    """Split the request into fusion messages (media as `MediaItem`s) and the media bytes."""
+async def _all_or_cancel(coroutines: list[Awaitable[bytes]]) -> list[bytes]:
+    """Run the fetches concurrently; the first refusal cancels the others."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def extract(
+    request: ChatCompletionRequest, fetcher: RemoteMediaFetcher | None, max_media: int
+) -> tuple[list[Message], list[MediaInput]]:
+    """Split the request into fusion messages (media as `MediaItem`s) and the media bytes.
+
+    Remote images (only with an enabled `fetcher`) are fetched concurrently once the whole request
+    has been checked, so a request refused for its shape costs no outbound traffic.
+    """
     messages: list[Message] = []
     media: list[MediaInput] = []
+    pending: dict[int, tuple[str, str]] = {}  # media index -> (url, param)
     for m_i, message in enumerate(request.messages):
         parts: list[str | MediaItem] = []
         for p_i, part in enumerate(message.parts()):
@@ -80,18 +99,31 @@ def extract(request: ChatCompletionRequest, allow_remote: bool, max_media: int) 
             if len(media) >= max_media:
                 raise APIError(400, f"at most {max_media} media items per request", param=param, code="too_many_media")
             if isinstance(part, ImagePart):
-                data = decode_image_url(part.image_url.url, f"{param}.image_url.url", allow_remote)
+                url_param = f"{param}.image_url.url"
+                if is_remote_url(part.image_url.url) and fetcher is not None and fetcher.enabled:
+                    fetcher.check_url(part.image_url.url, url_param)  # refuse by policy before any I/O
+                    pending[len(media)] = (part.image_url.url, url_param)
+                    data = b""
+                else:
+                    data = await decode_image_url(part.image_url.url, url_param, fetcher)
                 kind = "image"
             else:
                 assert isinstance(part, AudioPart)
                 data = _b64(part.input_audio.data, f"{param}.input_audio.data")
                 kind = "audio"
-            if not data:
+            if not data and len(media) not in pending:
                 raise APIError(400, f"empty {kind} data", param=param, code="invalid_media")
             media.append(MediaInput(kind, len(media), data, param))
             parts.append(MediaItem(kind, media[-1].index))  # type: ignore[arg-type]
         role = "system" if message.role == "developer" else message.role
         messages.append(Message(role, parts))
+    if pending:
+        assert fetcher is not None
+        fetched = await _all_or_cancel([fetcher.fetch_image(url, p) for url, p in pending.values()])
+        for index, data in zip(pending, fetched):
+            if not data:
+                raise APIError(400, "empty image data", param=media[index].param, code="invalid_media")
+            media[index].data = data
     return messages, media
 
 

@@ -70,3 +70,18 @@ def test_shared_configs_require_keys():
     assert config.auth.require_api_keys
     local = ChorusConfig.model_validate(app_args(yaml.safe_load((DEPLOY / "local.yaml").read_text())))
     assert not local.auth.require_api_keys and not local.auth.api_keys
+
+
+def test_remote_media_off_by_default_and_legacy_flag():
+    assert ChorusConfig().remote_media.enabled is False
+    # the old boolean only ever meant "off"; `true` points at the block that replaced it
+    assert ChorusConfig.model_validate({"allow_remote_media_urls": False}).remote_media.enabled is False
+    with pytest.raises(ValidationError, match="remote_media"):
+        ChorusConfig.model_validate({"allow_remote_media_urls": True})
+
+
+def test_remote_media_needs_an_allowlist():
+    with pytest.raises(ValidationError, match="allowed_hosts"):
+        ChorusConfig.model_validate({"remote_media": {"enabled": True}})
+    config = ChorusConfig.model_validate({"remote_media": {"enabled": True, "allowed_hosts": ["Img.Example.com."]}})
+    assert config.remote_media.allowed_hosts == ["img.example.com"] and not config.remote_media.allow_http

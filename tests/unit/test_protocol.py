@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -79,7 +80,7 @@ def test_extract_orders_media_and_maps_developer_role():
             ],
         }
     )
-    messages, media = extract(request, allow_remote=False, max_media=4)
+    messages, media = asyncio.run(extract(request, fetcher=None, max_media=4))
     assert messages[0].role == "system"
     assert messages[1].parts == ["look", MediaItem("image", 0), MediaItem("audio", 1)]
     assert [m.kind for m in media] == ["image", "audio"] and media[1].data == b"RIFFxxxx"
@@ -91,7 +92,7 @@ def test_too_many_media_items():
     parts = [{"type": "image_url", "image_url": {"url": png}}] * 3
     request = ChatCompletionRequest.model_validate({"model": "chorus", "messages": [{"role": "user", "content": parts}]})
     with pytest.raises(APIError) as info:
-        extract(request, allow_remote=False, max_media=2)
+        asyncio.run(extract(request, fetcher=None, max_media=2))
     assert info.value.code == "too_many_media" and info.value.param == "messages.0.content.2"
 
 
@@ -107,5 +108,5 @@ def test_too_many_media_items():
 )
 def test_bad_image_urls(url, code):
     with pytest.raises(APIError) as info:
-        decode_image_url(url, "p", allow_remote=False)
+        asyncio.run(decode_image_url(url, "p", fetcher=None))
     assert info.value.code == code and info.value.status == 400
