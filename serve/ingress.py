@@ -44,8 +44,9 @@ from .protocol import (
 )
 from .redact import RedactingFilter
 
-log = logging.getLogger("chorus.ingress")
-# Everything this logger writes (access lines, tracebacks that may quote a prompt) is PII-redacted.
+# Under `ray.serve` so that Serve's replica log files (with replica and request ids) get the lines;
+# everything this logger writes (access lines, tracebacks that may quote a prompt) is PII-redacted.
+log = logging.getLogger("ray.serve.chorus.ingress")
 log.addFilter(RedactingFilter())
 log.setLevel(logging.INFO)
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")

@@ -37,6 +37,9 @@ def test_config() -> dict:
         "fusion": {"audio_mode": "transcript", "audio_projector": "packaged", "allow_random_projectors": True},
         # the key is configured by its hash, as a shared config should
         "auth": {"api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()]},
+        # remote images on, with loopback names allowlisted: the hostile cases prove the address
+        # check after resolution refuses them anyway
+        "remote_media": {"enabled": True, "allowed_hosts": ["localhost", "127.0.0.1", "example.com"], "timeout_s": 3},
         "deployments": {
             "ingress": small,
             "audio_encoder": small,

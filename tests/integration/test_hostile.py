@@ -4,8 +4,11 @@ client's mistakes; odd but valid media simply works) and the service still answe
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +18,7 @@ from PIL import Image
 
 from tests.helpers.media import encoded, jpeg_declaring, png_declaring, wav_header
 
-from .conftest import AUTH
+from .conftest import API_KEY, AUTH
 
 RNG = np.random.default_rng(7)
 
@@ -115,6 +118,67 @@ def test_chat_hostile_input(serve_url, case, body, status):
         error = resp.json()["error"]
         assert error["message"] and len(resp.content) < 2000  # small, and never echoes the input
     _still_answers(serve_url)
+
+
+def image_url_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+# Remote image URLs (remote_media is on, allowlisting localhost, 127.0.0.1 and example.com):
+# (id, url, status, error code)
+SSRF_CASES = [
+    ("localhost-after-dns", "https://localhost/cat.png", 400, "remote_address_blocked"),
+    ("loopback-ip", "https://127.0.0.1/cat.png", 400, "remote_address_blocked"),
+    ("loopback-dashboard-port", "https://127.0.0.1:8265/api/jobs/", 400, "remote_address_blocked"),
+    ("fragment-trick", "https://127.0.0.1#@example.com", 400, "remote_address_blocked"),
+    ("userinfo-trick", "https://example.com@127.0.0.1/cat.png", 400, "remote_url_userinfo"),
+    ("ipv6-loopback", "https://[::1]/cat.png", 400, "remote_host_not_allowed"),
+    ("ipv4-mapped-ipv6", "https://[::ffff:127.0.0.1]/cat.png", 400, "remote_host_not_allowed"),
+    ("cloud-metadata", "https://169.254.169.254/latest/meta-data/", 400, "remote_host_not_allowed"),
+    ("private-10", "https://10.0.0.1/cat.png", 400, "remote_host_not_allowed"),
+    ("private-192-168", "https://192.168.0.1/cat.png", 400, "remote_host_not_allowed"),
+    ("unspecified", "https://0.0.0.0/cat.png", 400, "remote_host_not_allowed"),
+    ("decimal-ip", "https://2130706433/cat.png", 400, "invalid_image_url"),
+    ("hex-ip", "https://0x7f000001/cat.png", 400, "invalid_image_url"),
+    ("http-not-allowed", "http://localhost/cat.png", 400, "remote_url_scheme"),
+    ("http-metadata", "http://169.254.169.254/latest/meta-data/", 400, "remote_url_scheme"),
+    ("file-scheme", "file:///etc/passwd", 400, "invalid_image_url"),
+    ("ftp-scheme", "ftp://example.com/cat.png", 400, "invalid_image_url"),
+    ("not-allowlisted", "https://images.evil.net/cat.png", 400, "remote_host_not_allowed"),
+    ("subdomain-of-exact-entry", "https://cdn.example.com/cat.png", 400, "remote_host_not_allowed"),
+]
+
+
+@pytest.mark.parametrize("case,url,status,code", SSRF_CASES, ids=[c[0] for c in SSRF_CASES])
+def test_remote_image_url_ssrf(serve_url, case, url, status, code):
+    resp = httpx.post(f"{serve_url}/v1/chat/completions", json=chat(image_url_part(url)), headers=AUTH, timeout=60)
+    assert resp.status_code == status, resp.text[:500]
+    error = resp.json()["error"]
+    assert error["code"] == code and error["param"] == "messages.0.content.0.image_url.url", error
+    assert url not in resp.text  # the URL is never echoed
+    _still_answers(serve_url)
+
+
+def test_access_log_has_no_request_text(serve_url):
+    """Every request leaves one access line (method, route, status, latency, key id); the prompt's
+    text never reaches the logs."""
+    import ray
+
+    marker = "Call me on +1 212 555 0147, card 4111 1111 1111 1111, mail zed.q@example.com"
+    resp = httpx.post(f"{serve_url}/v1/chat/completions", json=chat({"type": "text", "text": marker}),
+                      headers=AUTH, timeout=60)
+    assert resp.status_code == 200, resp.text[:500]
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    deadline = time.monotonic() + 20
+    access = []
+    while time.monotonic() < deadline and not access:
+        time.sleep(1)
+        text = "\n".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".err", ".out"))
+        access = [line for line in text.splitlines() if "POST /v1/chat/completions 200" in line and "key=" in line]
+    assert access, "no access line in the Ray session logs"
+    assert "key=" + hashlib.sha256(API_KEY.encode()).hexdigest()[:12] in access[-1]
+    for secret in ("212 555 0147", "4111 1111 1111 1111", "zed.q@example.com", API_KEY):
+        assert secret not in text
 
 
 TRANSCRIPTION_CASES = [
