@@ -305,3 +305,39 @@ def test_http_error_status(server):
 
 def test_content_encoding_refused(server):
     assert refused(loopback_fetcher(), f"{server}/gzip").code == "remote_media_invalid"
+
+
+def _request_with_images(*urls: str):
+    from serve.protocol import ChatCompletionRequest
+
+    parts = [{"type": "text", "text": "compare"}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return ChatCompletionRequest.model_validate({"model": "chorus", "messages": [{"role": "user", "content": parts}]})
+
+
+def test_extract_fetches_remote_images_in_order():
+    from serve.router import extract
+
+    async def resolver(host, port):
+        return ["93.184.215.14"]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = PNG + request.url.path.encode()
+        return httpx.Response(200, headers={"content-type": "image/png"}, stream=httpx.ByteStream(body))
+
+    f = fetcher(resolver=resolver, transport=httpx.MockTransport(handler))
+    request = _request_with_images("https://a.example.com/1.png", "data:image/png;base64,AAEC", "https://b.example.com/2.png")
+    _, media = asyncio.run(extract(request, f, max_media=4))
+    assert [m.data for m in media] == [PNG + b"/1.png", b"\x00\x01\x02", PNG + b"/2.png"]
+    assert media[2].param == "messages.0.content.3"
+
+
+def test_extract_refuses_by_policy_before_any_fetch():
+    from serve.router import extract
+
+    async def resolver(host, port):
+        raise AssertionError("no lookup may happen when a later URL breaks the policy")
+
+    request = _request_with_images("https://a.example.com/1.png", "https://evil.net/2.png")
+    with pytest.raises(APIError) as info:
+        asyncio.run(extract(request, fetcher(resolver=resolver), max_media=4))
+    assert info.value.code == "remote_host_not_allowed" and info.value.param == "messages.0.content.2.image_url.url"
