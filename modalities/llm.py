@@ -2,7 +2,9 @@
 
 `LLMRuntime` takes an already-built model and tokenizer (tests pass a tiny random Llama), or builds
 them from an `LLMConfig` with `from_config`. Generation runs through a `DecodeLoop` (our own
-prefill + per-token loop, not `model.generate`), and text comes out incrementally: multi-byte
+prefill + per-token loop, not `model.generate`): by default the continuous-batching `BatchedEngine`
+(concurrent streams share each decode step), or `EagerDecodeLoop` with `engine="eager"`. Text comes
+out incrementally: multi-byte
 characters are released whole, and text that could still become a stop string is held back.
 
 Typical use (the fusion router splices media tokens into `inputs_embeds` first):
@@ -30,6 +32,7 @@ from modalities.detokenize import IncrementalDetokenizer, StopStringFilter
 from modalities.devices import TorchDevice
 from modalities.errors import MediaError
 from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
+from modalities.llm_engine import DEFAULT_MAX_SLOTS, BatchedEngine, EngineStats
 from modalities.llm_quant import Quantization, QuantizationReport, quantize_model, weight_bytes
 from modalities.sampling import SamplingParams
 
@@ -41,6 +44,7 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 HUB_NAME = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")
 CONTEXT_EXCEEDED_CODE = "context_length_exceeded"
 FinishReason = Literal["stop", "length"]
+DecodeEngine = Literal["eager", "batched"]
 
 
 class LLMConfig(BaseModel):
@@ -68,6 +72,17 @@ class LLMConfig(BaseModel):
     )
     max_context: int | None = Field(
         default=None, ge=1, description="Prompt + generated tokens limit; None: the model's max_position_embeddings"
+    )
+    engine: DecodeEngine = Field(
+        default="batched",
+        description="'batched': continuous batching, concurrent requests share each decode step (Llama-family "
+        "models; others are refused with a message to use 'eager'); 'eager': one sequence at a time through "
+        "transformers' forward (any causal LM)",
+    )
+    max_batch: int = Field(
+        default=DEFAULT_MAX_SLOTS,
+        ge=1,
+        description="batched engine: sequences decoded together (KV-cache slots); further requests wait in FIFO order",
     )
 
 
@@ -135,7 +150,8 @@ class LLMRuntime:
         model.requires_grad_(False)
         model.to(torch.device(config.device))
         report = quantize_model(model, config.quantization)
-        return cls(model, tokenizer, max_context=config.max_context, quantization=report)
+        decode_loop = build_decode_loop(model, config)
+        return cls(model, tokenizer, max_context=config.max_context, decode_loop=decode_loop, quantization=report)
 
     # --- introspection -------------------------------------------------------------------------
 
@@ -150,6 +166,10 @@ class LLMRuntime:
     @property
     def hidden_size(self) -> int:
         return self._embedding.embedding_dim
+
+    def engine_stats(self) -> EngineStats | None:
+        """Active and queued sequences of the batched engine; None with the eager loop."""
+        return self.decode_loop.stats() if isinstance(self.decode_loop, BatchedEngine) else None
 
     def weight_bytes(self) -> int:
         """Bytes held by parameters and buffers (quantized storage counted as stored, ties once)."""
@@ -261,6 +281,16 @@ class LLMRuntime:
         if inputs_embeds.shape[1] == 0:
             raise MediaError("the prompt is empty", param="messages")
         return inputs_embeds.to(device=self.device, dtype=self.dtype)
+
+
+def build_decode_loop(model: nn.Module, config: LLMConfig) -> DecodeLoop:
+    """The decode loop `config.engine` names, for an already loaded (and quantized) model."""
+    if config.engine == "eager":
+        return EagerDecodeLoop(model)
+    try:
+        return BatchedEngine(model, max_slots=config.max_batch, max_context=config.max_context)
+    except ValueError as e:
+        raise ValueError(f"llm.engine 'batched' cannot run this model: {e}") from e
 
 
 def resolve_model_source(model: str) -> str:

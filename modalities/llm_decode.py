@@ -1,12 +1,14 @@
 """The token loop: prefill from `inputs_embeds`, then one token per step against a KV cache.
 
 `DecodeLoop` is the small interface the runtime streams through; `EagerDecodeLoop` serves one
-sequence at a time with a transformers `DynamicCache`. A batched engine (continuous batching,
-static cache + torch.compile) replaces it by implementing the same `run`.
+sequence at a time with a transformers `DynamicCache` and works for any causal LM. The
+continuous-batching engine (`modalities.llm_engine.BatchedEngine`, Llama-family models) implements
+the same `run`: concurrent requests share one batched forward per step, in a slot-based KV cache.
 
 Why DynamicCache: a StaticCache pre-allocates `max_context` positions per layer (for SmolLM2 at 8k
 context ~0.4 GB per request) and, without torch.compile, attends over all of them every step; its
-advantage only appears once the step is compiled, which is the batched engine's job.
+advantage only appears once the step is compiled (not done here; the batched engine grows its slot
+cache by doubling instead).
 """
 
 from __future__ import annotations
