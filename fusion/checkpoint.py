@@ -105,6 +105,35 @@ def whisper_identity(model: str) -> ModelIdentity:
     return ModelIdentity(name=name, sha256=sha)
 
 
+def clip_identity(model_name: str, pretrained: str | None, seed: int | None = None) -> ModelIdentity:
+    """Identity of a CLIP (`ClipConfig.model_name` + `pretrained`).
+
+    A local checkpoint is hashed; an open_clip tag is named (its weights live on a hub). Random
+    weights (`pretrained=None`, tests and the synthetic-data proof) have no file to hash: they are
+    identified by what makes them — the architecture config, the torch seed they were drawn under and
+    the torch / open_clip versions that draw them."""
+    import open_clip
+
+    path = Path(model_name).expanduser()
+    arch = path.stem if path.suffix == ".json" else model_name
+    if pretrained is not None:
+        weights = Path(pretrained).expanduser()
+        if weights.is_file():
+            return ModelIdentity(name=f"{arch}:{weights.name}", sha256=sha256_file(weights))
+        return ModelIdentity(name=f"{arch}:{pretrained}")
+    if seed is None:
+        raise ValueError("a random-init CLIP is identified by its seed; pass seed=")
+    architecture = json.loads(path.read_text()) if path.suffix == ".json" else open_clip.get_model_config(model_name)
+    recipe = {
+        "config": architecture,
+        "seed": seed,
+        "torch": torch.__version__.split("+")[0],
+        "open_clip": open_clip.__version__,
+    }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return ModelIdentity(name=f"{arch}:random-init(seed={seed})", sha256=digest)
+
+
 # --- save / load ------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,9 @@
-"""Projector evaluation: the "repeat what was said" task, word error rate per split and fusion mode.
+"""Projector evaluation.
+
+Audio: the "repeat what was said" task, word error rate per split and fusion mode (below).
+Images: captioning held-out images of the synthetic set (`fusion.vision_data`), trained vs untrained
+projector: teacher-forced caption cross-entropy, and the attributes (count, colour, shape, position)
+a greedy caption gets right (`caption_figures`, `evaluate_vision_cli`).
 
 Modes compared on the same clips and the same canonical instruction (`Repeat exactly what was said.`):
 
@@ -23,7 +28,7 @@ import jiwer
 import torch
 from torch import nn
 
-from fusion.prompt import MediaItem, Message, build_prompt, splice
+from fusion.prompt import MediaItem, MediaKind, Message, build_prompt, splice
 
 AUDIO_INDEX = 0
 MAX_NEW_TOKENS_SLACK = 16  # room beyond the reference's own length for a few extra words
@@ -64,9 +69,10 @@ def prompt_embeds(
     projector: nn.Module | None = None,
     features: torch.Tensor | None = None,
     transcript: str | None = None,
+    kind: MediaKind = "audio",
 ) -> torch.Tensor:
-    """The serve-time prompt for one clip: `[L, H]` (user text part, then the audio part)."""
-    messages = [Message("user", [instruction, MediaItem("audio", AUDIO_INDEX, transcript)])]
+    """The serve-time prompt for one media item: `[L, H]` (user text part, then the media part)."""
+    messages = [Message("user", [instruction, MediaItem(kind, AUDIO_INDEX, transcript)])]
     plan = build_prompt(messages, tokenizer, mode)
     embedding = model.get_input_embeddings()
     with torch.no_grad():
@@ -227,6 +233,103 @@ def evaluate_cli(
         table.append(f"| {split} | " + " | ".join(f"{figures[split][m]['wer'] * 100:.1f} %" for m in modes) + " |")
     print("\n".join(table))
     result = {"task": "repeat", "instruction": REPEAT_INSTRUCTION, "decoding": "greedy", "splits": figures}
+    if write_metadata:
+        update_metadata(checkpoint, eval=result)
+    if report:
+        Path(report).write_text(json.dumps(result, indent=2))
+    return result
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+CAPTION_MAX_NEW_TOKENS = 24  # the set's captions are 7-10 tokens; room for a few more words
+
+
+def caption_figures(
+    model: nn.Module,
+    tokenizer,
+    eos_ids: set[int],
+    examples: Sequence,
+    scenes: Sequence,
+    projector: nn.Module,
+    samples: int = SAMPLES_PER_SPLIT,
+) -> dict:
+    """Caption figures of `projector` on image `examples` (`fusion.train.Example`, kind "image")
+    whose true content is `scenes` (`fusion.vision_data.Scene`): teacher-forced cross-entropy on the
+    caption tokens, and per attribute the share of greedy captions that name it right (`all`: all
+    four right; `colour_shape`: the colour × shape pair, what held-out combinations test)."""
+    from fusion.train import eval_loss
+    from fusion.vision_data import ATTRIBUTES, attribute_hits
+
+    assert len(examples) == len(scenes), f"{len(examples)} examples, {len(scenes)} scenes"
+    ce = eval_loss(projector, model, tokenizer, examples, EVAL_BATCH)
+    captions: list[str] = []
+    for i in range(0, len(examples), EVAL_BATCH):
+        group = examples[i : i + EVAL_BATCH]
+        prompts = [prompt_embeds(model, tokenizer, ex.instruction, "embed", projector, ex.features, kind="image") for ex in group]
+        for ids in greedy_batch(model, prompts, CAPTION_MAX_NEW_TOKENS, eos_ids):
+            captions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    hits = [attribute_hits(scene, caption) for scene, caption in zip(scenes, captions)]
+    n = max(1, len(hits))
+    accuracy = {name: round(sum(h[name] for h in hits) / n, 4) for name in ATTRIBUTES}
+    accuracy["colour_shape"] = round(sum(h["colour"] and h["shape"] for h in hits) / n, 4)
+    accuracy["all"] = round(sum(all(h.values()) for h in hits) / n, 4)
+    return {
+        "images": len(examples),
+        "caption_ce": ce,
+        "attribute_accuracy": accuracy,
+        "samples": [{"ref": ex.target, "hyp": c} for ex, c in list(zip(examples, captions))[:samples]],
+    }
+
+
+def evaluate_vision_cli(
+    checkpoint: str,
+    data_dir: str,
+    limit: int,
+    write_metadata: bool,
+    threads: int,
+    report: str | None = None,
+) -> dict:
+    """`chorus eval-projector` for an image projector: trained vs untrained (serve's seed-0 projector
+    of the same kind) on each held-out split of the image set, greedy, canonical instruction."""
+    from fusion.checkpoint import ModelIdentity, llm_identity, load_projector, update_metadata
+    from fusion.projectors import build_projector
+    from fusion.train import vision_examples
+    from fusion.vision_data import CAPTION_INSTRUCTION, EVAL_SPLITS, load_manifest, load_recipe
+    from modalities.llm import LLMConfig, LLMRuntime
+
+    torch.set_num_threads(threads)
+    recipe = load_recipe(data_dir)
+    runtime = LLMRuntime.from_config(LLMConfig(threads=threads))
+    projector, meta = load_projector(
+        checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=ModelIdentity(**recipe["encoder"])
+    )
+    spec = meta["projector"]
+    torch.manual_seed(0)  # serve's untrained projector: same kind, seeded with 0 (LLMDecoder._projector)
+    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
+
+    records = {split: [r for r in load_manifest(data_dir) if r.split == split][:limit] for split in EVAL_SPLITS}
+    examples = vision_examples(data_dir, EVAL_SPLITS, seed=0, canonical_only=True)
+    eos = set(runtime.eos_token_ids)
+    figures: dict[str, dict] = {}
+    for split in EVAL_SPLITS:
+        chosen = examples[split][:limit]
+        scenes = [r.scene for r in records[split]]
+        assert [ex.target for ex in chosen] == [r.caption for r in records[split]], "examples out of manifest order"
+        figures[split] = {}
+        for mode, module in (("trained", projector), ("untrained", untrained)):
+            start = time.perf_counter()
+            figs = caption_figures(runtime.model, runtime.tokenizer, eos, chosen, scenes, module)
+            figs["seconds"] = round(time.perf_counter() - start, 1)
+            figures[split][mode] = figs
+            acc = figs["attribute_accuracy"]
+            print(
+                f"{split:12s} {mode:9s} CE {figs['caption_ce']:.3f}  "
+                + "  ".join(f"{k} {v * 100:.0f}%" for k, v in acc.items())
+                + f"  ({figs['images']} images)",
+                flush=True,
+            )
+    result = {"task": "caption", "instruction": CAPTION_INSTRUCTION, "decoding": "greedy", "splits": figures}
     if write_metadata:
         update_metadata(checkpoint, eval=result)
     if report:

@@ -1,13 +1,21 @@
-"""Audio-projector training on cached Whisper features: Whisper and the LLM frozen, projector trained.
+"""Projector training on cached encoder features: the encoder and the LLM frozen, the projector trained.
+
+One loop serves both modalities (`TrainConfig.modality`):
+
+- `audio`: a `stack{k}_swiglu` projector on Whisper frames, target = the spoken sentence
+  (`fusion.speech_data`);
+- `image`: an `mlp2x_gelu` projector (LLaVA-1.5) on CLIP patch features, target = the image's caption
+  (`fusion.vision_data`).
 
 Each example is one chat turn built with `fusion.prompt.build_prompt` exactly as serve builds it
-(the user's text part, then the audio part, the model's own chat template), the audio slot filled by
+(the user's text part and the media part, the model's own chat template), the media slot filled by
 the projector's soft tokens, followed by the target text and the end-of-turn token. Loss:
 
 - next-token cross-entropy on the target tokens only, and optionally
 - `distill`: KL(teacher ‖ student) on the same target tokens, the teacher being the same LLM reading
   the sentence as text (`transcript` mode) — Ultravox v0.7's recipe. The sentence text stands in
-  for Whisper's transcript (Whisper base reads espeak-ng speech at a few % WER).
+  for Whisper's transcript (Whisper base reads espeak-ng speech at a few % WER). Audio only: an
+  image has no text form to teach from.
 
 Only the target positions go through the LM head (its 49k-vocabulary matmul is a fifth of the
 forward cost on SmolLM2-135M); the LLM's weights need no gradients, only its activations do.
@@ -19,22 +27,23 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from fusion.prompt import MediaItem, Message, build_prompt, splice
+from fusion.prompt import MediaItem, MediaKind, Message, build_prompt, splice
 from fusion.projectors import build_projector
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
-AUDIO_INDEX = 0
+MEDIA_INDEX = 0  # every training example carries one media item
 AUDIO_FIRST_SHARE = 0.2  # some requests put the clip before the instruction
+IMAGE_PROJECTOR = "mlp2x_gelu"  # LLaVA-1.5's; serve builds the same kind for images
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 
@@ -44,9 +53,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: str = Field(description="Speech corpus from `chorus make-speech-data`")
+    data_dir: str = Field(description="Speech corpus (`chorus make-speech-data`) or image set (`chorus make-vision-data`)")
     out_dir: str = Field(description="Run directory: train state (resume), log, projector checkpoints")
-    stack: int = Field(4, ge=1, description="Whisper frames per soft token (`stack{k}_swiglu`)")
+    modality: Literal["audio", "image"] = Field(
+        "audio", description="audio: stack{k}_swiglu on Whisper frames; image: mlp2x_gelu on CLIP patches"
+    )
+    stack: int = Field(4, ge=1, description="Whisper frames per soft token (`stack{k}_swiglu`; audio only)")
     steps: int = Field(1000, ge=1, description="Optimizer steps in total (a resumed run continues the count)")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay)")
@@ -71,22 +83,40 @@ class TrainConfig(BaseModel):
     threads: int = Field(2, ge=1)
     seed: int = Field(0)
 
+    @model_validator(mode="after")
+    def _distill_needs_text(self) -> "TrainConfig":
+        if self.distill and self.modality != "audio":
+            raise ValueError("distill needs a text form of the media (a transcript); only audio has one")
+        return self
+
+    @property
+    def projector_kind(self) -> str:
+        return f"stack{self.stack}_swiglu" if self.modality == "audio" else IMAGE_PROJECTOR
+
 
 @dataclass
 class Example:
-    features: torch.Tensor  # [T, d_audio]
+    """One training turn: the media item's features, the instruction, and the text to predict."""
+
+    features: torch.Tensor  # [T, d_audio] Whisper frames or [N, d_vision] CLIP patches
     target: str
     instruction: str
     transcript: str | None = None
-    audio_first: bool = False
+    media_first: bool = False  # the media part before the instruction
+    kind: MediaKind = "audio"
+    audio_first: InitVar[bool | None] = None  # the earlier name of media_first
+
+    def __post_init__(self, audio_first: bool | None) -> None:
+        if audio_first is not None:
+            self.media_first = audio_first
 
 
 # --- batches and loss --------------------------------------------------------------------------------
 
 
 def _messages(example: Example, transcript: str | None = None) -> list[Message]:
-    audio = MediaItem("audio", AUDIO_INDEX, transcript)
-    parts = [audio, example.instruction] if example.audio_first else [example.instruction, audio]
+    media = MediaItem(example.kind, MEDIA_INDEX, transcript)
+    parts = [media, example.instruction] if example.media_first else [example.instruction, media]
     return [Message("user", parts)]
 
 
@@ -123,7 +153,7 @@ def build_inputs(
         text_pieces = [p for p in plan.pieces if isinstance(p, list)]
         with torch.no_grad():
             text_embeds = [embedding(torch.tensor(ids, dtype=torch.long)) for ids in text_pieces]
-        media_embeds = {AUDIO_INDEX: soft.to(text_embeds[0].dtype)} if soft is not None else {}
+        media_embeds = {MEDIA_INDEX: soft.to(text_embeds[0].dtype)} if soft is not None else {}
         prompt, _mask, _counts = splice(plan, text_embeds, media_embeds)
         target = _target_ids(tokenizer, ex.target)
         with torch.no_grad():
@@ -230,7 +260,7 @@ def train(
     progress: bool = True,
     refresh: Callable[[], Sequence[Example]] | None = None,
 ) -> TrainResult:
-    """Train (or resume, from `out_dir/train_state.pt`) a `stack{k}_swiglu` projector.
+    """Train (or resume, from `out_dir/train_state.pt`) a `config.projector_kind` projector.
 
     `refresh()`, when given, is called at each epoch boundary and may return a larger training set
     (the corpus builder writes shards while training runs)."""
@@ -242,14 +272,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.requires_grad_(False).eval()
     hidden = model.get_input_embeddings().embedding_dim
-    projector = build_projector(f"stack{config.stack}_swiglu", in_dim or train_examples[0].features.shape[-1], hidden)
+    projector = build_projector(config.projector_kind, in_dim or train_examples[0].features.shape[-1], hidden)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     state_path = out / STATE_FILE
     step, history, elapsed = 0, [], 0.0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
-        if state["config"] != _resume_key(config):
+        if not _same_run(state["config"], config):
             raise ValueError(f"{state_path} belongs to a run with another config; use a fresh --out")
         projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
@@ -347,6 +377,14 @@ def _resume_key(config: TrainConfig) -> dict[str, Any]:
     return config.model_dump(exclude={"max_minutes", "eval_every", "checkpoint_every", "threads", "steps", "data_dir"})
 
 
+def _same_run(saved: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a saved state's config key matches `config`; a field added since the state was saved
+    counts as its default (audio states written before `modality` existed still resume)."""
+    current = _resume_key(config)
+    defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    return set(saved) <= set(current) and all(saved.get(k, defaults.get(k)) == v for k, v in current.items())
+
+
 # --- corpus → examples, CLI glue ---------------------------------------------------------------------
 
 
@@ -375,53 +413,103 @@ def corpus_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_o
                 target=clip.text,
                 instruction=instruction,
                 transcript=clip.transcript,
-                audio_first=varied and rng.random() < AUDIO_FIRST_SHARE,
+                media_first=varied and rng.random() < AUDIO_FIRST_SHARE,
+            )
+        )
+    return out
+
+
+def vision_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
+    """Examples per split from an image set; training instructions vary (canonical one half the
+    time) and a fifth of training turns put the image first. Eval turns: canonical, text first."""
+    from fusion.vision_data import (
+        CANONICAL_INSTRUCTION_SHARE,
+        CAPTION_INSTRUCTION,
+        CAPTION_PARAPHRASES,
+        IMAGE_FIRST_SHARE,
+        load_features,
+        load_manifest,
+    )
+
+    rng = random.Random(seed)
+    records = [r for r in load_manifest(data_dir) if r.split in splits]
+    features = load_features(data_dir, records)
+    out: dict[str, list[Example]] = {split: [] for split in splits}
+    for record in records:
+        varied = record.split == "train" and not canonical_only
+        instruction = CAPTION_INSTRUCTION
+        if varied and rng.random() > CANONICAL_INSTRUCTION_SHARE:
+            instruction = rng.choice(CAPTION_PARAPHRASES)
+        out[record.split].append(
+            Example(
+                features=features[record.id],
+                target=record.caption,
+                instruction=instruction,
+                media_first=varied and rng.random() < IMAGE_FIRST_SHARE,
+                kind="image",
             )
         )
     return out
 
 
 def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None = None) -> Path:
-    """`chorus train-projector`: train on the packaged Whisper base × SmolLM2 features, save
-    `out_dir/projector` (float32) and, with `ship_to`, an fp16 copy there."""
-    from fusion.checkpoint import llm_identity, save_projector, whisper_identity
-    from fusion.speech_data import EVAL_SPLITS, load_recipe
+    """`chorus train-projector`: train against the packaged SmolLM2 on a speech corpus (Whisper base
+    features) or an image set (its CLIP's features), save `out_dir/projector` (float32) and, with
+    `ship_to`, an fp16 copy there."""
+    from fusion.checkpoint import ModelIdentity, llm_identity, save_projector, whisper_identity
     from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(config.threads)
     runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads))
     runtime.model.to(getattr(torch, config.llm_dtype))
-    data = corpus_examples(config.data_dir, ("train", *EVAL_SPLITS), config.seed)
-    print({split: len(ex) for split, ex in data.items()})
-    eval_sets = {s: data[s] for s in ("eval_sentences", "eval_voices") if data[s]}
-    shards_seen = [len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))]
+    refresh = None
+    if config.modality == "image":
+        from fusion import vision_data
 
-    def refresh() -> list[Example]:
-        shards = len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))
-        if shards == shards_seen[0]:
+        if not vision_data.is_vision_data(config.data_dir):
+            raise ValueError(f"{config.data_dir} is not an image set (run `chorus make-vision-data`)")
+        data = vision_examples(config.data_dir, ("train", *vision_data.EVAL_SPLITS), config.seed)
+        eval_sets = {s: data[s] for s in vision_data.EVAL_SPLITS if data[s]}
+        recipe = vision_data.load_recipe(config.data_dir)
+        encoder, unit = ModelIdentity(**recipe["encoder"]), "images"
+    else:
+        from fusion import speech_data
+
+        data = corpus_examples(config.data_dir, ("train", *speech_data.EVAL_SPLITS), config.seed)
+        eval_sets = {s: data[s] for s in ("eval_sentences", "eval_voices") if data[s]}
+        recipe = speech_data.load_recipe(config.data_dir)
+        encoder, unit = whisper_identity("packaged"), "clips"
+        shards_seen = [len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))]
+
+        def refresh() -> list[Example]:
+            shards = len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))
+            if shards == shards_seen[0]:
+                return data["train"]
+            shards_seen[0] = shards
+            data["train"] = corpus_examples(config.data_dir, ("train",), config.seed)["train"]
             return data["train"]
-        shards_seen[0] = shards
-        data["train"] = corpus_examples(config.data_dir, ("train",), config.seed)["train"]
-        return data["train"]
 
+    print({split: len(ex) for split, ex in data.items()})
     result = train(config, runtime.model, runtime.tokenizer, data["train"], eval_sets, refresh=refresh)
     last = result.history[-1] if result.history else {}
     evals = [h["eval"] for h in result.history if "eval" in h]
     recent = [h["loss"] for h in result.history[-50:]]
+    first = [h["loss"] for h in result.history[:20]]
     metadata = {
+        "modality": config.modality,
         "training": {
             "command": command,
             "config": config.model_dump(),
             "steps": result.step,
             "seconds": round(result.seconds),
+            "train_loss_first20": round(sum(first) / max(1, len(first)), 4),
             "train_loss_last50": round(sum(recent) / max(1, len(recent)), 4),
             "heldout_ce": evals[-1] if evals else None,
-            "train_clips": len(data["train"]),
+            f"train_{unit}": len(data["train"]),
         },
-        "data": load_recipe(config.data_dir),
+        "data": recipe,
     }
-    encoder, llm = whisper_identity("packaged"), llm_identity("packaged")
-    kind = f"stack{config.stack}_swiglu"
+    llm, kind = llm_identity("packaged"), config.projector_kind
     out = save_projector(Path(config.out_dir).expanduser() / "projector", result.projector, kind=kind, encoder=encoder, llm=llm, dtype="float32", **metadata)
     print(f"step {result.step}, {result.seconds / 60:.1f} min, last loss {last.get('loss')}: {out}")
     if ship_to:
