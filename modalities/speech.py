@@ -107,6 +107,12 @@ class WhisperConfig(BaseModel):
         "attention scores alone are ~70 MB float32 in Whisper base.",
     )
     limits: AudioLimits = Field(default_factory=AudioLimits, description="Limits on client audio.")
+    feature_cache_mib: float = Field(
+        64.0,
+        ge=0,
+        description="Per-replica cache of encoder outputs keyed by the clip's SHA-256 (same clip twice → "
+        "one encode); 0 disables it. A 30-s clip's features are ~1.5 MB float16 in Whisper base.",
+    )
 
     @field_validator("model")
     @classmethod

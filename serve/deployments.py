@@ -24,6 +24,7 @@ from fusion.projectors import build_projector
 from fusion.prompt import PromptPlan, splice
 from modalities.audio import SAMPLE_RATE
 from modalities.errors import MediaError
+from modalities.feature_cache import FeatureCache, media_key
 from modalities.llm import LLMRuntime, SamplingParams
 from modalities.speech import WhisperRuntime
 from modalities.vision import ClipRuntime
@@ -45,12 +46,11 @@ def claimed_cpus() -> int:
     single-threaded whatever the deployment claimed; the runtimes set their thread count from
     config instead, and a config that names none gets the claim.
     """
-    try:
-        import ray
+    import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    except Exception:  # not inside a Ray worker (plain tests)
-        cpus = float(os.cpu_count() or 1)
+    if not ray.is_initialized():  # plain tests: asking for the runtime context would start Ray
+        return max(1, os.cpu_count() or 1)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     return max(1, int(round(cpus)))
 
 
@@ -70,35 +70,112 @@ class AudioResult:
     segments: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class _Transcribed:
+    text: str
+    language: str | None
+    segments: list[dict[str, Any]]
+
+
+def _cache(mib: float) -> FeatureCache:
+    return FeatureCache(int(mib * 2**20))
+
+
+def _cache_info(cache: FeatureCache) -> dict[str, int]:
+    stats = cache.stats()
+    return {"hits": stats.hits, "misses": stats.misses, "entries": stats.entries, "bytes": stats.bytes}
+
+
 class AudioEncoder:
-    """Whisper: decode + encoder features (+ transcript on request)."""
+    """Whisper: decode + encoder features (+ transcript on request).
+
+    A batch decodes each clip on its own (one bad clip fails only its request), runs the encoder
+    once over all clips that need features, and answers repeated clips from a content-hash cache.
+    """
 
     def __init__(self, config: dict[str, Any], runtime_factory: Callable[..., WhisperRuntime] | None = None):
         self.config = ChorusConfig.model_validate(config)
         factory = runtime_factory or WhisperRuntime.from_config
         self.runtime = factory(with_threads(self.config.whisper))
+        self.cache = _cache(self.config.whisper.feature_cache_mib)
 
-    def _one(self, data: bytes, want_features: bool, want_transcript: bool, language: str | None) -> AudioResult:
-        audio = self.runtime.decode(data)
-        duration = len(audio) / SAMPLE_RATE
-        features = self.runtime.encode(audio).to(torch.float16).numpy() if want_features else None
-        transcript = language_out = segments = None
-        if want_transcript:
-            result = self.runtime.transcribe(audio, language=language)
-            transcript, language_out = result.text, result.language
-            segments = [{"start": seg.start, "end": seg.end, "text": seg.text} for seg in result.segments]
-        return AudioResult(features, transcript, language_out, duration, segments)
+    def _transcribe(self, audio: np.ndarray, language: str | None) -> _Transcribed:
+        result = self.runtime.transcribe(audio, language=language)
+        segments = [{"start": seg.start, "end": seg.end, "text": seg.text} for seg in result.segments]
+        return _Transcribed(result.text, result.language, segments)
+
+    def _features(self, audios: list[np.ndarray]) -> list[np.ndarray | MediaError]:
+        """One encoder pass over several clips; on a bad clip, fall back to one pass per clip."""
+        try:
+            return [f.to(torch.float16).numpy() for f in self.runtime.encode_batch(audios)]
+        except MediaError:
+            results: list[np.ndarray | MediaError] = []
+            for audio in audios:
+                try:
+                    results.append(self.runtime.encode(audio).to(torch.float16).numpy())
+                except MediaError as err:
+                    results.append(err)
+            return results
+
+    def _run(self, requests: list[tuple]) -> list[AudioResult | MediaError]:
+        """Model work for one batch (runs in a worker thread)."""
+        results: list[AudioResult | MediaError | None] = [None] * len(requests)
+        durations: dict[int, float] = {}
+        features: dict[int, np.ndarray | None] = {}
+        transcripts: dict[int, _Transcribed | None] = {}
+        audios: dict[int, np.ndarray] = {}
+        for i, (data, want_features, want_transcript, language) in enumerate(requests):
+            cached_f = self.cache.get(media_key(data, "features")) if want_features else None
+            cached_t = self.cache.get(media_key(data, "transcript", language)) if want_transcript else None
+            if cached_f is not None:
+                features[i], durations[i] = cached_f
+            if cached_t is not None:
+                transcripts[i], durations[i] = cached_t
+            if (want_features and cached_f is None) or (want_transcript and cached_t is None):
+                try:
+                    audios[i] = self.runtime.decode(data)
+                except MediaError as err:
+                    results[i] = err
+                    continue
+                durations[i] = len(audios[i]) / SAMPLE_RATE
+
+        todo = [i for i in audios if requests[i][1] and i not in features]
+        for i, encoded in zip(todo, self._features([audios[i] for i in todo]) if todo else []):
+            if isinstance(encoded, MediaError):
+                results[i] = encoded
+                continue
+            features[i] = encoded
+            self.cache.put(media_key(requests[i][0], "features"), (encoded, durations[i]))
+
+        for i in audios:
+            if results[i] is not None or not requests[i][2] or i in transcripts:
+                continue
+            data, _, _, language = requests[i]
+            try:
+                transcripts[i] = self._transcribe(audios[i], language)
+            except MediaError as err:
+                results[i] = err
+                continue
+            self.cache.put(media_key(data, "transcript", language), (transcripts[i], durations[i]))
+
+        for i, (_data, want_features, want_transcript, _language) in enumerate(requests):
+            if results[i] is not None:
+                continue
+            t = transcripts.get(i)
+            results[i] = AudioResult(
+                features=features.get(i) if want_features else None,
+                transcript=t.text if t else None,
+                language=t.language if t else None,
+                duration_s=durations[i],
+                segments=list(t.segments) if t else None,
+            )
+        return results  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=MAX_ENCODER_BATCH, batch_wait_timeout_s=ENCODER_BATCH_WAIT_S)
     async def _batch(self, requests: list[tuple]) -> list[AudioResult | MediaError]:
         metrics.ENCODER_BATCH_SIZE.observe(len(requests), tags={"encoder": "audio"})
         start = time.perf_counter()
-        results: list[AudioResult | MediaError] = []
-        for request in requests:
-            try:
-                results.append(await asyncio.to_thread(self._one, *request))
-            except MediaError as err:  # one bad clip must not fail its batch-mates
-                results.append(err)
+        results = await asyncio.to_thread(self._run, requests)
         metrics.ENCODER_LATENCY.observe(time.perf_counter() - start, tags={"encoder": "audio"})
         return results
 
@@ -117,32 +194,46 @@ class AudioEncoder:
             "weights": self.config.whisper.model,
             "feature_dim": self.runtime.feature_dim,
             "adaptive_window": self.config.whisper.adaptive_window,
+            "cache": _cache_info(self.cache),
         }
 
 
 class VisionEncoder:
-    """CLIP: decode + patch features."""
+    """CLIP: decode + patch features, one forward pass per batch, repeated images from the cache."""
 
     def __init__(self, config: dict[str, Any], runtime_factory: Callable[..., ClipRuntime] | None = None):
         self.config = ChorusConfig.model_validate(config)
         assert self.config.vision is not None, "VisionEncoder built without a vision config"
         factory = runtime_factory or ClipRuntime.from_config
         self.runtime = factory(with_threads(self.config.vision))
+        self.cache = _cache(self.config.vision.feature_cache_mib)
 
-    def _one(self, data: bytes) -> np.ndarray:
-        patches, _pooled = self.runtime.encode([data])
-        return patches[0].to(device="cpu", dtype=torch.float16).numpy()
+    def _run(self, images: list[bytes]) -> list[np.ndarray | MediaError]:
+        """Model work for one batch (runs in a worker thread): per-image decode, one forward."""
+        results: list[np.ndarray | MediaError | None] = [None] * len(images)
+        decoded: dict[int, Any] = {}
+        for i, data in enumerate(images):
+            cached = self.cache.get(media_key(data))
+            if cached is not None:
+                results[i] = cached
+                continue
+            try:
+                decoded[i] = self.runtime.decode(data)
+            except MediaError as err:
+                results[i] = err
+        if decoded:
+            patches, _pooled = self.runtime.encode_images(list(decoded.values()))
+            for i, features in zip(decoded, patches):
+                array = features.to(device="cpu", dtype=torch.float16).numpy()
+                results[i] = array
+                self.cache.put(media_key(images[i]), array)
+        return results  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=MAX_ENCODER_BATCH, batch_wait_timeout_s=ENCODER_BATCH_WAIT_S)
     async def _batch(self, images: list[bytes]) -> list[np.ndarray | MediaError]:
         metrics.ENCODER_BATCH_SIZE.observe(len(images), tags={"encoder": "vision"})
         start = time.perf_counter()
-        results: list[np.ndarray | MediaError] = []
-        for data in images:
-            try:
-                results.append(await asyncio.to_thread(self._one, data))
-            except MediaError as err:
-                results.append(err)
+        results = await asyncio.to_thread(self._run, images)
         metrics.ENCODER_LATENCY.observe(time.perf_counter() - start, tags={"encoder": "vision"})
         return results
 
@@ -161,6 +252,7 @@ class VisionEncoder:
             "pretrained": vision.pretrained,
             "has_weights": self.runtime.has_weights,
             "feature_layer": vision.feature_layer,
+            "cache": _cache_info(self.cache),
         }
 
 
