@@ -2,8 +2,8 @@
 
 `BatchedEngine` implements the `DecodeLoop` protocol, so `LLMRuntime.stream` uses it unchanged.
 `run` enqueues a request and returns a `TokenStream` (a blocking iterator of token ids) fed by the
-engine thread. Between steps the thread admits queued requests into free slots (each prompt is
-prefilled on its own, batch 1, straight into its slot) and drops finished or cancelled ones, so
+engine thread. Between steps the thread admits queued requests into free slots (the joining prompts
+are prefilled together, packed into one sequence, straight into their slots) and drops finished or cancelled ones, so
 requests join and leave a running batch; each step then decodes one token for every active row.
 
 The forward is our own (`LlamaForward`), written for Llama-family models: it calls the HF model's
@@ -47,6 +47,9 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 # RoPE variants whose inverse frequencies do not depend on the sequence length (so one table serves
 # rows at different positions); "dynamic" and friends rescale with the longest sequence seen.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
+# Joining prompts are prefilled together up to this many tokens (a longer prompt goes alone): packing
+# shares weight reads, but the packed attention mask is [N, N], so N stays modest.
+PREFILL_TOKEN_BUDGET = 1024
 POLL_S = 1.0  # how often a waiting iterator checks that the engine thread is still alive
 _DONE = object()  # end-of-stream marker in a request's output queue
 
@@ -116,27 +119,42 @@ class LlamaForward:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def prefill(self, embeds: torch.Tensor, cache: "SlotCache", row: int) -> torch.Tensor:
-        """Run a whole prompt `[1, L, H]`, writing its K/V into cache row `row` at 0..L-1.
+    def prefill(self, prompts: list[torch.Tensor], cache: "SlotCache", first_row: int) -> torch.Tensor:
+        """Run whole prompts (each `[1, L_i, H]`) packed into one sequence; prompt i's K/V go to cache
+        row `first_row + i` at positions 0..L_i-1.
 
-        Returns `[V]` logits for the position after the prompt (only the last position's).
+        Packing shares each weight read between the prompts; a block-diagonal causal mask keeps them
+        apart (one prompt alone uses the plain causal kernel). Returns `[k, V]` logits for the
+        position after each prompt (only those positions reach the head).
         """
-        length = embeds.shape[1]
-        positions = torch.arange(length, device=embeds.device).unsqueeze(0)
-        cos, sin = self.rotary_emb(embeds, positions)  # [1, L, D]
+        lengths = [p.shape[1] for p in prompts]
+        total = sum(lengths)
+        device = prompts[0].device
+        x = torch.cat(prompts, dim=1) if len(prompts) > 1 else prompts[0]
+        positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
+        cos, sin = self.rotary_emb(x, positions)  # [1, N, D]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
-        x = embeds
+        mask = None
+        if len(prompts) > 1:
+            segment = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device))
+            causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+            mask = (causal & (segment.unsqueeze(0) == segment.unsqueeze(1))).view(1, 1, total, total)
+        starts = [sum(lengths[:i]) for i in range(len(prompts))]
         for index, (ln1, q_proj, k_proj, v_proj, o_proj, ln2, mlp) in enumerate(self.layers):
             h = ln1(x)
-            q = _rope(q_proj(h).view(1, length, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = _rope(k_proj(h).view(1, length, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v_proj(h).view(1, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            cache.keys[index][row, :, :length] = k[0]
-            cache.values[index][row, :, :length] = v[0]
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
-            x = x + o_proj(attn.transpose(1, 2).reshape(1, length, -1))
+            q = _rope(q_proj(h).view(1, total, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = _rope(k_proj(h).view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            v = v_proj(h).view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            for offset, (start, length) in enumerate(zip(starts, lengths)):
+                cache.keys[index][first_row + offset, :, :length] = k[0, :, start : start + length]
+                cache.values[index][first_row + offset, :, :length] = v[0, :, start : start + length]
+            attn = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
+            )
+            x = x + o_proj(attn.transpose(1, 2).reshape(1, total, -1))
             x = x + mlp(ln2(x))
-        return self.lm_head(self.norm(x[:, -1]))[0]
+        last = torch.tensor([start + length - 1 for start, length in zip(starts, lengths)], device=device)
+        return self.lm_head(self.norm(x[0, last]))
 
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: "SlotCache") -> torch.Tensor:
         """One token for each of the first B cache rows.
@@ -468,8 +486,8 @@ class BatchedEngine:
             joining = []
             while self._waiting and len(self._active) + len(joining) < self.max_slots:
                 joining.append(self._waiting.popleft())
-        for request in joining:
-            self._admit(request)
+        if joining:
+            self._admit(joining)
         with self._lock:
             self._drop_finished_locked()
             if not self._active:
@@ -483,24 +501,38 @@ class BatchedEngine:
                 self._on_step(stats)
         return True
 
-    def _admit(self, request: _Request) -> None:
-        """Prefill one request into the next free row and emit its first token."""
-        row = len(self._active)
+    def _admit(self, joining: list[_Request]) -> None:
+        """Prefill joining requests (packed up to PREFILL_TOKEN_BUDGET tokens) and emit first tokens."""
+        pack: list[_Request] = []
+        for request in joining:
+            if pack and sum(r.embeds.shape[1] for r in pack) + request.embeds.shape[1] > PREFILL_TOKEN_BUDGET:
+                self._prefill(pack)
+                pack = []
+            pack.append(request)
+        if pack:
+            self._prefill(pack)
+
+    def _prefill(self, pack: list[_Request]) -> None:
+        first_row = len(self._active)
         try:
-            self.cache.reserve(row + 1, request.embeds.shape[1])
-            logits = self.forward.prefill(request.embeds, self.cache, row)
-            request.generator = make_generator(request.params, logits.device)
-            token = int(sample_next_token(logits, request.params, request.generator))
-        except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+            self.cache.reserve(first_row + len(pack), max(r.embeds.shape[1] for r in pack))
+            logits = self.forward.prefill([r.embeds for r in pack], self.cache, first_row)
+            tokens = []
+            for row, request in enumerate(pack):
+                request.generator = make_generator(request.params, logits.device)
+                tokens.append(int(sample_next_token(logits[row], request.params, request.generator)))
+        except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
-            request.finish(e)
             with self._lock:
-                self._completed += 1
+                for request in pack:
+                    request.finish(e)
+                self._completed += len(pack)
             return
-        request.length = request.embeds.shape[1]
-        request.emit(token)
+        for request, token in zip(pack, tokens):
+            request.length = request.embeds.shape[1]
+            request.emit(token)
         with self._lock:
-            self._active.append(request)
+            self._active.extend(pack)
 
     def _step(self) -> bool:
         """Decode one token for every active row; returns False if there was nothing to do."""

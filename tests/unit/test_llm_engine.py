@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from modalities.llm import LLMConfig, LLMRuntime
 from modalities.llm_decode import EagerDecodeLoop
+from modalities import llm_engine
 from modalities.llm_engine import BatchedEngine, EngineError, EngineStats
 from modalities.llm_quant import quantize_model
 from modalities.sampling import SamplingParams
@@ -200,6 +201,27 @@ def test_more_requests_than_slots_wait_in_order_and_all_complete(model, prompts,
     assert engine.stats().completed == len(many)
 
 
+def test_joining_prompts_are_prefilled_in_packs_within_the_token_budget(model, prompts, make_engine, monkeypatch):
+    monkeypatch.setattr(llm_engine, "PREFILL_TOKEN_BUDGET", 30)
+    pacer = Pacer(1)
+    engine = make_engine(model, max_slots=5, on_step=pacer)
+    packs: list[list[int]] = []
+    prefill = engine.forward.prefill
+
+    def spy(embeds, cache, first_row):
+        packs.append([e.shape[1] for e in embeds])
+        return prefill(embeds, cache, first_row)
+
+    monkeypatch.setattr(engine.forward, "prefill", spy)
+    first = engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)
+    pacer.wait_paused(1)
+    rest = [engine.run(p, GREEDY, NEW_TOKENS, NO_EOS) for p in prompts]  # lengths 5, 17, 40, 9
+    pacer.resume(1)
+    got = [list(s) for s in [first, *rest]]
+    assert packs == [[5], [5, 17], [40], [9]]
+    assert got == eager_tokens(model, [prompts[0], *prompts])
+
+
 def test_cancelling_a_queued_request_removes_it_at_once(model, prompts, make_engine):
     pacer = Pacer(1)
     engine = make_engine(model, max_slots=1, on_step=pacer)
@@ -241,6 +263,20 @@ def test_step_error_fails_its_streams_and_the_engine_recovers(model, prompts, ma
     monkeypatch.undo()
     assert engine.stats().alive
     assert list(engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)) == eager_tokens(model, prompts[:1])[0]
+
+
+def test_prefill_error_fails_only_the_joining_requests(model, prompts, make_engine, monkeypatch):
+    pacer = Pacer(1)
+    engine = make_engine(model, max_slots=3, on_step=pacer)
+    running = engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)
+    pacer.wait_paused(1)
+    monkeypatch.setattr(engine.forward, "prefill", lambda *args: (_ for _ in ()).throw(RuntimeError("bad prompt")))
+    joining = [engine.run(p, GREEDY, NEW_TOKENS, NO_EOS) for p in prompts[1:3]]
+    pacer.resume(1)
+    for stream in joining:
+        with pytest.raises(EngineError, match="bad prompt"):
+            list(stream)
+    assert list(running) == eager_tokens(model, prompts[:1])[0]
 
 
 def test_dead_engine_thread_fails_pending_and_new_requests(model, prompts, make_engine):
