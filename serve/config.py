@@ -96,6 +96,22 @@ class LimitsConfig(_Strict):
     )
     max_media_items: int = Field(8, ge=0, description="Images + audio clips per request")
     default_max_tokens: int = Field(512, ge=1, description="max_tokens when a request sets none")
+    max_text_chars: int = Field(
+        100_000,
+        ge=1,
+        description="Characters of text (message text + stop strings) per request, checked before tokenizing",
+    )
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        description="Requests one ingress replica works on at once; more get 503 + Retry-After before the body is read",
+    )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline per request: a response not started by then is 504; a stream still running ends "
+        "with an error event",
+    )
 
 
 class ChorusConfig(_Strict):

@@ -9,6 +9,7 @@ as itself (Ray re-raises a replica's exception as an instance of its cause).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -358,9 +359,18 @@ class LLMDecoder:
         """The tokenizer this decoder runs (the ingress plans prompts with the very same one)."""
         return self.runtime.tokenizer
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead decode engine fails it, so Serve replaces the replica."""
+        stats = self.runtime.engine_stats()
+        if stats is not None and not stats.alive:
+            raise RuntimeError("the decode engine thread has died")
+
     def info(self) -> dict[str, Any]:
+        stats = self.runtime.engine_stats()
         return {
-            "status": "ok",
+            "status": "ok" if stats is None or stats.alive else "unhealthy",
+            "engine": self.config.llm.engine,
+            "engine_stats": None if stats is None else dataclasses.asdict(stats),
             "model": self.config.llm.model,
             "quantization": self.config.llm.quantization,
             "weight_bytes": self.runtime.weight_bytes(),

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from ray import serve
@@ -24,11 +24,12 @@ from modalities.llm import SamplingParams
 
 from . import metrics, router
 from .auth import KeyStore, RateLimiter, retry_after_header
-from .config import ChorusConfig
+from .config import ChorusConfig, LimitsConfig
 from .deployments import DecodeRequest
 from .errors import SERVER_ERROR, APIError, from_media_error, model_not_found, validation_error
 from .fetch import RemoteMediaFetcher
 from .protocol import (
+    TextPart,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -81,12 +82,41 @@ async def _tracked_stream(route: str, body: AsyncIterator[bytes]) -> AsyncIterat
         _track(route, -1)
 
 
-async def _respond(request: Request, route: str, handler: Awaitable[Response], media_param: str | None) -> Response:
-    """Run a route's handler, map its errors to OpenAI error bodies, count and log the outcome."""
+def _overloaded(message: str) -> APIError:
+    return APIError(
+        503, message, type=SERVER_ERROR, code="overloaded", headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)}
+    )
+
+
+async def _respond(
+    request: Request,
+    route: str,
+    handler: Awaitable[Response],
+    media_param: str | None,
+    limits: LimitsConfig | None = None,
+) -> Response:
+    """Run a route's handler, map its errors to OpenAI error bodies, count and log the outcome.
+
+    With `limits`: a replica already working on `max_in_flight` requests answers 503 at once, before
+    the body is read; a response not started within `request_timeout_s` is a 504.
+    """
     started = time.perf_counter()
+    if limits is not None and sum(_in_flight.values()) >= limits.max_in_flight:
+        handler.close()  # type: ignore[attr-defined]  # the coroutine never runs
+        response = _error_response(_overloaded("too many requests in flight at this replica; retry shortly"))
+        metrics.REQUESTS.inc(tags={"route": route, "status": "503"})
+        metrics.ERRORS.inc(tags={"route": route, "status": "503"})
+        log.info("%s %s 503 %.1fms overloaded", request.method, route, (time.perf_counter() - started) * 1000)
+        return response
+    timeout_s = limits.request_timeout_s if limits is not None else None
+    request.state.deadline = None if timeout_s is None else time.monotonic() + timeout_s
     _track(route, +1)
     try:
-        response = await handler
+        response = await asyncio.wait_for(handler, timeout_s)
+    except asyncio.TimeoutError:
+        response = _error_response(
+            APIError(504, f"the request did not complete within {timeout_s:g} s", type=SERVER_ERROR, code="timeout")
+        )
     except APIError as err:
         response = _error_response(err)
     except MediaError as err:
@@ -94,14 +124,7 @@ async def _respond(request: Request, route: str, handler: Awaitable[Response], m
         response = _error_response(from_media_error(err, param=media_param))
     except BackPressureError:
         # A deployment's queue is full: say so at once rather than queue without bound.
-        overloaded = APIError(
-            503,
-            "the service is overloaded; retry shortly",
-            type=SERVER_ERROR,
-            code="overloaded",
-            headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
-        )
-        response = _error_response(overloaded)
+        response = _error_response(_overloaded("the service is overloaded; retry shortly"))
     except Exception:
         log.exception("%s failed", route)
         response = _error_response(APIError(500, "internal error", type=SERVER_ERROR))
@@ -245,11 +268,11 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        return await _respond(request, "/v1/chat/completions", self._chat(request), media_param=None)
+        return await _respond(request, "/v1/chat/completions", self._chat(request), media_param=None, limits=self.config.limits)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(self, request: Request) -> Response:
-        return await _respond(request, "/v1/audio/transcriptions", self._transcribe(request), media_param="file")
+        return await _respond(request, "/v1/audio/transcriptions", self._transcribe(request), media_param="file", limits=self.config.limits)
 
     # --- chat ----------------------------------------------------------------------------------
 
@@ -271,6 +294,16 @@ class Ingress:
         req = await self._parse(request)
         if req.model != self.config.served_model_name:
             raise model_not_found(req.model)
+        text_chars = sum(len(p.text) for m in req.messages for p in m.parts() if isinstance(p, TextPart))
+        text_chars += sum(len(s) for s in req.stop or [])
+        if text_chars > self.config.limits.max_text_chars:
+            raise APIError(
+                400,
+                f"the request holds {text_chars} characters of text; this deployment accepts at most "
+                f"{self.config.limits.max_text_chars}",
+                param="messages",
+                code="text_too_long",
+            )
         await self._ensure_decoder_info()
         info = self._decoder_info or {}
 
@@ -324,19 +357,21 @@ class Ingress:
             raise APIError(400, str(err)[:300], code="invalid_value") from err
 
         decode = DecodeRequest(plan=plan, media=encoded.features, params=params)
-        stream = self.llm.options(stream=True).generate.remote(decode)
+        generation = self.llm.options(stream=True).generate.remote(decode)
         completion_id, created, model = new_completion_id(), now(), self.config.served_model_name
         if req.stream:
             # Wait for the first token before committing to a 200: overload, a decoder fault or a
             # bad prompt still get a proper status instead of an error event inside a 200 stream.
-            stream = await _peeked(stream)
+            stream = await _peeked(generation)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                self._sse_stream(stream, completion_id, created, model, include_usage),
+                self._sse_stream(
+                    stream, completion_id, created, model, include_usage, request.state.deadline, generation.cancel
+                ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse(await self._collect(stream, completion_id, created, model))
+        return JSONResponse(await self._collect(generation, completion_id, created, model))
 
     async def _collect(self, stream, completion_id: str, created: int, model: str) -> dict[str, Any]:
         text: list[str] = []
@@ -358,7 +393,14 @@ class Ingress:
         return ChatCompletion(id=completion_id, created=created, model=model, choices=[choice], usage=usage).model_dump()
 
     async def _sse_stream(
-        self, stream, completion_id: str, created: int, model: str, include_usage: bool
+        self,
+        stream,
+        completion_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        deadline: float | None = None,
+        cancel: Callable[[], None] | None = None,
     ) -> AsyncIterator[bytes]:
         def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> bytes:
             choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]  # type: ignore[arg-type]
@@ -388,6 +430,14 @@ class Ingress:
                     yield chunk(Delta(content=event.text))
                 if event.finish_reason:
                     finish = event.finish_reason
+                elif deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("stream deadline")
+        except TimeoutError:
+            if cancel is not None:
+                cancel()  # frees the decoder slot
+            yield _sse(APIError(504, "the request did not complete in time", type=SERVER_ERROR, code="timeout").body())
+            yield _sse("[DONE]")
+            return
         except Exception as err:
             # Never a silently truncated stream: the client gets an error event, then [DONE].
             log.exception("stream failed")
@@ -423,9 +473,11 @@ class Ingress:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise APIError(400, "expected a multipart/form-data body", code="invalid_request")
-        self._check_declared_size(request)
+        # The whole body under the byte cap first (a chunked upload has no Content-Length to check);
+        # the form parser then reads it from memory.
+        request._body = await self._read_body(request)
         try:
-            form = await request.form()
+            form = await request.form(max_files=1, max_fields=8)
         except Exception as err:
             raise APIError(400, "could not parse the multipart form", code="invalid_request") from err
         upload = form.get("file")

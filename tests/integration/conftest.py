@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_IN_FLIGHT = 24
 
 
 def free_port() -> int:
@@ -30,7 +31,8 @@ def test_config() -> dict:
     small = {"num_cpus": 0.25, "max_ongoing_requests": 16}
     return {
         "served_model_name": "chorus",
-        "llm": {"model": "packaged", "quantization": "none", "threads": 1},
+        # 24 decode slots: the disconnect test holds 20 streams in flight at once
+        "llm": {"model": "packaged", "quantization": "none", "threads": 1, "max_batch": 24},
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
         # the shipped audio projector; the tiny CLIP gets an untrained one, explicitly allowed
@@ -40,11 +42,13 @@ def test_config() -> dict:
         # remote images on, with loopback names allowlisted: the hostile cases prove the address
         # check after resolution refuses them anyway
         "remote_media": {"enabled": True, "allowed_hosts": ["localhost", "127.0.0.1", "example.com"], "timeout_s": 3},
+        # the overload test bursts at 3x this many concurrent requests per ingress replica
+        "limits": {"max_in_flight": MAX_IN_FLIGHT},
         "deployments": {
-            "ingress": small,
+            "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 4 * MAX_IN_FLIGHT},
             "audio_encoder": small,
             "vision_encoder": small,
-            "llm_decoder": {"num_cpus": 1, "max_ongoing_requests": 16},
+            "llm_decoder": {"num_cpus": 1, "max_ongoing_requests": 32},
         },
     }
 
