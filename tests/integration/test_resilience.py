@@ -202,3 +202,32 @@ def test_killed_decoder_mid_stream_fails_explicitly_and_is_replaced(serve_url):
     assert recovered is not None
     after = _replica_actors("LLMDecoder")
     assert len(after) == 1 and after[0][0] != before[0][0]
+
+
+def test_text_over_the_limit_is_400_before_tokenizing(serve_url):
+    resp = httpx.post(f"{serve_url}{CHAT}", json=body("a" * 100_001, 2), headers=AUTH, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "text_too_long"
+    assert "aaaa" not in resp.text  # the input is never echoed
+
+
+def test_chunked_transcription_upload_is_capped(serve_url):
+    """No Content-Length to check up front: the byte cap still stops the read at the limit."""
+    boundary = "chorusboundary"
+    head = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+
+    def chunks():
+        yield head
+        for _ in range(41):  # 41 MiB > the 40 MiB limit
+            yield b"\0" * 2**20
+
+    resp = httpx.post(
+        f"{serve_url}/v1/audio/transcriptions",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=120,
+    )
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
