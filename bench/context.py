@@ -30,6 +30,12 @@ def available_engines() -> list[str | None]:
     return sorted(choices, key=lambda engine: engine != REFERENCE_ENGINE)
 
 
+def default_engine() -> str | None:
+    """The engine an `LLMConfig` gets when none is named (None: the config has no engine choice)."""
+    field_info = LLMConfig.model_fields.get(ENGINE_FIELD)
+    return None if field_info is None else field_info.default
+
+
 def engine_label(engine: str | None) -> str:
     """None: this checkout's LLMConfig has no engine choice (the eager loop is the only engine)."""
     return engine or "eager"
@@ -58,6 +64,7 @@ class BenchContext:
         Raises whatever loading raises (e.g. UnsupportedQuantization); sections turn that into a
         not-measured row.
         """
+        engine = engine or default_engine()
         key = (quantization, engine)
         if key not in self._runtimes:
             values = {"model": self.options.model, "quantization": quantization, "threads": self.options.threads}
@@ -113,4 +120,5 @@ def env_info(threads: int) -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
         "loadavg_start": round(os.getloadavg()[0], 2),
+        "llm_default_engine": default_engine() or "eager (no engine choice in this checkout)",
     }

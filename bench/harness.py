@@ -55,11 +55,15 @@ def parse_only(value: str | None) -> list[str]:
     return [name for name in SECTION_NAMES if name in chosen]
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
 def run_bench(
     sections: Sequence[str],
     options: BenchOptions,
     out_dir: Path,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _log,
 ) -> tuple[Report, list[Path]]:
     """Run `sections` in order and write the report into `out_dir`; returns it and the files written."""
     import torch

@@ -65,7 +65,7 @@ class Target:
         if self.on == "ratio":
             return f"{self.op} {self.value:g}×"
         if self.on == "difference":
-            return f"Δ {self.op} {self.value:+g} {unit}".rstrip()
+            return f"Δ {self.op} {self.value:+g} {difference_unit(unit)}".rstrip()
         return f"{self.op} {self.value:g} {unit}".rstrip()
 
 
@@ -139,11 +139,19 @@ def format_stat(stat: Stat | None, unit: str) -> str:
     return text
 
 
+def difference_unit(unit: str) -> str:
+    """A difference of percentages is in percentage points."""
+    return "pt" if unit == "%" else unit
+
+
 def format_comparison(figure: Figure) -> str:
-    if figure.target is not None and figure.target.on == "difference" and figure.difference is not None:
-        return f"{figure.difference:+.2f} {figure.unit}".rstrip()
+    if figure.target is not None and figure.target.on == "difference":
+        difference = figure.difference
+        return NO_TARGET if difference is None else f"{difference:+.2f} {difference_unit(figure.unit)}".rstrip()
     ratio = figure.ratio
-    return NO_TARGET if ratio is None else f"{ratio:.2f}×"
+    if ratio is None:
+        return NO_TARGET
+    return f"{ratio:.2f}×" if ratio >= 0.01 else f"{format_number(ratio)}×"
 
 
 def format_met(figure: Figure) -> str:
@@ -208,6 +216,8 @@ class Report:
                 f"{', '.join(env.get('sections', []))}{' (--quick)' if env.get('quick') else ''}; "
                 f"{env.get('wall_s', '?')} s."
             )
+            if env.get("llm_default_engine"):
+                lines.extend(["", f"LLM engine where a row names none: {env['llm_default_engine']} (the config default)."])
             lines.append("")
         lines.append(
             "Every figure is the median over repeats with (min–max); its reference was measured in the same run."
@@ -257,8 +267,10 @@ def write_plots(report: Report, out_dir: Path) -> tuple[list[Path], str | None]:
             if f.target is not None and f.target.on == "ratio":
                 ax.plot([f.target.value] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
         ax.axvline(1.0, color="gray", linewidth=0.5)
+        ax.set_xscale("log")  # ratios span cache hits (~1e-4) to scaling (~4)
         ax.invert_yaxis()
-        ax.set_xlabel("ours / reference (median); black bar = target; green met, red missed, grey no target")
+        ax.set_xlabel("ours / reference (median, log scale)")
+        ax.set_title("black tick: target; green met, red missed, grey no target", fontsize=9)
         fig.tight_layout()
         path = out_dir / "ratios.png"
         fig.savefig(path, dpi=110)
