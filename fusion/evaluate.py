@@ -75,12 +75,14 @@ def prompt_embeds(
     messages = [Message("user", [instruction, MediaItem(kind, AUDIO_INDEX, transcript)])]
     plan = build_prompt(messages, tokenizer, mode)
     embedding = model.get_input_embeddings()
+    device = embedding.weight.device
     with torch.no_grad():
-        text_embeds = [embedding(torch.tensor(p, dtype=torch.long)) for p in plan.pieces if isinstance(p, list)]
+        text_embeds = [embedding(torch.tensor(p, dtype=torch.long, device=device)) for p in plan.pieces if isinstance(p, list)]
         media = {}
         if plan.slots:
             assert projector is not None and features is not None
-            media[AUDIO_INDEX] = projector(features.float().unsqueeze(0))[0].to(text_embeds[0].dtype)
+            frames = features.to(device=device, dtype=torch.float32).unsqueeze(0)
+            media[AUDIO_INDEX] = projector(frames)[0].to(text_embeds[0].dtype)
     inputs, _mask, _counts = splice(plan, text_embeds, media)
     return inputs[0]
 
@@ -90,15 +92,16 @@ def greedy_batch(model: nn.Module, prompts: Sequence[torch.Tensor], max_new_toke
     """Greedy continuation of several `[L_i, H]` prompts at once → generated token ids (EOS dropped)."""
     batch, longest, hidden = len(prompts), max(p.shape[0] for p in prompts), prompts[0].shape[1]
     inputs = prompts[0].new_zeros(batch, longest, hidden)
-    mask = torch.zeros(batch, longest, dtype=torch.long)
+    device = inputs.device
+    mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):  # left padding: every prompt ends at the right edge
         inputs[i, longest - p.shape[0] :] = p
         mask[i, longest - p.shape[0] :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True)
     generated: list[list[int]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool)
-    eos = torch.tensor(sorted(eos_ids))
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    eos = torch.tensor(sorted(eos_ids), device=device)
     for _ in range(max_new_tokens):
         token = out.logits[:, -1].argmax(-1)
         done_now = torch.isin(token, eos)
@@ -108,7 +111,7 @@ def greedy_batch(model: nn.Module, prompts: Sequence[torch.Tensor], max_new_toke
         done |= done_now
         if bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long, device=device)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(
             input_ids=token.unsqueeze(1),
@@ -250,18 +253,19 @@ def caption_figures(
     tokenizer,
     eos_ids: set[int],
     examples: Sequence,
-    scenes: Sequence,
+    scenes: Sequence | None,
     projector: nn.Module,
     samples: int = SAMPLES_PER_SPLIT,
 ) -> dict:
-    """Caption figures of `projector` on image `examples` (`fusion.train.Example`, kind "image")
-    whose true content is `scenes` (`fusion.vision_data.Scene`): teacher-forced cross-entropy on the
-    caption tokens, and per attribute the share of greedy captions that name it right (`all`: all
-    four right; `colour_shape`: the colour × shape pair, what held-out combinations test)."""
+    """Caption figures of `projector` on image `examples` (`fusion.train.Example`, kind "image"):
+    teacher-forced cross-entropy on the caption tokens, greedy captions, and — where the true
+    content is known (`scenes`, `fusion.vision_data.Scene`, drawn sets) — per attribute the share
+    of captions that name it right (`all`: all four right; `colour_shape`: the colour × shape pair,
+    what held-out combinations test)."""
     from fusion.train import eval_loss
     from fusion.vision_data import ATTRIBUTES, attribute_hits
 
-    assert len(examples) == len(scenes), f"{len(examples)} examples, {len(scenes)} scenes"
+    assert scenes is None or len(examples) == len(scenes), f"{len(examples)} examples, {len(scenes)} scenes"
     ce = eval_loss(projector, model, tokenizer, examples, EVAL_BATCH)
     captions: list[str] = []
     for i in range(0, len(examples), EVAL_BATCH):
@@ -269,17 +273,19 @@ def caption_figures(
         prompts = [prompt_embeds(model, tokenizer, ex.instruction, "embed", projector, ex.features, kind="image") for ex in group]
         for ids in greedy_batch(model, prompts, CAPTION_MAX_NEW_TOKENS, eos_ids):
             captions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    hits = [attribute_hits(scene, caption) for scene, caption in zip(scenes, captions)]
-    n = max(1, len(hits))
-    accuracy = {name: round(sum(h[name] for h in hits) / n, 4) for name in ATTRIBUTES}
-    accuracy["colour_shape"] = round(sum(h["colour"] and h["shape"] for h in hits) / n, 4)
-    accuracy["all"] = round(sum(all(h.values()) for h in hits) / n, 4)
-    return {
+    figures = {
         "images": len(examples),
         "caption_ce": ce,
-        "attribute_accuracy": accuracy,
         "samples": [{"ref": ex.target, "hyp": c} for ex, c in list(zip(examples, captions))[:samples]],
     }
+    if scenes is not None:
+        hits = [attribute_hits(scene, caption) for scene, caption in zip(scenes, captions)]
+        n = max(1, len(hits))
+        accuracy = {name: round(sum(h[name] for h in hits) / n, 4) for name in ATTRIBUTES}
+        accuracy["colour_shape"] = round(sum(h["colour"] and h["shape"] for h in hits) / n, 4)
+        accuracy["all"] = round(sum(all(h.values()) for h in hits) / n, 4)
+        figures["attribute_accuracy"] = accuracy
+    return figures
 
 
 def evaluate_vision_cli(
@@ -289,32 +295,36 @@ def evaluate_vision_cli(
     write_metadata: bool,
     threads: int,
     report: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """`chorus eval-projector` for an image projector: trained vs untrained (serve's seed-0 projector
     of the same kind) on each held-out split of the image set, greedy, canonical instruction."""
     from fusion.checkpoint import ModelIdentity, llm_identity, load_projector, update_metadata
     from fusion.projectors import build_projector
     from fusion.train import vision_examples
-    from fusion.vision_data import CAPTION_INSTRUCTION, EVAL_SPLITS, load_manifest, load_recipe
+    from fusion.vision_data import CAPTION_INSTRUCTION, eval_splits, load_manifest, load_recipe
     from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(threads)
     recipe = load_recipe(data_dir)
-    runtime = LLMRuntime.from_config(LLMConfig(threads=threads))
+    runtime = LLMRuntime.from_config(LLMConfig(threads=threads, device=device))
     projector, meta = load_projector(
         checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=ModelIdentity(**recipe["encoder"])
     )
     spec = meta["projector"]
     torch.manual_seed(0)  # serve's untrained projector: same kind, seeded with 0 (LLMDecoder._projector)
-    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
+    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval().to(device)
+    projector = projector.to(device)
 
-    records = {split: [r for r in load_manifest(data_dir) if r.split == split][:limit] for split in EVAL_SPLITS}
-    examples = vision_examples(data_dir, EVAL_SPLITS, seed=0, canonical_only=True)
+    held_out = eval_splits(data_dir)
+    records = {split: [r for r in load_manifest(data_dir) if r.split == split][:limit] for split in held_out}
+    examples = vision_examples(data_dir, held_out, seed=0, canonical_only=True)
     eos = set(runtime.eos_token_ids)
     figures: dict[str, dict] = {}
-    for split in EVAL_SPLITS:
+    for split in held_out:
         chosen = examples[split][:limit]
-        scenes = [r.scene for r in records[split]]
+        drawn = all(r.scene is not None for r in records[split])
+        scenes = [r.scene for r in records[split]] if drawn else None
         assert [ex.target for ex in chosen] == [r.caption for r in records[split]], "examples out of manifest order"
         figures[split] = {}
         for mode, module in (("trained", projector), ("untrained", untrained)):
@@ -322,7 +332,7 @@ def evaluate_vision_cli(
             figs = caption_figures(runtime.model, runtime.tokenizer, eos, chosen, scenes, module)
             figs["seconds"] = round(time.perf_counter() - start, 1)
             figures[split][mode] = figs
-            acc = figs["attribute_accuracy"]
+            acc = figs.get("attribute_accuracy", {})
             print(
                 f"{split:12s} {mode:9s} CE {figs['caption_ce']:.3f}  "
                 + "  ".join(f"{k} {v * 100:.0f}%" for k, v in acc.items())

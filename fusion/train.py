@@ -81,6 +81,7 @@ class TrainConfig(BaseModel):
         "1.8x faster per step than float32 on this CPU (AVX512-BF16); serve runs the projector in float32",
     )
     threads: int = Field(2, ge=1)
+    device: str = Field("cpu", description="torch device of the frozen LLM and the projector, e.g. 'cpu', 'cuda'")
     seed: int = Field(0)
 
     @model_validator(mode="after")
@@ -136,13 +137,14 @@ def build_inputs(
 
     `mode="transcript"` builds the teacher's text-only prompt (the target text as transcript)."""
     embedding = model.get_input_embeddings()
+    device = embedding.weight.device
     media: list[torch.Tensor | None] = [None] * len(examples)
     if mode == "embed":
         assert projector is not None
         lengths = [ex.features.shape[0] for ex in examples]
-        frames = torch.zeros(len(examples), max(lengths), examples[0].features.shape[-1])
+        frames = torch.zeros(len(examples), max(lengths), examples[0].features.shape[-1], device=device)
         for i, ex in enumerate(examples):
-            frames[i, : lengths[i]] = ex.features.float()
+            frames[i, : lengths[i]] = ex.features.to(device=device, dtype=torch.float32)
         # One batched projector call: zero frames past a clip's end only touch tokens that are cut off.
         projected = projector(frames)
         media = [projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)]
@@ -152,12 +154,12 @@ def build_inputs(
         plan = build_prompt(_messages(ex, ex.target if mode == "transcript" else None), tokenizer, mode)
         text_pieces = [p for p in plan.pieces if isinstance(p, list)]
         with torch.no_grad():
-            text_embeds = [embedding(torch.tensor(ids, dtype=torch.long)) for ids in text_pieces]
+            text_embeds = [embedding(torch.tensor(ids, dtype=torch.long, device=device)) for ids in text_pieces]
         media_embeds = {MEDIA_INDEX: soft.to(text_embeds[0].dtype)} if soft is not None else {}
         prompt, _mask, _counts = splice(plan, text_embeds, media_embeds)
         target = _target_ids(tokenizer, ex.target)
         with torch.no_grad():
-            target_embeds = embedding(torch.tensor(target, dtype=torch.long))
+            target_embeds = embedding(torch.tensor(target, dtype=torch.long, device=device))
         rows.append(torch.cat([prompt[0], target_embeds], dim=0))
         # Position t predicts token t+1: the last prompt position predicts the first target token.
         prompt_len = prompt.shape[1]
@@ -174,7 +176,7 @@ def build_inputs(
         inputs[i, : row.shape[0]] = row
         mask[i, : row.shape[0]] = 1
         labels[i, : lab.shape[0]] = lab
-    return inputs, mask, labels
+    return inputs, mask.to(device), labels.to(device)
 
 
 def target_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -219,9 +221,9 @@ def match_output_norm(projector: nn.Module, model: nn.Module, sample: Sequence[E
     table = model.get_input_embeddings().weight.float()
     target_rms = table.pow(2).mean().sqrt()
     lengths = [ex.features.shape[0] for ex in sample]
-    frames = torch.zeros(len(sample), max(lengths), sample[0].features.shape[-1])
+    frames = torch.zeros(len(sample), max(lengths), sample[0].features.shape[-1], device=table.device)
     for i, ex in enumerate(sample):
-        frames[i, : lengths[i]] = ex.features.float()
+        frames[i, : lengths[i]] = ex.features.to(device=table.device, dtype=torch.float32)
     out_rms = projector(frames).pow(2).mean().sqrt()
     factor = float(target_rms / out_rms)
     projector.linear_2.weight.mul_(factor)
@@ -272,13 +274,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.requires_grad_(False).eval()
     hidden = model.get_input_embeddings().embedding_dim
-    projector = build_projector(config.projector_kind, in_dim or train_examples[0].features.shape[-1], hidden)
+    device = model.get_input_embeddings().weight.device  # the projector trains where the LLM runs
+    projector = build_projector(config.projector_kind, in_dim or train_examples[0].features.shape[-1], hidden).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     state_path = out / STATE_FILE
     step, history, elapsed = 0, [], 0.0
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=device)
         if not _same_run(state["config"], config):
             raise ValueError(f"{state_path} belongs to a run with another config; use a fresh --out")
         projector.load_state_dict(state["projector"])
@@ -374,7 +377,7 @@ def eval_loss(projector: nn.Module, model: nn.Module, tokenizer, examples: Seque
 
 def _resume_key(config: TrainConfig) -> dict[str, Any]:
     """The config fields a resumed run must share (time limits and eval cadence may change)."""
-    return config.model_dump(exclude={"max_minutes", "eval_every", "checkpoint_every", "threads", "steps", "data_dir"})
+    return config.model_dump(exclude={"max_minutes", "eval_every", "checkpoint_every", "threads", "steps", "data_dir", "device"})
 
 
 def _same_run(saved: dict[str, Any], config: TrainConfig) -> bool:
@@ -460,7 +463,7 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
     from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(config.threads)
-    runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads))
+    runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads, device=config.device))
     runtime.model.to(getattr(torch, config.llm_dtype))
     refresh = None
     if config.modality == "image":
@@ -468,8 +471,9 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
 
         if not vision_data.is_vision_data(config.data_dir):
             raise ValueError(f"{config.data_dir} is not an image set (run `chorus make-vision-data`)")
-        data = vision_examples(config.data_dir, ("train", *vision_data.EVAL_SPLITS), config.seed)
-        eval_sets = {s: data[s] for s in vision_data.EVAL_SPLITS if data[s]}
+        held_out = vision_data.eval_splits(config.data_dir)
+        data = vision_examples(config.data_dir, ("train", *held_out), config.seed)
+        eval_sets = {s: data[s] for s in held_out if data[s]}
         recipe = vision_data.load_recipe(config.data_dir)
         encoder, unit = ModelIdentity(**recipe["encoder"]), "images"
     else:

@@ -14,6 +14,12 @@ Recipe (`VisionDataConfig`, recorded in `recipe.json` and in every projector che
 4. Images are written as PNGs (so another encoder can re-encode the set) and the frozen CLIP's patch
    features `[num_patches, width]` (`ClipRuntime.patch_features`, the configured feature layer) are
    cached float16 in safetensors shards, one key per image; an interrupted build resumes by shard.
+
+The same builder reads a real caption set instead (`captions` + `image_root`): LLaVA-Pretrain's
+`blip_laion_cc_sbu_558k.json`, a COCO `captions_*.json`, or JSON lines of `{"image", "caption"}`.
+Whole images are held out (`eval_heldout`); there are no attributes to score, only caption
+cross-entropy. Features are cached per image, so mind the disk: 49 × 768 float16 (ViT-B/32) is
+75 KB per image, 576 × 1024 (ViT-L/14-336) 1.2 MB.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import json
 import math
 import random
 from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from PIL import Image, ImageDraw
@@ -82,6 +89,8 @@ REACH = {"circle": 1.0, "square": SQUARE_HALF_SIDE * math.sqrt(2), "triangle": 1
 
 SPLITS = ("train", "eval_seen", "eval_combos")
 EVAL_SPLITS = SPLITS[1:]
+CAPTION_EVAL_SPLITS = ("eval_heldout",)  # caption files: whole images held out
+DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so caption-set images decode in parallel
 ATTRIBUTES = ("count", "colour", "shape", "position")
 MANIFEST = "manifest.jsonl"
 RECIPE = "recipe.json"
@@ -94,8 +103,16 @@ class VisionDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     out_dir: str = Field(description="Directory for PNGs, manifest, recipe and feature shards (outside the repo)")
-    train_images: int = Field(4000, ge=1, description="Training images (seen colour × shape pairs only)")
-    eval_images: int = Field(200, ge=1, description="Images per held-out split (eval_seen, eval_combos)")
+    train_images: int = Field(
+        4000, ge=1, description="Training images (seen colour × shape pairs only); with `captions`, at most this many training captions"
+    )
+    eval_images: int = Field(200, ge=1, description="Images per held-out split (eval_seen, eval_combos; with `captions`, eval_heldout)")
+    captions: str | None = Field(
+        None,
+        description="Real captions instead of drawn shapes: LLaVA-Pretrain JSON, COCO captions JSON, or JSONL of "
+        "{image, caption}; image paths are relative to image_root",
+    )
+    image_root: str | None = Field(None, description="Directory the caption file's image paths are relative to")
     clip_model: str = Field(description="open_clip architecture name or model-config JSON (ClipConfig.model_name)")
     clip_pretrained: str | None = Field(
         None, description="open_clip tag or local checkpoint; null = random weights seeded by clip_seed"
@@ -124,21 +141,30 @@ class Scene:
 
 @dataclass
 class ImageRecord:
-    """One image of the set (a manifest line)."""
+    """One image + caption of the set (a manifest line). Drawn images carry their scene and drawing
+    seed; images of a caption file carry their path (several captions may share one image)."""
 
     id: str
     split: str
-    count: int
-    colour: str
-    shape: str
-    position: str
     caption: str
-    seed: int  # drawing seed: `render(scene, seed)` redraws the image exactly
+    count: int | None = None
+    colour: str | None = None
+    shape: str | None = None
+    position: str | None = None
+    seed: int | None = None  # drawing seed: `render(scene, seed)` redraws the image exactly
+    image: str | None = None  # caption files: the image path, relative to image_root
     shard: str = ""
 
     @property
-    def scene(self) -> Scene:
-        return Scene(self.count, self.colour, self.shape, self.position)
+    def scene(self) -> Scene | None:
+        if self.count is None:
+            return None
+        return Scene(self.count, self.colour, self.shape, self.position)  # type: ignore[arg-type]
+
+    @property
+    def key(self) -> str:
+        """The image's key in the feature shards."""
+        return self.image or self.id
 
 
 # --- drawing -----------------------------------------------------------------------------------------
@@ -233,6 +259,48 @@ def plan_images(config: VisionDataConfig) -> list[ImageRecord]:
     return sorted(records, key=lambda r: r.split == "train")
 
 
+def read_captions(path: str | Path) -> list[tuple[str, str]]:
+    """(image path, caption) pairs from LLaVA-Pretrain JSON (a list of records with `image` and a
+    human/gpt `conversations` pair), COCO captions JSON (`images` + `annotations`), or JSON lines of
+    `{"image", "caption"}`."""
+    path = Path(path).expanduser()
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [(row["image"], row["caption"].strip()) for row in rows]
+    data = json.loads(text)
+    if isinstance(data, dict) and "annotations" in data:
+        files = {image["id"]: image["file_name"] for image in data["images"]}
+        return [(files[a["image_id"]], a["caption"].strip()) for a in data["annotations"]]
+    if isinstance(data, list):
+        pairs = []
+        for row in data:
+            answers = [turn["value"] for turn in row.get("conversations", []) if turn.get("from") == "gpt"]
+            if "image" in row and answers:
+                pairs.append((row["image"], answers[0].strip()))
+        return pairs
+    raise ValueError(f"{path}: not a LLaVA-Pretrain JSON, COCO captions JSON or {{image, caption}} JSONL file")
+
+
+def plan_caption_set(config: VisionDataConfig) -> list[ImageRecord]:
+    """Records for a caption file: `eval_images` whole images (all their captions) held out, then up
+    to `train_images` training captions; image order shuffled with `seed`."""
+    assert config.captions is not None
+    by_image: dict[str, list[str]] = {}
+    for image, caption in read_captions(config.captions):
+        by_image.setdefault(image, []).append(caption)
+    images = sorted(by_image)
+    random.Random(config.seed).shuffle(images)
+    held, rest = images[: config.eval_images], images[config.eval_images :]
+    records = [
+        ImageRecord(id=f"eval_heldout-{i:07d}", split="eval_heldout", caption=c, image=image)
+        for i, (image, c) in enumerate((image, c) for image in held for c in by_image[image])
+    ]
+    train = [(image, c) for image in rest for c in by_image[image]][: config.train_images]
+    records += [ImageRecord(id=f"train-{i:07d}", split="train", caption=c, image=image) for i, (image, c) in enumerate(train)]
+    return records
+
+
 # --- captions → attributes ---------------------------------------------------------------------------
 
 _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre", "center": "centre", "middle": "centre"}
@@ -315,33 +383,47 @@ def build_vision_data(
     from tqdm import tqdm
 
     out = Path(config.out_dir).expanduser()
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / RECIPE
     if recipe_path.exists():
         previous = json.loads(recipe_path.read_text())["config"]
         if previous != config.model_dump():
             raise ValueError(f"{out} holds a set built with another config; use a fresh --out directory")
 
-    records = plan_images(config)
+    drawn = config.captions is None
+    records = plan_images(config) if drawn else plan_caption_set(config)
+    splits = ("train", *(EVAL_SPLITS if drawn else CAPTION_EVAL_SPLITS))
     recipe = {
         "version": DATA_VERSION,
         "modality": MODALITY,
         "config": config.model_dump(),
         "encoder": encoder_identity,
-        "colours": list(COLOURS),
-        "shapes": list(SHAPES),
-        "positions": {name: phrase for name, (phrase, _box) in POSITIONS.items()},
-        "counts": [1, len(COUNT_WORDS)],
-        "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
-        "canvas": CANVAS,
+        "eval_splits": list(splits[1:]),
         "instructions": [CAPTION_INSTRUCTION, *CAPTION_PARAPHRASES],
-        "images": {split: sum(r.split == split for r in records) for split in SPLITS},
-        "generator": "Pillow ImageDraw",
+        "captions": {split: sum(r.split == split for r in records) for split in splits},
     }
+    if drawn:
+        (out / IMAGES_DIR).mkdir(exist_ok=True)
+        recipe |= {
+            "generator": "Pillow ImageDraw",
+            "colours": list(COLOURS),
+            "shapes": list(SHAPES),
+            "positions": {name: phrase for name, (phrase, _box) in POSITIONS.items()},
+            "counts": [1, len(COUNT_WORDS)],
+            "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+            "canvas": CANVAS,
+        }
+    else:
+        recipe["distinct_images"] = {split: len({r.image for r in records if r.split == split}) for split in splits}
     recipe_path.write_text(json.dumps(recipe, indent=2))
+    root = Path(config.image_root or ".").expanduser()
+
+    def load(record: ImageRecord) -> Image.Image:
+        with Image.open(root / record.image) as image:  # type: ignore[operator]
+            return image.convert("RGB")
 
     shards = [records[i : i + config.shard_size] for i in range(0, len(records), config.shard_size)]
-    with tqdm(total=len(records), desc="images", unit="img") as bar:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool, tqdm(total=len(records), desc="images", unit="img") as bar:
         for n, shard in enumerate(shards):
             name = f"shard-{n:03d}"
             meta_path = out / f"{name}.jsonl"
@@ -351,13 +433,19 @@ def build_vision_data(
             tensors: dict[str, torch.Tensor] = {}
             for start in range(0, len(shard), ENCODE_BATCH):
                 group = shard[start : start + ENCODE_BATCH]
-                images = [render(r.scene, r.seed) for r in group]
-                for record, image in zip(group, images):
-                    image.save(out / IMAGES_DIR / f"{record.id}.png", optimize=True)
-                patches, _pooled = clip_runtime.encode_images(images)
-                for record, features in zip(group, patches):
-                    tensors[record.id] = features.to(torch.float16).contiguous().cpu()
+                for record in group:
                     record.shard = f"{name}.safetensors"
+                todo = list({r.key: r for r in group if r.key not in tensors}.values())  # one encode per image
+                if drawn:
+                    images = [render(r.scene, r.seed) for r in todo]  # type: ignore[arg-type]
+                    for record, image in zip(todo, images):
+                        image.save(out / IMAGES_DIR / f"{record.id}.png", optimize=True)
+                else:
+                    images = list(pool.map(load, todo))
+                if todo:
+                    patches, _pooled = clip_runtime.encode_images(images)
+                    for record, features in zip(todo, patches):
+                        tensors[record.key] = features.to(torch.float16).contiguous().cpu()
                 bar.update(len(group))
             save_file(tensors, str(out / f"{name}.safetensors"))
             # The metadata file is written last: its presence marks the shard complete.
@@ -391,18 +479,23 @@ def load_recipe(data_dir: str | Path) -> dict:
     return json.loads((Path(data_dir).expanduser() / RECIPE).read_text())
 
 
+def eval_splits(data_dir: str | Path) -> tuple[str, ...]:
+    """The held-out splits of a set: eval_seen + eval_combos (drawn) or eval_heldout (caption file)."""
+    return tuple(load_recipe(data_dir).get("eval_splits", EVAL_SPLITS))
+
+
 def load_features(data_dir: str | Path, records: Iterable[ImageRecord]) -> dict[str, torch.Tensor]:
-    """image id → float16 patch features `[num_patches, width]` (reads only the shards needed)."""
+    """record id → float16 patch features `[num_patches, width]` (reads only the shards needed)."""
     from safetensors import safe_open
 
-    by_shard: dict[str, list[str]] = {}
+    by_shard: dict[str, list[ImageRecord]] = {}
     for record in records:
-        by_shard.setdefault(record.shard, []).append(record.id)
+        by_shard.setdefault(record.shard, []).append(record)
     out: dict[str, torch.Tensor] = {}
-    for shard, ids in by_shard.items():
+    for shard, group in by_shard.items():
         with safe_open(str(Path(data_dir).expanduser() / shard), framework="pt") as f:
-            for image_id in ids:
-                out[image_id] = f.get_tensor(image_id)
+            for record in group:
+                out[record.id] = f.get_tensor(record.key)
     return out
 
 

@@ -219,7 +219,7 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
 
     if read_metadata(args.checkpoint).get("modality") == "image":
         data = args.data or read_metadata(args.checkpoint)["data"]["config"]["out_dir"]
-        evaluate_vision_cli(args.checkpoint, data, args.limit, args.write_metadata, args.threads, args.report)
+        evaluate_vision_cli(args.checkpoint, data, args.limit, args.write_metadata, args.threads, args.report, args.device)
         return 0
     args.data = args.data or _default_fusion_dir("speech-v2")
     evaluate_cli(
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     vdata.add_argument("--out", default=_default_fusion_dir("vision-v1"), help="image-set directory (outside the repo)")
     vdata.add_argument("--train-images", type=int, default=4000)
     vdata.add_argument("--eval-images", type=int, default=200, help="per held-out split (eval_seen, eval_combos)")
+    vdata.add_argument("--captions", default=None, help="real captions instead of drawn shapes: LLaVA-Pretrain JSON, "
+                       "COCO captions JSON or {image, caption} JSONL")
+    vdata.add_argument("--image-root", default=None, help="directory the caption file's image paths are relative to")
     vdata.add_argument("--clip-model", default=str(REPO_ROOT / "tests" / "assets" / "tiny_clip.json"),
                        help="open_clip architecture or model-config JSON (default: the tiny test CLIP)")
     vdata.add_argument("--clip-pretrained", default=None, help="open_clip tag or local checkpoint; none = random init")
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this long")
     train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--device", default="cpu", help="torch device for the LLM and projector (e.g. cuda)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_cmd_train_projector)
 
@@ -316,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", default=None, help="also write the figures (and samples) to this JSON file")
     ev.add_argument("--baseline", default=None, help="merge the modes of an earlier --report JSON (same clips)")
     ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--device", default="cpu", help="torch device (image projectors; the audio eval runs on CPU)")
     ev.set_defaults(func=_cmd_eval_projector)
 
     from bench.harness import add_arguments as add_bench_arguments  # argparse only: no heavy imports

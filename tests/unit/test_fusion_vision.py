@@ -249,3 +249,39 @@ def test_train_config_modalities():
     # A state saved before `modality` existed still resumes an audio run, never an image one.
     old = {k: v for k, v in _resume_key(audio).items() if k != "modality"}
     assert _same_run(old, audio) and not _same_run(old, image)
+
+
+def test_caption_file_sets(tmp_path):
+    """A real caption set (COCO / LLaVA-Pretrain / JSONL): whole images held out, one encode per image."""
+    from fusion.vision_data import eval_splits, read_captions
+
+    root = tmp_path / "images"
+    root.mkdir()
+    scenes = [Scene(1 + i % 4, colour, "circle", "left") for i, colour in enumerate(COLOURS)]
+    for i, scene in enumerate(scenes):
+        render(scene, seed=i).save(root / f"{i}.png")
+    coco = {
+        "images": [{"id": 100 + i, "file_name": f"{i}.png"} for i in range(len(scenes))],
+        "annotations": [{"image_id": 100 + i, "caption": f" {text} "} for i, s in enumerate(scenes) for text in (s.caption, "A picture.")],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    llava = [{"id": "x", "image": "0.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A red dot."}]}]
+    (tmp_path / "llava.json").write_text(json.dumps(llava))
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "1.png", "caption": "Green."}) + "\n")
+    assert read_captions(tmp_path / "llava.json") == [("0.png", "A red dot.")]
+    assert read_captions(tmp_path / "pairs.jsonl") == [("1.png", "Green.")]
+    assert read_captions(tmp_path / "coco.json")[:2] == [("0.png", scenes[0].caption), ("0.png", "A picture.")]
+
+    config = _config(tmp_path / "set", captions=str(tmp_path / "coco.json"), image_root=str(root), eval_images=2, train_images=5, shard_size=4)
+    build_vision_data(config, build_clip(config, threads=1), encoder_identity(config), log=lambda _: None)
+    records = load_manifest(config.out_dir)
+    held = {r.image for r in records if r.split == "eval_heldout"}
+    assert len(held) == 2 and sum(r.split == "eval_heldout" for r in records) == 4  # both captions of each
+    train = [r for r in records if r.split == "train"]
+    assert len(train) == 5 and not {r.image for r in train} & held
+    assert eval_splits(config.out_dir) == ("eval_heldout",) and all(r.scene is None for r in records)
+    features = load_features(config.out_dir, records)
+    twins = [r for r in records if r.image == records[0].image]
+    assert len(twins) == 2 and torch.equal(features[twins[0].id], features[twins[1].id])
+    data = vision_examples(config.out_dir, ("train", "eval_heldout"), seed=0)
+    assert [ex.target for ex in data["train"]] == [r.caption for r in train]
