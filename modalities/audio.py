@@ -170,6 +170,9 @@ def _read_mono_capped(data: bytes, source_rate: int, max_source_frames: int, lim
                 raise _too_long(frames_read / source_rate, limits)
             if not np.isfinite(block).all():
                 raise MediaError("audio contains NaN or infinite samples", param="audio")
+            # Float WAVs carry the client's raw floats: full scale is +-1, and a huge finite sample
+            # (1e38) would overflow the channel mean and the resampler to inf/NaN. Clip as playback does.
+            np.clip(block, -1.0, 1.0, out=block)
             mono = block.mean(axis=1, dtype=np.float32)
             pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None:
