@@ -50,7 +50,13 @@ class DeploymentOptions(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPUs each replica claims (1 = a GPU of its own)")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between replica health checks")
     health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails")
-    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Time to drain in-flight requests")
+    graceful_shutdown_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        description="Time a replica being stopped (redeploy, downscale) gets to finish its in-flight requests; "
+        "null = the role's default: limits.request_timeout_s + 10 s for the ingress and the decoder (so a "
+        "stream is never cut), 20 s for the encoders",
+    )
 
     def to_serve_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -68,7 +74,13 @@ class DeploymentOptions(_Strict):
         return options
 
 
+STREAM_DRAIN_SLACK_S = 10.0
+ENCODER_DRAIN_S = 20.0
+
+
 class Deployments(_Strict):
+    # The ingress and the decoder hold streams for up to the request deadline: a replica being
+    # replaced drains them that long (Serve force-kills it after its graceful timeout).
     ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=64))
     audio_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
     vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
@@ -145,6 +157,16 @@ class ChorusConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ChorusConfig":
+        stream_drain = self.limits.request_timeout_s + STREAM_DRAIN_SLACK_S
+        deployments = self.deployments
+        for options, default in (
+            (deployments.ingress, stream_drain),
+            (deployments.llm_decoder, stream_drain),
+            (deployments.audio_encoder, ENCODER_DRAIN_S),
+            (deployments.vision_encoder, ENCODER_DRAIN_S),
+        ):
+            if options.graceful_shutdown_timeout_s is None:
+                options.graceful_shutdown_timeout_s = default
         if self.fusion.audio_mode != "transcript" and not (
             self.fusion.audio_projector or self.fusion.allow_random_projectors
         ):

@@ -1,5 +1,6 @@
 """`ray start --head` + `serve deploy deploy/local.yaml` (a copy on free ports), a request answered,
-then one deployment scaled 1 → 2 replicas by editing the config and deploying again."""
+then one deployment scaled 1 → 2 replicas by editing the config and deploying again, then the
+decoder replaced by a redeploy while a stream is in flight: the old replica drains it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import secrets
 import signal
 import subprocess
 import sys
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -108,3 +111,57 @@ def test_serve_deploy_then_scale(ray_head, tmp_path):
     assert _wait(lambda: _replicas(address, env, "AudioEncoder") == 2, "2 AudioEncoder replicas")
     assert _replicas(address, env, "LLMDecoder") == 1  # the others are untouched
     assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+
+    # Graceful shutdown: a changed application argument replaces every replica (ingress included)
+    # while a stream runs on the old ones; they finish it before they go (the ingress and decoder
+    # drain for request_timeout_s + 10 s by default; Serve's own 20 s default cut this stream).
+    decoder_before = _replica_ids(address, env, "LLMDecoder")
+    events: list[str] = []
+    started = threading.Event()
+
+    failures: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            read()
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            failures.append(err)
+            started.set()
+
+    def read() -> None:
+        body = {
+            "model": "chorus",
+            "messages": [{"role": "user", "content": "Count from 1 to 300, separated by commas."}],
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=180) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(120), "the stream did not start"
+    config["applications"][0]["args"]["deployments"]["llm_decoder"]["num_cpus"] = 0.9
+    path.write_text(yaml.safe_dump(config))
+    _run(str(BIN / "serve"), "deploy", str(path), "-a", address, env=env)
+    deployed = time.monotonic()
+    reader.join(240)
+    assert not reader.is_alive() and not failures, failures
+    still = set(decoder_before) & set(_replica_ids(address, env, "LLMDecoder"))
+    print(f"\nredeploy during a stream of {len(events)} events: stream ended {time.monotonic() - deployed:.1f} s after the deploy; "
+          f"old decoder replica {'still alive (the stream ended before it was stopped)' if still else 'gone: it drained the stream, then stopped'}")
+    assert events[-1] == "[DONE]" and not any('"error"' in e for e in events), events[-3:]
+    finishes = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1] if json.loads(e)["choices"]]
+    assert finishes[-1] in ("stop", "length")
+    _wait(lambda: _replica_ids(address, env, "LLMDecoder") not in ([], decoder_before), "the new decoder replica")
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+
+
+def _replica_ids(address: str, env: dict[str, str], deployment: str) -> list[str]:
+    """Names of the deployment's live replica actors, from the cluster's state API."""
+    out = _run(str(BIN / "ray"), "list", "actors", "--address", address, "--filter", "state=ALIVE", "--format", "json", "--limit", "1000", env=env)
+    return sorted(a["name"] for a in json.loads(out) if a.get("name", "").startswith("SERVE_REPLICA::") and f"#{deployment}#" in a["name"])

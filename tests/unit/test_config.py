@@ -85,3 +85,14 @@ def test_remote_media_needs_an_allowlist():
         ChorusConfig.model_validate({"remote_media": {"enabled": True}})
     config = ChorusConfig.model_validate({"remote_media": {"enabled": True, "allowed_hosts": ["Img.Example.com."]}})
     assert config.remote_media.allowed_hosts == ["img.example.com"] and not config.remote_media.allow_http
+
+
+def test_stream_holding_deployments_drain_for_the_request_deadline():
+    from serve.config import ChorusConfig
+
+    config = ChorusConfig.model_validate({"limits": {"request_timeout_s": 300}, "deployments": {"ingress": {"num_cpus": 0.25}}})
+    assert config.deployments.ingress.to_serve_options()["graceful_shutdown_timeout_s"] == 310
+    assert config.deployments.llm_decoder.graceful_shutdown_timeout_s == 310
+    assert config.deployments.audio_encoder.graceful_shutdown_timeout_s == 20
+    explicit = ChorusConfig.model_validate({"deployments": {"llm_decoder": {"graceful_shutdown_timeout_s": 5}}})
+    assert explicit.deployments.llm_decoder.graceful_shutdown_timeout_s == 5
