@@ -11,6 +11,7 @@ instant. Subcommands:
   chorus make-vision-data [--out DIR]                    synthetic shape images + cached CLIP patch features
   chorus train-projector --data DIR [--out DIR]          train a projector (encoder, LLM frozen); audio or image by --data
   chorus eval-projector --checkpoint DIR --data DIR      audio: "repeat" WER; image: caption CE + attribute accuracy
+  chorus eval-agreement [--checkpoint packaged]          "answer the request": embed vs transcript answer agreement
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _cmd_make_vision_data(args: argparse.Namespace) -> int:
     config = _config_from_args(VisionDataConfig, args, out_dir=args.out)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    out = build_vision_data(config, build_clip(config, args.threads), encoder_identity(config))
+    out = build_vision_data(config, build_clip(config, args.threads, args.device), encoder_identity(config))
     print(f"image set at {out} ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -232,6 +233,16 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
         report=args.report,
         baseline=args.baseline,
     )
+    return 0
+
+
+def _cmd_eval_agreement(args: argparse.Namespace) -> int:
+    from fusion.agreement import evaluate_agreement_cli
+    from fusion.checkpoint import PACKAGED, PACKAGED_AUDIO_PROJECTOR
+
+    checkpoint = str(PACKAGED_AUDIO_PROJECTOR) if args.checkpoint == PACKAGED else args.checkpoint
+    data = args.data or _default_fusion_dir("speech-v2")
+    evaluate_agreement_cli(checkpoint, data, args.limit, args.threads, args.report, args.write_metadata)
     return 0
 
 
@@ -290,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     vdata.add_argument("--feature-layer", type=int, default=-2)
     vdata.add_argument("--seed", type=int, default=0)
     vdata.add_argument("--threads", type=int, default=2)
+    vdata.add_argument("--device", default="cpu", help="torch device for CLIP (e.g. cuda)")
     vdata.set_defaults(func=_cmd_make_vision_data)
 
     train = sub.add_parser("train-projector", help="train an audio or image projector (encoder and LLM frozen)")
@@ -322,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--device", default="cpu", help="torch device (image projectors; the audio eval runs on CPU)")
     ev.set_defaults(func=_cmd_eval_projector)
+
+    agree = sub.add_parser("eval-agreement", help='"answer the request": embed vs transcript answers (word F1)')
+    agree.add_argument("--checkpoint", default="packaged", help="audio projector checkpoint directory, or 'packaged'")
+    agree.add_argument("--data", default=None, help="speech corpus (default: speech-v2 in the cache)")
+    agree.add_argument("--limit", type=int, default=20, help="clips per eval split")
+    agree.add_argument("--write-metadata", action="store_true", help="record the figures in the checkpoint metadata")
+    agree.add_argument("--report", default=None, help="also write the figures (and samples) to this JSON file")
+    agree.add_argument("--threads", type=int, default=1)
+    agree.set_defaults(func=_cmd_eval_agreement)
 
     from bench.harness import add_arguments as add_bench_arguments  # argparse only: no heavy imports
 
