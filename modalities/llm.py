@@ -4,8 +4,8 @@
 them from an `LLMConfig` with `from_config`. Generation runs through a `DecodeLoop` (our own
 prefill + per-token loop, not `model.generate`): by default the continuous-batching `BatchedEngine`
 (concurrent streams share each decode step), or `EagerDecodeLoop` with `engine="eager"`. Text comes
-out incrementally: multi-byte
-characters are released whole, and text that could still become a stop string is held back.
+out incrementally: multi-byte characters are released whole, and text that could still become a
+stop string is held back.
 
 Typical use (the fusion router splices media tokens into `inputs_embeds` first):
 

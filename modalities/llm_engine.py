@@ -51,6 +51,7 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3")
 # shares weight reads, but the packed attention mask is [N, N], so N stays modest.
 PREFILL_TOKEN_BUDGET = 1024
 POLL_S = 1.0  # how often a waiting iterator checks that the engine thread is still alive
+IDLE_EXIT_S = 60.0  # an idle engine thread ends after this long (it keeps the model alive)
 _DONE = object()  # end-of-stream marker in a request's output queue
 
 
@@ -344,7 +345,8 @@ class BatchedEngine:
     max_context: longest prompt + generation a slot holds (default: the model's max_position_embeddings).
     min_capacity: first cache length per row, doubled as needed up to max_context.
     on_step: called on the engine thread after every batched decode step with the current stats
-    (tests use it to observe and pace the schedule); it must not call back into the engine's run.
+    (tests use it to observe and pace the schedule). It must not call back into `run`; an exception
+    from it ends the engine thread like any bug in the loop would.
     """
 
     def __init__(
@@ -462,24 +464,33 @@ class BatchedEngine:
             with torch.inference_mode():
                 while self._iterate():
                     pass
-            error: BaseException = EngineError("the decode engine was closed")
         except BaseException as e:  # noqa: BLE001 - the thread must not die silently
             log.exception("decode engine thread died")
-            error = e
             with self._lock:
                 self._failure = e
+                self._fail_pending_locked(e)
+            return
         with self._lock:
-            for request in [*self._active, *self._waiting]:
-                request.finish(error)
-            self._active.clear()
-            self._waiting.clear()
-            self.cache.release()
+            if self._stopping:
+                self._fail_pending_locked(EngineError("the decode engine was closed"))
+
+    def _fail_pending_locked(self, error: BaseException) -> None:
+        for request in [*self._active, *self._waiting]:
+            request.finish(error)
+        self._active.clear()
+        self._waiting.clear()
+        self.cache.release()
 
     def _iterate(self) -> bool:
         """One scheduling round: drop leavers, admit joiners (prefill), one batched step. False: stop."""
         with self._lock:
+            if not self._active and not self._waiting:
+                self.cache.release()  # idle: give the memory back
             while not self._active and not self._waiting and not self._stopping:
-                self._lock.wait()
+                if not self._lock.wait(IDLE_EXIT_S) and not (self._active or self._waiting or self._stopping):
+                    # Idle: end the thread (it holds the model alive); the next run() starts a new one.
+                    self._thread = None
+                    return False
             if self._stopping:
                 return False
             self._drop_finished_locked()
@@ -491,7 +502,6 @@ class BatchedEngine:
         with self._lock:
             self._drop_finished_locked()
             if not self._active:
-                self.cache.release()  # idle: give the memory back
                 return True
         if self._step():
             with self._lock:

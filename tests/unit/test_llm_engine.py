@@ -297,6 +297,18 @@ def test_dead_engine_thread_fails_pending_and_new_requests(model, prompts, make_
         engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)
 
 
+def test_idle_engine_thread_ends_and_a_new_request_restarts_it(model, prompts, make_engine, monkeypatch):
+    monkeypatch.setattr(llm_engine, "IDLE_EXIT_S", 0.05)
+    engine = make_engine(model)
+    expected = eager_tokens(model, prompts[:1])[0]
+    assert list(engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)) == expected
+    first_thread = engine._thread
+    wait_for(lambda: not first_thread.is_alive(), "the idle engine thread to end")
+    assert engine.stats().alive and engine.stats().cache_capacity == 0
+    assert list(engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)) == expected
+    assert engine._thread is not first_thread
+
+
 # --- limits and configuration ------------------------------------------------------------------
 
 
