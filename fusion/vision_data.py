@@ -304,7 +304,10 @@ def plan_caption_set(config: VisionDataConfig) -> list[ImageRecord]:
 # --- captions → attributes ---------------------------------------------------------------------------
 
 _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre", "center": "centre", "middle": "centre"}
-_COUNT_WORDS = {w: i + 1 for i, w in enumerate(COUNT_WORDS)} | {"a": 1, "an": 1, "single": 1}
+_COUNT_WORDS = {w: i + 1 for i, w in enumerate(COUNT_WORDS)}
+# "a"/"an" is a count only right before a colour or shape ("a red star"); anywhere else it is just
+# the commonest word of English, and would credit any chatter with "one" of something.
+_ARTICLES = ("a", "an", "single")
 
 
 def _words(text: str) -> list[str]:
@@ -317,9 +320,11 @@ def parse_caption(text: str) -> dict[str, object]:
     Plural shapes count as the shape ("circles" → "circle")."""
     found: dict[str, object] = dict.fromkeys(ATTRIBUTES)
     shapes = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
-    for word in _words(text):
-        if found["count"] is None and word in _COUNT_WORDS:
-            found["count"] = _COUNT_WORDS[word]
+    words = _words(text)
+    for i, word in enumerate(words):
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if found["count"] is None and (word in _COUNT_WORDS or (word in _ARTICLES and (following in COLOURS or following in shapes))):
+            found["count"] = _COUNT_WORDS.get(word, 1)
         elif found["colour"] is None and word in COLOURS:
             found["colour"] = word
         elif found["shape"] is None and word in shapes:
@@ -338,7 +343,7 @@ def attribute_hits(scene: Scene, caption: str) -> dict[str, bool]:
 # --- encoder -----------------------------------------------------------------------------------------
 
 
-def clip_config(config: VisionDataConfig, threads: int | None = None):
+def clip_config(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The `ClipConfig` this set's features come from."""
     from modalities.vision import ClipConfig
 
@@ -348,17 +353,18 @@ def clip_config(config: VisionDataConfig, threads: int | None = None):
         random_init=config.clip_pretrained is None,
         feature_layer=config.feature_layer,
         threads=threads,
+        device=device,
     )
 
 
-def build_clip(config: VisionDataConfig, threads: int | None = None):
+def build_clip(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The frozen CLIP runtime; random-init weights are made under `clip_seed`, so they are reproducible."""
     from modalities.vision import ClipRuntime
 
     state = torch.random.get_rng_state()
     torch.manual_seed(config.clip_seed)
     try:
-        return ClipRuntime.from_config(clip_config(config, threads))
+        return ClipRuntime.from_config(clip_config(config, threads, device))
     finally:
         torch.random.set_rng_state(state)
 

@@ -135,6 +135,8 @@ def test_caption_parsing():
     assert parse_caption("Two red circles on the left.") == {"count": 2, "colour": "red", "shape": "circle", "position": "left"}
     assert parse_caption("A blue star in the middle") == {"count": 1, "colour": "blue", "shape": "star", "position": "centre"}
     assert parse_caption("I see nothing") == {"count": None, "colour": None, "shape": None, "position": None}
+    # An article is a count only before a colour or shape, not in any chatter.
+    assert parse_caption("It is a picture of a star.")["count"] == 1 and parse_caption("It is a picture.")["count"] is None
     hits = attribute_hits(Scene(3, "green", "square", "top"), "Three green triangles at the bottom.")
     assert hits == {"count": True, "colour": True, "shape": False, "position": False}
 
