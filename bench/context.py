@@ -46,7 +46,7 @@ class BenchOptions:
     threads: int = 1
     quick: bool = False
     model: str = "packaged"  # an LLMConfig.model: 'packaged' or a local transformers directory
-    repeats: int = 5
+    repeats: int = 3
     new_tokens: int = 64
 
 

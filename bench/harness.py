@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, help=f"comma-separated sections: {','.join(SECTION_NAMES)} (default all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats and tokens, numbers not for quoting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (and llama.cpp threads); default 1")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (medians; --quick uses 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (medians; --quick uses 2)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens per decode measurement")
     parser.add_argument("--model", default="packaged", help="LLM: 'packaged' or a local transformers model directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (report.json, report.md, *.png)")

@@ -140,7 +140,7 @@ def section_service(ctx: BenchContext) -> None:
     base, service_args = start_service(free_port())
     try:
         threads = decoder_threads(service_args)
-        llm = LLMRuntime.from_config(LLMConfig(model=service_args["llm"].get("model", "packaged"), threads=threads))
+        llm = LLMRuntime.from_config(LLMConfig(**{**service_args["llm"], "threads": threads}))  # as the replica
         samples: dict[str, dict[str, list[float]]] = {"direct": {"ttft": [], "itl": []}, "api": {"ttft": [], "itl": []}}
         direct_stamps(llm, max_tokens), api_stamps(base, QUESTION, max_tokens)  # warm both paths
         for _ in range(repeats):
