@@ -499,9 +499,12 @@ def load_features(data_dir: str | Path, records: Iterable[ImageRecord]) -> dict[
         by_shard.setdefault(record.shard, []).append(record)
     out: dict[str, torch.Tensor] = {}
     for shard, group in by_shard.items():
+        loaded: dict[str, torch.Tensor] = {}  # captions of one image share one tensor (COCO has five)
         with safe_open(str(Path(data_dir).expanduser() / shard), framework="pt") as f:
             for record in group:
-                out[record.id] = f.get_tensor(record.key)
+                if record.key not in loaded:
+                    loaded[record.key] = f.get_tensor(record.key)
+                out[record.id] = loaded[record.key]
     return out
 
 
