@@ -69,7 +69,7 @@ class EngineStats:
     cache_capacity: int  # positions per row currently allocated (0 when idle)
     steps: int  # batched decode steps run
     completed: int  # requests that finished, were cancelled or failed
-    alive: bool  # False once the engine thread has died (every request then fails)
+    alive: bool  # False once the engine thread has died or the engine was closed (requests then fail)
 
 
 # --- the forward ---------------------------------------------------------------------------------
@@ -540,6 +540,7 @@ class BatchedEngine:
             return
         for request, token in zip(pack, tokens):
             request.length = request.embeds.shape[1]
+            request.embeds = None  # in the cache now; a long multimodal prompt need not stay around
             request.emit(token)
         with self._lock:
             self._active.extend(pack)
