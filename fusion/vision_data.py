@@ -392,7 +392,9 @@ def build_vision_data(
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / RECIPE
     if recipe_path.exists():
-        previous = json.loads(recipe_path.read_text())["config"]
+        # A field added since the set was built counts as its default.
+        defaults = {name: field.default for name, field in VisionDataConfig.model_fields.items()}
+        previous = defaults | json.loads(recipe_path.read_text())["config"]
         if previous != config.model_dump():
             raise ValueError(f"{out} holds a set built with another config; use a fresh --out directory")
 
