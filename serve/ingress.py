@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from modalities.errors import MediaError
 from modalities.llm import SamplingParams
 
-from . import metrics, router
+from . import metrics, openapi, router
 from .auth import KeyStore, RateLimiter, retry_after_header
 from .config import ChorusConfig, LimitsConfig
 from .deployments import DecodeRequest
@@ -237,7 +237,7 @@ class Ingress:
 
     # --- routes --------------------------------------------------------------------------------
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=openapi.health(app))
     async def health(self) -> JSONResponse:
         async def probe(name: str, handle) -> tuple[str, dict[str, Any]]:
             if handle is None:
@@ -256,7 +256,7 @@ class Ingress:
         body = {"status": "ok" if healthy else "degraded", "deployments": results}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", openapi_extra=openapi.models(app))
     async def models(self, request: Request) -> Response:
         return await _respond(request, "/v1/models", self._models(request), media_param=None)
 
@@ -266,11 +266,11 @@ class Ingress:
         cards = [ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)]
         return JSONResponse(ModelList(data=cards).model_dump())
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi.chat_completions(app))
     async def chat_completions(self, request: Request) -> Response:
         return await _respond(request, "/v1/chat/completions", self._chat(request), media_param=None, limits=self.config.limits)
 
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=openapi.transcriptions(app))
     async def transcriptions(self, request: Request) -> Response:
         return await _respond(request, "/v1/audio/transcriptions", self._transcribe(request), media_param="file", limits=self.config.limits)
 

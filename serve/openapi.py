@@ -1,0 +1,310 @@
+"""OpenAPI descriptions of the routes' request bodies and responses.
+
+The routes take the raw `Request` (the body is read with a byte cap and its errors are mapped to
+OpenAI's shape), so FastAPI has nothing to derive a request body from and /openapi.json would describe
+none. Each route's decorator passes `openapi_extra=<function below>(app)`: the function returns the
+operation's `requestBody`, `responses` and `security`, which refer to schemas under
+`#/components/schemas/`, and makes sure the app's generated document carries those schemas (the
+pydantic models' `$defs`, moved there) and the bearer security scheme. Schemas are built once, at
+import, from the same pydantic models the routes validate with.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from .protocol import MAX_STOP_SEQUENCES, ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key, as 'Authorization: Bearer <key>' (only when the deployment configures keys)",
+    }
+}
+
+# Every schema the operations refer to, by component name.
+COMPONENTS: dict[str, dict[str, Any]] = {}
+
+
+def _add(name: str, schema: dict[str, Any]) -> None:
+    if COMPONENTS.setdefault(name, schema) != schema:
+        raise ValueError(f"two different OpenAPI schemas named {name!r}")
+
+
+def _all_required(schema: Any) -> Any:
+    """Responses are `model_dump()`ed whole: every property is present (null where unset)."""
+    if isinstance(schema, dict):
+        if "properties" in schema:
+            schema["required"] = list(schema["properties"])
+        for value in schema.values():
+            _all_required(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _all_required(value)
+    return schema
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}], "default": None}
+
+
+# What ChatCompletionRequest's validators refuse beyond its field types (each a 400), so that the
+# document says it too: n is 1, penalties are 0, no logprobs, at most 4 non-empty stop sequences, a
+# message's content is required.
+def _chat_request_constraints(schema: dict[str, Any], defs: dict[str, Any]) -> None:
+    properties = schema["properties"]
+    properties["n"] = {**_nullable({"type": "integer", "const": 1}), "title": "N", "description": "Only 1 is supported"}
+    for name in ("frequency_penalty", "presence_penalty"):
+        properties[name] = {
+            **_nullable({"type": "number", "const": 0}),
+            "title": properties[name]["title"],
+            "description": "Penalties are not supported: omit the field or send 0",
+        }
+    properties["logprobs"] = {**_nullable({"type": "boolean", "const": False}), "title": "Logprobs"}
+    stop = {"type": "string", "minLength": 1}
+    properties["stop"] = {
+        "anyOf": [stop, {"type": "array", "items": stop, "maxItems": MAX_STOP_SEQUENCES}, {"type": "null"}],
+        "default": None,
+        "title": "Stop",
+    }
+    message = defs["ChatMessage"]
+    message["properties"]["content"]["anyOf"] = [
+        option for option in message["properties"]["content"]["anyOf"] if option != {"type": "null"}
+    ]
+    message["properties"]["content"].pop("default", None)
+    message["required"] = ["role", "content"]
+
+
+def _component(model: type[BaseModel], *, response: bool) -> dict[str, Any]:
+    """`model`'s JSON schema (and its `$defs`) registered as components; returns a `$ref` to it."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization" if response else "validation")
+    defs = schema.pop("$defs", {})
+    if response:
+        _all_required(schema)
+        _all_required(defs)
+    if model is ChatCompletionRequest:
+        _chat_request_constraints(schema, defs)
+    for name, sub in defs.items():
+        _add(name, sub)
+    _add(model.__name__, schema)
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+
+def _ref(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    _add(name, schema)
+    return {"$ref": REF_TEMPLATE.format(model=name)}
+
+
+ERROR = _component(ErrorResponse, response=True)
+CHAT_REQUEST = _component(ChatCompletionRequest, response=False)
+CHAT_COMPLETION = _component(ChatCompletion, response=True)
+MODEL_LIST = _component(ModelList, response=True)
+TRANSCRIPTION_REQUEST = _ref(
+    "TranscriptionRequest",
+    {
+        "type": "object",
+        "title": "TranscriptionRequest",
+        "required": ["file", "model"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "The audio file: wav, flac, ogg or mp3"},
+            "model": {
+                "type": "string",
+                "description": "'whisper-1', or the configured Whisper's name ('whisper-base' by default)",
+                "examples": ["whisper-1"],
+            },
+            "language": {"type": "string", "description": "ISO-639-1 code of the spoken language (detected if omitted)"},
+            "response_format": {"type": "string", "enum": list(TRANSCRIPTION_FORMATS), "default": "json"},
+        },
+    },
+)
+TRANSCRIPTION = _ref(
+    "Transcription",
+    {"type": "object", "title": "Transcription", "required": ["text"], "properties": {"text": {"type": "string"}}},
+)
+VERBOSE_TRANSCRIPTION = _ref(
+    "VerboseTranscription",
+    {
+        "type": "object",
+        "title": "VerboseTranscription",
+        "required": ["task", "language", "duration", "text", "segments"],
+        "properties": {
+            "task": {"type": "string", "const": "transcribe"},
+            "language": {"type": ["string", "null"]},
+            "duration": {"type": "number"},
+            "text": {"type": "string"},
+            "segments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "start", "end", "text"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "start": {"type": "number"},
+                        "end": {"type": "number"},
+                        "text": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+)
+STREAM_EVENT = {
+    "type": "object",
+    "description": "One server-sent event: `data` is a ChatCompletionChunk as JSON, an error body as JSON, or `[DONE]`",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}},
+}
+HEALTH = _ref(
+    "Health",
+    {
+        "type": "object",
+        "title": "Health",
+        "required": ["status", "deployments"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "deployments": {
+                "type": "object",
+                "description": "Per deployment: its state ('ok', 'not_configured', 'unavailable') and the weights it runs",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}},
+                },
+            },
+        },
+    },
+)
+
+ERROR_DESCRIPTIONS = {
+    "400": "The request is invalid (the offending field is named in `error.param`)",
+    "401": "Incorrect or missing API key",
+    "404": "Unknown model",
+    "413": "The request body is over the size limit",
+    "429": "Rate limit reached for this API key (see Retry-After)",
+    "500": "Internal error (our fault)",
+    "503": "The service is overloaded or a deployment is down (see Retry-After)",
+    "504": "The request did not complete within the service's deadline",
+}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {
+        status: {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"schema": ERROR}}}
+        for status in statuses
+    }
+
+
+SECURITY = [{"bearerAuth": []}]
+
+CHAT_COMPLETIONS: dict[str, Any] = {
+    "summary": "Create a chat completion",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST}}},
+    "responses": {
+        "200": {
+            "description": "The completion; with `stream: true`, OpenAI's server-sent chunks ending `data: [DONE]`",
+            "content": {
+                "application/json": {"schema": CHAT_COMPLETION},
+                # Before OpenAPI 3.2 (no itemSchema), an event stream's `schema` describes one event.
+                "text/event-stream": {"schema": STREAM_EVENT},
+            },
+        },
+        **_errors("400", "401", "404", "413", "429", "500", "503", "504"),
+    },
+    "security": SECURITY,
+}
+
+TRANSCRIPTIONS: dict[str, Any] = {
+    "summary": "Transcribe audio",
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": TRANSCRIPTION_REQUEST,
+                "encoding": {"file": {"contentType": "application/octet-stream"}},
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "The transcript: `{text}` (json), plain text (text) or with segments (verbose_json)",
+            "content": {
+                "application/json": {"schema": {"anyOf": [TRANSCRIPTION, VERBOSE_TRANSCRIPTION]}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+        },
+        **_errors("400", "401", "404", "413", "429", "500", "503", "504"),
+    },
+    "security": SECURITY,
+}
+
+MODELS: dict[str, Any] = {
+    "summary": "List the models",
+    "responses": {
+        "200": {"description": "The chat model and the transcription models", "content": {"application/json": {"schema": MODEL_LIST}}},
+        **_errors("401", "429", "500", "503"),
+    },
+    "security": SECURITY,
+}
+
+HEALTH_CHECK: dict[str, Any] = {
+    "summary": "Each deployment's state and the weights it runs",
+    "responses": {
+        "200": {"description": "Every deployment is up (or not configured)", "content": {"application/json": {"schema": HEALTH}}},
+        "503": {"description": "A deployment is down", "content": {"application/json": {"schema": HEALTH}}},
+    },
+}
+
+
+def document(app: FastAPI) -> None:
+    """Have `app`'s generated OpenAPI document carry COMPONENTS and the security scheme (idempotent).
+
+    FastAPI builds `components` only from the models its routes declare, and `openapi_extra` reaches
+    only the operation; overriding `app.openapi` is FastAPI's documented way to extend the document."""
+    if getattr(app, "_chorus_components", False):
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()  # cached by FastAPI after the first call
+        components = doc.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for name, schema in COMPONENTS.items():
+            if schemas.setdefault(name, copy.deepcopy(schema)) != schema:
+                raise ValueError(f"OpenAPI component {name!r} is already defined differently")
+        components.setdefault("securitySchemes", {}).update(copy.deepcopy(SECURITY_SCHEMES))
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app._chorus_components = True  # type: ignore[attr-defined]
+
+
+def _extra(app: FastAPI, operation: dict[str, Any]) -> dict[str, Any]:
+    document(app)
+    return copy.deepcopy(operation)  # FastAPI merges it into the operation it builds
+
+
+def chat_completions(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for POST /v1/chat/completions."""
+    return _extra(app, CHAT_COMPLETIONS)
+
+
+def transcriptions(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for POST /v1/audio/transcriptions."""
+    return _extra(app, TRANSCRIPTIONS)
+
+
+def models(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for GET /v1/models."""
+    return _extra(app, MODELS)
+
+
+def health(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for GET /health."""
+    return _extra(app, HEALTH_CHECK)
