@@ -95,6 +95,11 @@ CHAT_CASES = [
     ("max-tokens-beyond-context", chat(max_tokens=10**6), 400),
     ("negative-temperature", chat(temperature=-0.5), 400),
     ("nan-temperature", b'{"model": "chorus", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400),
+    # found by schemathesis: logits / 3e-295 overflowed to inf and sampling failed with a 500; served greedy now
+    ("denormal-temperature", chat(temperature=3.156953962359937e-295), 200),
+    # found by schemathesis: a denormal top_p rounded to 0 against float32 probabilities, masked every token (500)
+    ("denormal-top-p", chat(top_p=5e-324), 200),
+    ("seed-beyond-64-bits", chat(seed=2**64), 400),  # torch.Generator takes 64 bits; used to fail in the decoder
     ("n-5", chat(n=5), 400),
     ("huge-stop-list", chat(stop=[f"s{i}" for i in range(100)]), 400),
     ("prompt-beyond-context", chat({"type": "text", "text": "word " * 20_000}), 400),
