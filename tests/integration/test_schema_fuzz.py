@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .conftest import API_KEY, AUTH
+from .conftest import AUTH
 
 MIN_TOTAL_CASES = 1_000
 # (method, path) -> examples per generation mode. Chat carries the weight; the GET routes take no
