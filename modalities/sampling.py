@@ -21,6 +21,15 @@ DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
 DEFAULT_TOP_P = 1.0
 INVALID_PARAM_CODE = "invalid_request_error"
+# A positive temperature below this is served as 0 (greedy): sampling at it differs from greedy only
+# between near-tied logits, and dividing float32 logits by a tiny one (3e-295, found by schemathesis)
+# overflows to inf, which softmax turns into NaN probabilities.
+MIN_SAMPLING_TEMPERATURE = 1e-4
+# A positive top_p below this is served as this (both keep only the most likely token): a denormal
+# one (5e-324) rounds to 0 against float32 probabilities and masks every token.
+MIN_TOP_P = 1e-6
+# Seeds seed a torch.Generator, which takes a 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -47,8 +56,12 @@ class SamplingParams:
             raise _invalid("temperature must be a finite number >= 0", "temperature")
         if not _is_number(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise _invalid("top_p must be in (0, 1]", "top_p")
-        if self.seed is not None and not _is_int(self.seed):
-            raise _invalid("seed must be an integer", "seed")
+        if self.seed is not None and not (_is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise _invalid("seed must be a 64-bit integer", "seed")
+        if 0 < self.temperature < MIN_SAMPLING_TEMPERATURE:
+            object.__setattr__(self, "temperature", 0.0)
+        if self.top_p < MIN_TOP_P:
+            object.__setattr__(self, "top_p", MIN_TOP_P)
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise _invalid("max_tokens must be an integer >= 1", "max_tokens")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

@@ -14,16 +14,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from modalities.sampling import SEED_RANGE
+
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-# A positive temperature below this is served as 0 (greedy): sampling at it differs from greedy only
-# between near-tied logits, and dividing float32 logits by a tiny one (1e-295) overflows to inf, which
-# softmax turns into NaN probabilities (found by schemathesis: a 500).
-MIN_SAMPLING_TEMPERATURE = 1e-4
-# A positive top_p below this is served as this (both keep only the most likely token): a denormal
-# one (5e-324) rounds to 0 against float32 probabilities, masks every token and sampling fails.
-MIN_TOP_P = 1e-6
-# Seeds seed a torch.Generator, which takes a 64-bit integer (2**64 raised inside the decoder: a 500).
-SEED_RANGE = (-(2**63), 2**63 - 1)
 FusionMode = Literal["embed", "transcript", "both"]
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
 
@@ -106,7 +99,7 @@ class ChatCompletionRequest(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     n: int | None = None
     presence_penalty: float | None = None
-    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # torch.Generator: 64 bits
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -120,20 +113,6 @@ class ChatCompletionRequest(_Strict):
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("temperature")
-    @classmethod
-    def _near_zero_is_greedy(cls, value: float | None) -> float | None:
-        if value is not None and 0 < value < MIN_SAMPLING_TEMPERATURE:
-            return 0.0
-        return value
-
-    @field_validator("top_p")
-    @classmethod
-    def _top_p_floor(cls, value: float | None) -> float | None:
-        if value is not None and 0 < value < MIN_TOP_P:
-            return MIN_TOP_P
         return value
 
     @field_validator("n")

@@ -401,3 +401,19 @@ def test_from_config_reports_a_missing_directory(tmp_path):
 def test_max_context_beyond_the_model_is_refused(tokenizer):
     with pytest.raises(ValueError, match="max_position_embeddings"):
         LLMRuntime(build_model(tokenizer), tokenizer, max_context=MAX_POSITIONS + 1)
+
+
+def test_sampler_survives_denormal_temperature_and_top_p():
+    """Found by schemathesis through the API: logits / 3e-295 overflowed to inf (NaN probabilities)
+    and a denormal top_p masked every token. The sampler itself now serves both."""
+    from modalities.sampling import SamplingParams, make_generator, sample_next_token
+
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    tiny_t = SamplingParams(temperature=3.156953962359937e-295, seed=1)
+    assert tiny_t.greedy and int(sample_next_token(logits, tiny_t, make_generator(tiny_t, logits.device))) == 1
+    tiny_p = SamplingParams(temperature=1.0, top_p=5e-324, seed=1)
+    for _ in range(5):  # only the most likely token survives the nucleus
+        assert int(sample_next_token(logits, tiny_p, make_generator(tiny_p, logits.device))) == 1
+    with pytest.raises(MediaError):
+        SamplingParams(seed=2**64)
+    assert SamplingParams(seed=2**63 - 1).seed == 2**63 - 1
