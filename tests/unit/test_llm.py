@@ -322,15 +322,22 @@ def test_quantized_runtime_generates_and_is_smaller(tokenizer, prompt_ids, mode)
     assert runtime.weight_bytes() < fp32_bytes
 
 
-def test_tied_head_stays_tied_for_int8_and_is_quantized_for_int4(tokenizer):
-    int8 = build_model(tokenizer)
-    report = quantize_model(int8, "int8")
-    assert list(report.skipped) == ["lm_head"]
-    assert int8.lm_head.weight is int8.model.embed_tokens.weight
-    int4 = build_model(tokenizer)
-    report = quantize_model(int4, "int4")
-    assert "lm_head" in report.quantized and not report.skipped
-    assert int4.model.embed_tokens.weight.dtype == torch.float32
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_tied_head_stays_tied_in_float(tokenizer, mode):
+    model = build_model(tokenizer)
+    report = quantize_model(model, mode)
+    assert list(report.skipped) == ["lm_head"] and "lm_head" not in report.quantized
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    assert "model.layers.0.mlp.down_proj" in report.quantized
+
+
+def test_int4_uses_groups_of_32(tokenizer):
+    """SmolLM2's packaged weights were Q4_1 in blocks of 32: the int4 grid must line up with them."""
+    model = build_model(tokenizer)
+    quantize_model(model, "int4")
+    for layer in (model.model.layers[0].mlp.down_proj, model.model.layers[0].self_attn.q_proj):
+        assert list(layer.weight.block_size) == [1, 32]
 
 
 def test_int4_logits_track_float(tokenizer, prompt_ids):
@@ -353,7 +360,7 @@ def test_int4_smaller_than_int8(tokenizer):
 
 
 def test_int4_refuses_a_model_no_kernel_can_take(tokenizer):
-    # in_features 40 and 72: no int4 group size (128, 64, 32) divides them.
+    # in_features 40 and 72: the int4 group size (32) divides neither.
     model = build_model(tokenizer, hidden=40, intermediate=72)
     with pytest.raises(UnsupportedQuantization, match="no linear layer"):
         quantize_model(model, "int4")
