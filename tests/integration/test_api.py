@@ -182,9 +182,10 @@ def test_unknown_model_is_404(client):
             "invalid_base64",
         ),
         (
-            {"model": "chorus", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+            # remote images are on in the test app, for allowlisted hosts only (the off switch: test_fetch)
+            {"model": "chorus", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://images.evil.net/a.png"}}]}]},
             "messages.0.content.0.image_url.url",
-            "remote_url_disabled",
+            "remote_host_not_allowed",
         ),
     ],
 )
