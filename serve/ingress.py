@@ -412,7 +412,9 @@ class Ingress:
                 payload.pop("usage")
             return _sse(payload)
 
-        yield chunk(Delta(role="assistant", content=""))
+        # The role chunk leaves with the first content chunk: one write, one hop through Serve's proxy
+        # fewer before the first token reaches the client.
+        pending = chunk(Delta(role="assistant", content=""))
         start = time.perf_counter()
         first = last = None
         prompt_tokens = completion_tokens = 0
@@ -427,7 +429,8 @@ class Ingress:
                 last = now_t
                 prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
                 if event.text:
-                    yield chunk(Delta(content=event.text))
+                    yield pending + chunk(Delta(content=event.text))
+                    pending = b""
                 if event.finish_reason:
                     finish = event.finish_reason
                 elif deadline is not None and time.monotonic() > deadline:
@@ -435,7 +438,7 @@ class Ingress:
         except TimeoutError:
             if cancel is not None:
                 cancel()  # frees the decoder slot
-            yield _sse(APIError(504, "the request did not complete in time", type=SERVER_ERROR, code="timeout").body())
+            yield pending + _sse(APIError(504, "the request did not complete in time", type=SERVER_ERROR, code="timeout").body())
             yield _sse("[DONE]")
             return
         except Exception as err:
@@ -443,11 +446,11 @@ class Ingress:
             log.exception("stream failed")
             status = 400 if isinstance(err, MediaError) else 500
             api_err = from_media_error(err) if isinstance(err, MediaError) else APIError(status, "internal error", type=SERVER_ERROR)
-            yield _sse(api_err.body())
+            yield pending + _sse(api_err.body())
             yield _sse("[DONE]")
             return
         self._record_timing(start, first, completion_tokens)
-        yield chunk(Delta(), finish=finish)
+        yield pending + chunk(Delta(), finish=finish)
         if include_usage:
             usage = Usage(
                 prompt_tokens=prompt_tokens,
