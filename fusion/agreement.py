@@ -25,8 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from fusion.evaluate import AUDIO_INDEX, EVAL_BATCH, cached_transcripts, greedy_batch, normalize
-from fusion.prompt import MediaItem, Message, build_prompt, splice
+from fusion.evaluate import AUDIO_INDEX, cached_transcripts, greedy_texts, normalize, plan_embeds
+from fusion.prompt import MediaItem, Message, build_prompt
 
 ANSWER_MAX_NEW_TOKENS = 48
 MODES = ("reference", "transcript", "embed", "untrained")
@@ -69,26 +69,7 @@ def request_embeds(
         mode = "transcript"
     else:
         messages = [Message("user", [MediaItem("audio", AUDIO_INDEX, transcript)])]
-    plan = build_prompt(messages, tokenizer, mode)
-    embedding = model.get_input_embeddings()
-    device = embedding.weight.device
-    with torch.no_grad():
-        text_embeds = [embedding(torch.tensor(p, dtype=torch.long, device=device)) for p in plan.pieces if isinstance(p, list)]
-        media = {}
-        if plan.slots:
-            assert projector is not None and features is not None
-            frames = features.to(device=device, dtype=torch.float32).unsqueeze(0)
-            media[AUDIO_INDEX] = projector(frames)[0].to(text_embeds[0].dtype)
-    inputs, _mask, _counts = splice(plan, text_embeds, media)
-    return inputs[0]
-
-
-def answers(model: nn.Module, tokenizer, eos_ids: set[int], prompts: Sequence[torch.Tensor], max_new_tokens: int) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(prompts), EVAL_BATCH):
-        for ids in greedy_batch(model, prompts[i : i + EVAL_BATCH], max_new_tokens, eos_ids):
-            out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return out
+    return plan_embeds(model, build_prompt(messages, tokenizer, mode), projector, features)
 
 
 def evaluate_agreement_cli(
@@ -128,7 +109,7 @@ def evaluate_agreement_cli(
             "embed": [request_embeds(model, tokenizer, "embed", projector=projector, features=features[c.id]) for c in group],
             "untrained": [request_embeds(model, tokenizer, "embed", projector=untrained, features=features[c.id]) for c in group],
         }
-        out = {mode: answers(model, tokenizer, eos, prompts[mode], ANSWER_MAX_NEW_TOKENS) for mode in MODES}
+        out = {mode: greedy_texts(model, tokenizer, eos, prompts[mode], ANSWER_MAX_NEW_TOKENS) for mode in MODES}
         figures[split] = {
             "clips": len(group),
             "seconds": round(time.perf_counter() - start, 1),

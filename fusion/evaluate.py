@@ -28,7 +28,7 @@ import jiwer
 import torch
 from torch import nn
 
-from fusion.prompt import MediaItem, MediaKind, Message, build_prompt, splice
+from fusion.prompt import MediaItem, MediaKind, Message, PromptPlan, build_prompt, splice
 
 AUDIO_INDEX = 0
 MAX_NEW_TOKENS_SLACK = 16  # room beyond the reference's own length for a few extra words
@@ -73,7 +73,14 @@ def prompt_embeds(
 ) -> torch.Tensor:
     """The serve-time prompt for one media item: `[L, H]` (user text part, then the media part)."""
     messages = [Message("user", [instruction, MediaItem(kind, AUDIO_INDEX, transcript)])]
-    plan = build_prompt(messages, tokenizer, mode)
+    return plan_embeds(model, build_prompt(messages, tokenizer, mode), projector, features)
+
+
+def plan_embeds(
+    model: nn.Module, plan: PromptPlan, projector: nn.Module | None = None, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A prompt plan with at most one media slot (index AUDIO_INDEX) → `[L, H]`, the slot filled by
+    `projector(features)`."""
     embedding = model.get_input_embeddings()
     device = embedding.weight.device
     with torch.no_grad():
@@ -121,6 +128,17 @@ def greedy_batch(model: nn.Module, prompts: Sequence[torch.Tensor], max_new_toke
             use_cache=True,
         )
     return generated
+
+
+def greedy_texts(
+    model: nn.Module, tokenizer, eos_ids: set[int], prompts: Sequence[torch.Tensor], max_new_tokens: int
+) -> list[str]:
+    """Greedy answers to `[L_i, H]` prompts, decoded, EVAL_BATCH prompts at a time."""
+    texts: list[str] = []
+    for i in range(0, len(prompts), EVAL_BATCH):
+        for ids in greedy_batch(model, prompts[i : i + EVAL_BATCH], max_new_tokens, eos_ids):
+            texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return texts
 
 
 def repeat_outputs(
@@ -267,12 +285,8 @@ def caption_figures(
 
     assert scenes is None or len(examples) == len(scenes), f"{len(examples)} examples, {len(scenes)} scenes"
     ce = eval_loss(projector, model, tokenizer, examples, EVAL_BATCH)
-    captions: list[str] = []
-    for i in range(0, len(examples), EVAL_BATCH):
-        group = examples[i : i + EVAL_BATCH]
-        prompts = [prompt_embeds(model, tokenizer, ex.instruction, "embed", projector, ex.features, kind="image") for ex in group]
-        for ids in greedy_batch(model, prompts, CAPTION_MAX_NEW_TOKENS, eos_ids):
-            captions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    prompts = [prompt_embeds(model, tokenizer, ex.instruction, "embed", projector, ex.features, kind="image") for ex in examples]
+    captions = greedy_texts(model, tokenizer, eos_ids, prompts, CAPTION_MAX_NEW_TOKENS)
     figures = {
         "images": len(examples),
         "caption_ce": ce,

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, template_sentences
+from fusion.shards import MANIFEST, RECIPE, read_manifest, read_recipe, read_tensors
 
 DATA_VERSION = 1
 REPEAT_INSTRUCTION = "Repeat exactly what was said."
@@ -53,8 +54,6 @@ PITCH = (25, 75)
 
 SPLITS = ("train", "eval_sentences", "eval_voices", "eval_freeform")
 EVAL_SPLITS = SPLITS[1:]
-MANIFEST = "manifest.jsonl"
-RECIPE = "recipe.json"
 LLM_SENTENCES = "llm_sentences.json"
 
 
@@ -288,28 +287,13 @@ def build_speech_data(
 
 def load_manifest(data_dir: str | Path) -> list[Clip]:
     """Every clip of the corpus, or of its complete shards while `make-speech-data` still runs."""
-    root = Path(data_dir).expanduser()
-    path = root / MANIFEST
-    parts = [path] if path.exists() else sorted(root.glob("shard-*.jsonl"))
-    if not parts:
-        raise FileNotFoundError(f"no speech corpus at {root} (run `chorus make-speech-data` first)")
-    return [Clip(**json.loads(line)) for part in parts for line in part.read_text().splitlines() if line]
+    return read_manifest(data_dir, Clip, "speech corpus", "chorus make-speech-data")
 
 
 def load_recipe(data_dir: str | Path) -> dict:
-    return json.loads((Path(data_dir).expanduser() / RECIPE).read_text())
+    return read_recipe(data_dir)
 
 
 def load_features(data_dir: str | Path, clips: Iterable[Clip]) -> dict[str, torch.Tensor]:
     """clip id → float16 features `[T, d_audio]` for `clips` (reads only the shards needed)."""
-    from safetensors import safe_open
-
-    by_shard: dict[str, list[str]] = {}
-    for clip in clips:
-        by_shard.setdefault(clip.shard, []).append(clip.id)
-    out: dict[str, torch.Tensor] = {}
-    for shard, ids in by_shard.items():
-        with safe_open(str(Path(data_dir).expanduser() / shard), framework="pt") as f:
-            for clip_id in ids:
-                out[clip_id] = f.get_tensor(clip_id)
-    return out
+    return read_tensors(data_dir, ((clip.id, clip.shard, clip.id) for clip in clips))

@@ -401,25 +401,13 @@ def corpus_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_o
         load_manifest,
     )
 
-    rng = random.Random(seed)
     clips = [c for c in load_manifest(data_dir) if c.split in splits]
     features = load_features(data_dir, clips)
-    out: dict[str, list[Example]] = {split: [] for split in splits}
-    for clip in clips:
-        varied = clip.split == "train" and not canonical_only
-        instruction = REPEAT_INSTRUCTION
-        if varied and rng.random() > CANONICAL_INSTRUCTION_SHARE:
-            instruction = rng.choice(REPEAT_PARAPHRASES)
-        out[clip.split].append(
-            Example(
-                features=features[clip.id],
-                target=clip.text,
-                instruction=instruction,
-                transcript=clip.transcript,
-                media_first=varied and rng.random() < AUDIO_FIRST_SHARE,
-            )
-        )
-    return out
+    return _turns(
+        [(c.split, features[c.id], c.text, c.transcript) for c in clips],
+        splits, seed, canonical_only, REPEAT_INSTRUCTION, REPEAT_PARAPHRASES, CANONICAL_INSTRUCTION_SHARE,
+        AUDIO_FIRST_SHARE, "audio",
+    )
 
 
 def vision_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
@@ -434,22 +422,44 @@ def vision_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_o
         load_manifest,
     )
 
-    rng = random.Random(seed)
     records = [r for r in load_manifest(data_dir) if r.split in splits]
     features = load_features(data_dir, records)
+    return _turns(
+        [(r.split, features[r.id], r.caption, None) for r in records],
+        splits, seed, canonical_only, CAPTION_INSTRUCTION, CAPTION_PARAPHRASES, CANONICAL_INSTRUCTION_SHARE,
+        IMAGE_FIRST_SHARE, "image",
+    )
+
+
+def _turns(
+    items: Sequence[tuple[str, torch.Tensor, str, str | None]],
+    splits: Sequence[str],
+    seed: int,
+    canonical_only: bool,
+    instruction: str,
+    paraphrases: Sequence[str],
+    canonical_share: float,
+    media_first_share: float,
+    kind: MediaKind,
+) -> dict[str, list[Example]]:
+    """(split, features, target, transcript) items → Examples per split. Training turns vary: the
+    canonical instruction `canonical_share` of the time, else a paraphrase, and the media part first
+    `media_first_share` of the time; eval turns (and `canonical_only`) are canonical, text first."""
+    rng = random.Random(seed)
     out: dict[str, list[Example]] = {split: [] for split in splits}
-    for record in records:
-        varied = record.split == "train" and not canonical_only
-        instruction = CAPTION_INSTRUCTION
-        if varied and rng.random() > CANONICAL_INSTRUCTION_SHARE:
-            instruction = rng.choice(CAPTION_PARAPHRASES)
-        out[record.split].append(
+    for split, features, target, transcript in items:
+        varied = split == "train" and not canonical_only
+        said = instruction
+        if varied and rng.random() > canonical_share:
+            said = rng.choice(paraphrases)
+        out[split].append(
             Example(
-                features=features[record.id],
-                target=record.caption,
-                instruction=instruction,
-                media_first=varied and rng.random() < IMAGE_FIRST_SHARE,
-                kind="image",
+                features=features,
+                target=target,
+                instruction=said,
+                transcript=transcript,
+                media_first=varied and rng.random() < media_first_share,
+                kind=kind,
             )
         )
     return out

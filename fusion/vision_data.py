@@ -36,6 +36,8 @@ import torch
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
 
+from fusion.shards import MANIFEST, RECIPE, read_manifest, read_recipe, read_tensors
+
 DATA_VERSION = 1
 MODALITY = "image"  # recorded in the recipe: `chorus train-projector` infers the modality from it
 
@@ -92,8 +94,6 @@ EVAL_SPLITS = SPLITS[1:]
 CAPTION_EVAL_SPLITS = ("eval_heldout",)  # caption files: whole images held out
 DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so caption-set images decode in parallel
 ATTRIBUTES = ("count", "colour", "shape", "position")
-MANIFEST = "manifest.jsonl"
-RECIPE = "recipe.json"
 IMAGES_DIR = "images"
 
 
@@ -475,16 +475,11 @@ def is_vision_data(data_dir: str | Path) -> bool:
 
 
 def load_manifest(data_dir: str | Path) -> list[ImageRecord]:
-    root = Path(data_dir).expanduser()
-    path = root / MANIFEST
-    parts = [path] if path.exists() else sorted(root.glob("shard-*.jsonl"))
-    if not parts:
-        raise FileNotFoundError(f"no image set at {root} (run `chorus make-vision-data` first)")
-    return [ImageRecord(**json.loads(line)) for part in parts for line in part.read_text().splitlines() if line]
+    return read_manifest(data_dir, ImageRecord, "image set", "chorus make-vision-data")
 
 
 def load_recipe(data_dir: str | Path) -> dict:
-    return json.loads((Path(data_dir).expanduser() / RECIPE).read_text())
+    return read_recipe(data_dir)
 
 
 def eval_splits(data_dir: str | Path) -> tuple[str, ...]:
@@ -493,21 +488,9 @@ def eval_splits(data_dir: str | Path) -> tuple[str, ...]:
 
 
 def load_features(data_dir: str | Path, records: Iterable[ImageRecord]) -> dict[str, torch.Tensor]:
-    """record id → float16 patch features `[num_patches, width]` (reads only the shards needed)."""
-    from safetensors import safe_open
-
-    by_shard: dict[str, list[ImageRecord]] = {}
-    for record in records:
-        by_shard.setdefault(record.shard, []).append(record)
-    out: dict[str, torch.Tensor] = {}
-    for shard, group in by_shard.items():
-        loaded: dict[str, torch.Tensor] = {}  # captions of one image share one tensor (COCO has five)
-        with safe_open(str(Path(data_dir).expanduser() / shard), framework="pt") as f:
-            for record in group:
-                if record.key not in loaded:
-                    loaded[record.key] = f.get_tensor(record.key)
-                out[record.id] = loaded[record.key]
-    return out
+    """record id → float16 patch features `[num_patches, width]` (reads only the shards needed;
+    captions of one image share one tensor: COCO has five)."""
+    return read_tensors(data_dir, ((record.id, record.shard, record.key) for record in records))
 
 
 def encoder_identity(config: VisionDataConfig) -> dict:

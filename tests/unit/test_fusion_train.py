@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fusion.checkpoint import ModelIdentity, load_projector, save_projector
 from fusion.train import IGNORE_INDEX, Example, TrainConfig, build_inputs, lr_at, projector_loss, train
+from tests.helpers.models import frozen_tiny_llama
 from tests.helpers.tokenizer import tiny_chat_tokenizer
 
 D_AUDIO = 16
@@ -21,18 +21,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.3,  # a frozen LLM that reacts to its inputs, so gradients reach the projector
-    )
-    return LlamaForCausalLM(config).eval().requires_grad_(False)
+    return frozen_tiny_llama(len(tokenizer), HIDDEN)
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:

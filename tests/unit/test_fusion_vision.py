@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fusion.checkpoint import ModelIdentity, ProjectorMismatchError, clip_identity, load_projector, read_metadata, save_projector
 from fusion.evaluate import caption_figures
@@ -36,6 +35,7 @@ from fusion.vision_data import (
     plan_images,
     render,
 )
+from tests.helpers.models import frozen_tiny_llama
 from tests.helpers.tokenizer import tiny_chat_tokenizer
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "assets" / "tiny_clip.json"
@@ -159,18 +159,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def llm(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.3,  # a frozen LLM that reacts to its inputs, so gradients reach the projector
-    )
-    return LlamaForCausalLM(config).eval().requires_grad_(False)
+    return frozen_tiny_llama(len(tokenizer), HIDDEN)
 
 
 def test_built_set_holds_pngs_and_clip_features(image_set, tmp_path):
