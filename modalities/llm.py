@@ -33,7 +33,7 @@ from modalities.devices import TorchDevice
 from modalities.errors import MediaError
 from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm_engine import DEFAULT_MAX_SLOTS, BatchedEngine, EngineStats
-from modalities.llm_quant import Quantization, QuantizationReport, quantize_model, weight_bytes
+from modalities.llm_quant import Quantization, QuantizationReport, compute_dtype, quantize_model, weight_bytes
 from modalities.sampling import SamplingParams
 
 __all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
@@ -132,6 +132,7 @@ class LLMRuntime:
         self.quantization = quantization or QuantizationReport(mode="none")
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self._embedding = model.get_input_embeddings()
+        self._dtype = compute_dtype(model)
 
     @classmethod
     def from_config(cls, config: LLMConfig) -> "LLMRuntime":
@@ -161,7 +162,8 @@ class LLMRuntime:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._embedding.weight.dtype
+        """The activations' dtype (a bfloat16-stored embedding still answers in this one)."""
+        return self._dtype
 
     @property
     def hidden_size(self) -> int:

@@ -11,13 +11,15 @@
   fits, or a quantized layer cannot run a forward pass here, quantization is refused with
   `UnsupportedQuantization` naming why.
 
-A tied output head (`lm_head` sharing the input embedding's weight) stays tied, in float, in both
-modes (quantizing it would untie it: the float embedding stays and a quantized copy is added).
-int8: torchao's eager int8 matmul converts the whole weight to float on every call, which on the
-head costs more than it saves (decode 9 vs 20 tok/s with and without it) and adds 28 MB. int4: its
-kernel is faster on the head (SmolLM2 decode 31 vs 27 tok/s at 1 thread), but the head's rounding
-is where most greedy tokens flip — fp32 agreement 86 % with a 4-bit head, 98 % without, on
-`chorus bench`'s prompt set — and the untied copy costs 16 MB more.
+A tied output head (`lm_head` sharing the input embedding's weight) stays tied in both modes
+(quantizing it would untie it: the embedding stays and a quantized copy is added).
+int8: the head stays in float. torchao's eager int8 matmul converts the whole weight to float on
+every call, which on the head costs more than it saves (decode 9 vs 20 tok/s with and without it)
+and adds 28 MB. int4: the tied weight is stored in bfloat16 (another bfloat16 island, casts by
+hooks as above), not in 4 bits: the head's rounding is where most greedy tokens flip — fp32
+agreement 86 % with a 4-bit head, 98 % with a float one, on `chorus bench`'s prompt set — while
+bfloat16 halves the largest weight read per token (SmolLM2's head is 49,152 x 576: 113 MB in
+float32) and its memory. The decode engine reads it through `fast_linear` without the hooks.
 
 int4 uses groups of 32 (the kernels also take 64 and 128): SmolLM2's packaged weights were Q4_1 in
 blocks of 32, so 32-element groups put the 4-bit grid back where the GGUF had it (agreement 65 % →
@@ -27,10 +29,12 @@ blocks of 32, so 32-element groups put the 4-bit grid back where the GGUF had it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
@@ -44,7 +48,9 @@ INT4_ACTIVATION_DTYPE = torch.bfloat16  # what the tinygemm kernels are fast wit
 CPU_INT4_OUT_FEATURES_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 PROBE_BATCH = 2  # rows of the dummy activation used to check a quantized layer actually runs
 TIED_HEAD_INT8_REASON = "tied to the input embedding; torchao's eager int8 matmul is slower than float on it"
-TIED_HEAD_INT4_REASON = "tied to the input embedding; a 4-bit head flips most of the greedy tokens int4 changes"
+TIED_HEAD_INT4_REASON = (
+    "tied to the input embedding; kept in bfloat16 (a 4-bit head flips most of the greedy tokens int4 changes)"
+)
 
 
 class UnsupportedQuantization(ValueError):
@@ -81,6 +87,8 @@ def quantize_model(model: nn.Module, mode: Quantization) -> QuantizationReport:
     tied_head = _tied_output_head(model)
     report.skipped = {name: TIED_HEAD_INT4_REASON for name, module in linears.items() if module is tied_head}
     _quantize_int4({name: m for name, m in linears.items() if name not in report.skipped}, report)
+    if tied_head is not None:
+        _bfloat16_tied_head(model, tied_head)
     return report
 
 
@@ -125,9 +133,72 @@ def _quantize_int4_layer(module: nn.Linear) -> None:
     except Exception:
         module.weight = original  # leave the layer as it was
         raise
+    _bfloat16_island(module, model_dtype)
+    weight = module.weight
+    if (
+        original.device.type == "cpu"
+        and module.bias is None
+        and getattr(weight, "act_mapping_type", "") is None
+        and getattr(weight, "act_pre_scale", "") is None
+        and tuple(weight.qdata.shape) == (module.out_features, module.in_features // 2)
+    ):
+        module._chorus_int4_cpu = (group_size, model_dtype)  # `fast_linear` may call the kernel directly
+        module._chorus_hooks = _hook_count(module)
+
+
+def _bfloat16_island(module: nn.Module, model_dtype: torch.dtype) -> None:
+    """Hooks that run `module` in bfloat16 inside a `model_dtype` model (nothing if they're the same)."""
     if model_dtype != INT4_ACTIVATION_DTYPE:
         module.register_forward_pre_hook(lambda _, args: (args[0].to(INT4_ACTIVATION_DTYPE), *args[1:]))
         module.register_forward_hook(lambda _, args, output: output.to(model_dtype))
+
+
+def _bfloat16_tied_head(model: nn.Module, head: nn.Module) -> None:
+    """Store the tied embedding/head weight in bfloat16; both keep answering in the model's dtype."""
+    embedding = model.get_input_embeddings()
+    model_dtype = embedding.weight.dtype
+    if model_dtype == INT4_ACTIVATION_DTYPE:
+        return
+    weight = nn.Parameter(embedding.weight.detach().to(INT4_ACTIVATION_DTYPE), requires_grad=False)
+    embedding.weight = weight
+    head.weight = weight
+    embedding.register_forward_hook(lambda _, args, output: output.to(model_dtype))
+    _bfloat16_island(head, model_dtype)
+    head._chorus_bf16_island = model_dtype  # `fast_linear` may skip the hooks
+    head._chorus_hooks = _hook_count(head)
+
+
+def _hook_count(module: nn.Module) -> tuple[int, int]:
+    return len(module._forward_pre_hooks), len(module._forward_hooks)
+
+
+def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable computing `module(x)` for a linear layer, skipping per-call Python machinery where
+    this module knows it is safe: an int4 CPU layer calls the tinygemm kernel directly (no tensor-
+    subclass dispatch, no hooks: ~20 vs ~37 us per decode-step call), a bfloat16-island linear calls
+    `F.linear` with the casts inline. Anything else is the module itself.
+    """
+    if not isinstance(module, nn.Linear) or _hook_count(module) != getattr(module, "_chorus_hooks", None):
+        return module  # not ours, or someone else hooked it since: their hooks must run
+    if hasattr(module, "_chorus_int4_cpu"):
+        group_size, out_dtype = module._chorus_int4_cpu
+        packed, scale_and_zero = module.weight.qdata, module.weight.scale_and_zero
+        in_features, out_features = module.in_features, module.out_features
+        kernel = torch.ops.aten._weight_int4pack_mm_for_cpu
+
+        def int4(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, in_features).to(INT4_ACTIVATION_DTYPE).contiguous()
+            return kernel(flat, packed, group_size, scale_and_zero).to(out_dtype).view(*x.shape[:-1], out_features)
+
+        return int4
+    if hasattr(module, "_chorus_bf16_island"):
+        out_dtype, weight = module._chorus_bf16_island, module.weight
+
+        def bf16(x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x.to(INT4_ACTIVATION_DTYPE), weight).to(out_dtype)
+
+        return bf16 if module.bias is None else module
+    return module
 
 
 def _quantize_int4(linears: dict[str, nn.Linear], report: QuantizationReport) -> None:
@@ -158,6 +229,15 @@ def _quantize_int4(linears: dict[str, nn.Linear], report: QuantizationReport) ->
         raise UnsupportedQuantization(
             f"int4 weight-only cannot run on {device.type} here ({type(e).__name__}: {e}); use int8"
         ) from e
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model's activations flow in: what its input embedding returns, which may
+    differ from how the embedding is stored (int4 keeps a tied embedding in bfloat16 behind a cast).
+    """
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        return embedding(torch.zeros(1, dtype=torch.long, device=embedding.weight.device)).dtype
 
 
 def tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]] | None = None) -> int:

@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.errors import MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
-from modalities.llm_quant import UnsupportedQuantization, quantize_model, weight_bytes
+from modalities.llm_quant import UnsupportedQuantization, fast_linear, quantize_model, weight_bytes
 from modalities.llm_weights import SMOLLM2_CHAT_TEMPLATE
 
 CORPUS = [
@@ -322,14 +322,43 @@ def test_quantized_runtime_generates_and_is_smaller(tokenizer, prompt_ids, mode)
     assert runtime.weight_bytes() < fp32_bytes
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_tied_head_stays_tied_in_float(tokenizer, mode):
+@pytest.mark.parametrize(("mode", "stored"), [("int8", torch.float32), ("int4", torch.bfloat16)])
+def test_tied_head_stays_tied_and_unquantized(tokenizer, mode, stored):
+    """int8 keeps the tied head in float; int4 stores it in bfloat16, yet both answer in float32."""
     model = build_model(tokenizer)
     report = quantize_model(model, mode)
     assert list(report.skipped) == ["lm_head"] and "lm_head" not in report.quantized
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert model.model.embed_tokens.weight.dtype == torch.float32
+    assert model.model.embed_tokens.weight.dtype == stored
+    assert model.model.embed_tokens(torch.tensor([1, 2])).dtype == torch.float32
+    assert model.lm_head(torch.zeros(1, HIDDEN)).dtype == torch.float32
+    assert LLMRuntime(model, tokenizer, quantization=report).dtype == torch.float32
     assert "model.layers.0.mlp.down_proj" in report.quantized
+
+
+def test_fast_linear_matches_the_module(tokenizer):
+    """The engine's direct kernel calls give exactly what the hooked, subclass-dispatched module gives."""
+    model = build_model(tokenizer)
+    quantize_model(model, "int4")
+    x = torch.randn(3, 5, HIDDEN)
+    for module in (model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj, model.lm_head):
+        fast = fast_linear(module)
+        assert fast is not module  # a direct path exists for int4 layers and the bfloat16 head
+        inputs = x if module.in_features == HIDDEN else torch.randn(3, 5, module.in_features)
+        with torch.inference_mode():
+            expected, got = module(inputs), fast(inputs)
+        assert got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
+
+
+def test_fast_linear_defers_to_foreign_hooks(tokenizer):
+    model = build_model(tokenizer)
+    quantize_model(model, "int4")
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(lambda _, args, output: output * 2)
+    assert fast_linear(layer) is layer  # a hook we didn't put there must still run
+    plain = torch.nn.Linear(4, 4)
+    assert fast_linear(plain) is plain
 
 
 def test_int4_uses_groups_of_32(tokenizer):
