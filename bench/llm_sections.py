@@ -12,7 +12,15 @@ import time
 
 import torch
 
-from bench.context import BenchContext, available_engines, decode_rate, engine_label, greedy, stream_stamps
+from bench.context import (
+    BenchContext,
+    available_engines,
+    decode_rate,
+    default_engine,
+    engine_label,
+    greedy,
+    stream_stamps,
+)
 from bench.report import Figure, Stat, Target
 from modalities.sampling import SamplingParams
 
@@ -39,6 +47,7 @@ QUICK_COPY_BYTES = 64 * 2**20
 COPIES_PER_SAMPLE = 3
 CONCURRENCY_LEVELS = (1, 2, 4, 8)
 MIN_CONCURRENCY_SCALING = 4.0
+SERVED_QUANTIZATION = "int4"  # deploy/local.yaml's llm.quantization (the CPU default)
 LLAMA_CPP_CONTEXT = 512
 NOT_INSTALLED = "llama.cpp not installed: pip install -e '.[bench]'"
 
@@ -331,10 +340,13 @@ def section_concurrency(ctx: BenchContext) -> None:
     ids = _prompt_ids(ctx)
     curve: dict[str, list[dict]] = {}
     rows = ["| engine | streams | aggregate tok/s (median) | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
-    for engine in available_engines():
-        label = engine_label(engine)
+    # fp32 through every engine (the eager loop is the no-batching reference), then the served CPU
+    # default (int4) through the default engine.
+    runs = [("none", engine) for engine in available_engines()] + [(SERVED_QUANTIZATION, default_engine())]
+    for quantization, engine in runs:
+        label = engine_label(engine) if quantization == "none" else f"{quantization}, {engine_label(engine)}"
         try:
-            runtime = ctx.runtime("none", engine)
+            runtime = ctx.runtime(quantization, engine)
         except Exception as e:  # noqa: BLE001
             report.add(Figure("concurrency", f"aggregate tok/s, {label}", "tok/s", None, note=f"{type(e).__name__}: {e}"))
             continue

@@ -7,13 +7,18 @@ No timing is asserted anywhere: these machines are shared and noisy; only struct
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.harness import SECTION_NAMES, parse_only, run_bench
+from bench.llm_sections import SERVED_QUANTIZATION
 from bench.report import NOT_MEASURED, Figure, Report, Stat, Target, format_number, markdown_table
 from serve.cli import build_parser
 from tests.unit.test_llm import build_model, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stat_is_median_min_max():
@@ -104,6 +109,12 @@ def tiny_llm_dir(tmp_path_factory):
     build_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def test_concurrency_measures_the_served_cpu_default():
+    """The int4 concurrency rows must describe what `make serve` runs, not a mode nobody deploys."""
+    config = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
+    assert config["applications"][0]["args"]["llm"]["quantization"] == SERVED_QUANTIZATION
 
 
 def test_quick_bandwidth_and_quant_sections_on_a_tiny_llama(tmp_path, tiny_llm_dir):
