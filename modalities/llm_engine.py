@@ -135,8 +135,7 @@ class LlamaForward:
         device = prompts[0].device
         x = torch.cat(prompts, dim=1) if len(prompts) > 1 else prompts[0]
         positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
-        cos, sin = self.rotary_emb(x, positions)  # [1, N, D]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+        cos, sin = _rope_tables(*self.rotary_emb(x, positions))  # [1, 1, N, D]: broadcast over heads
         mask = None
         if len(prompts) > 1:
             segment = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device))
@@ -168,8 +167,7 @@ class LlamaForward:
         """
         batch = token_ids.shape[0]
         x = self.embed_tokens(token_ids).unsqueeze(1)  # [B, 1, H]
-        cos, sin = self.rotary_emb(x, positions.unsqueeze(1))  # [B, 1, D]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = _rope_tables(*self.rotary_emb(x, positions.unsqueeze(1)))  # [B, 1, 1, D]
         rows = torch.arange(batch, device=token_ids.device)
         # Row b sees its own cached positions 0..positions[b] and nothing past them.
         mask = (torch.arange(span, device=token_ids.device) <= positions.unsqueeze(1)).view(batch, 1, 1, span)
@@ -213,11 +211,19 @@ def _fast_mlp(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: down(act(gate(x)) * up(x))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, HF's convention (rotate the two halves of the head dim)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables for `_rope`, made once per forward: a head axis to broadcast over, and sin with
+    the first half negated (HF's rotate_half sign, moved onto the table)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(-3), signed.unsqueeze(-3)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, HF's convention: x*cos + rotate_half(x)*sin, where rotate_half(x)
+    = cat(-x2, x1) = roll(x, half) with the first half negated: the sign lives in `signed_sin`
+    (exact: negation commutes with the product), so it is 4 ops instead of 7 on each call."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 # --- the KV cache --------------------------------------------------------------------------------
