@@ -90,9 +90,23 @@ def _client() -> httpx.Client:
     return _CLIENT
 
 
-def api_stamps(base: str, content: object, max_tokens: int) -> tuple[float, list[float]]:
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """`Server-Timing` metric name → duration in seconds (`dur` is in milliseconds)."""
+    durations: dict[str, float] = {}
+    for metric in (header or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key == "dur":
+                durations[name] = float(value) / 1000
+    return durations
+
+
+def api_stamps(
+    base: str, content: object, max_tokens: int, server_timing: list[dict[str, float]] | None = None
+) -> tuple[float, list[float]]:
     """(start, arrival of each SSE chunk carrying text) for one streamed chat completion, over a
-    kept-alive connection."""
+    kept-alive connection; the response's `Server-Timing` durations are appended to `server_timing`."""
     body = {
         "model": "chorus",
         "messages": [{"role": "user", "content": content}],
@@ -105,6 +119,8 @@ def api_stamps(base: str, content: object, max_tokens: int) -> tuple[float, list
     start = time.perf_counter()
     with _client().stream("POST", f"{base}/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
+        if server_timing is not None:
+            server_timing.append(parse_server_timing(resp.headers.get("server-timing")))
         for line in resp.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -155,9 +171,13 @@ def section_service(ctx: BenchContext) -> None:
         threads = decoder_threads(service_args)
         llm = LLMRuntime.from_config(LLMConfig(**{**service_args["llm"], "threads": threads}))  # as the replica
         samples: dict[str, dict[str, list[float]]] = {"direct": {"ttft": [], "itl": []}, "api": {"ttft": [], "itl": []}}
+        timings: list[dict[str, float]] = []
         direct_stamps(llm, max_tokens), api_stamps(base, QUESTION, max_tokens)  # warm both paths
         for _ in range(repeats):
-            for path, run in (("direct", lambda: direct_stamps(llm, max_tokens)), ("api", lambda: api_stamps(base, QUESTION, max_tokens))):
+            for path, run in (
+                ("direct", lambda: direct_stamps(llm, max_tokens)),
+                ("api", lambda: api_stamps(base, QUESTION, max_tokens, timings)),
+            ):
                 start, stamps = run()
                 samples[path]["ttft"].append(ttft(start, stamps))
                 itl = inter_token(stamps)
@@ -173,4 +193,25 @@ def section_service(ctx: BenchContext) -> None:
     if samples["api"]["itl"] and samples["direct"]["itl"]:
         report.add(Figure("service", "inter-token latency, API", "s", Stat.of(samples["api"]["itl"]),
                           Stat.of(samples["direct"]["itl"]), "engine direct"))
-    report.sections["service"] = {"repeats": repeats, "max_tokens": max_tokens, "decoder_threads": threads, "samples": samples}
+    _add_hop_figures(report, samples["api"]["ttft"], samples["direct"]["ttft"], timings)
+    report.sections["service"] = {"repeats": repeats, "max_tokens": max_tokens, "decoder_threads": threads,
+                                  "samples": samples, "server_timing_s": timings}
+
+
+def _add_hop_figures(report, api_ttft: list[float], direct_ttft: list[float], timings: list[dict[str, float]]) -> None:
+    """Split the API's TTFT with the responses' `Server-Timing`: the decoder replica's own time to
+    first token (against the engine called directly: the same work in another process), the two
+    hops between ingress and decoder, and the HTTP proxy's hops (client ↔ ingress)."""
+    pairs = [(t, s) for t, s in zip(api_ttft, timings) if "ingress" in s and "decoder" in s]
+    if not pairs:
+        report.add(Figure("service", "TTFT inside the decoder replica", "s", None, note="no Server-Timing header"))
+        return
+    report.add(Figure("service", "TTFT inside the decoder replica", "s", Stat.of([s["decoder"] for _, s in pairs]),
+                      Stat.of(direct_ttft), "engine direct",
+                      note="Server-Timing `decoder`: request received → first token, in the decoder replica"))
+    report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s", Stat.of([s["ingress"] - s["decoder"] for _, s in pairs]),
+                      note="Server-Timing `ingress` − `decoder`: the ingress's own work and the request/first-token hops "
+                           "between the two replicas"))
+    report.add(Figure("service", "Serve hops, client ↔ ingress", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
+                      note="client TTFT − Server-Timing `ingress`: HTTP, the proxy, the ingress call and its body fetch "
+                           "from the proxy"))

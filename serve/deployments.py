@@ -270,6 +270,9 @@ class DecodeEvent:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # First event only: seconds from the decoder receiving the request to this token (prompt
+    # embedding, queueing for a slot, prefill); the ingress reports it in `Server-Timing`.
+    first_token_s: float | None = None
 
 
 class LLMDecoder:
@@ -330,6 +333,7 @@ class LLMDecoder:
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         """Stream decode events; the last one carries finish_reason and usage."""
+        received = time.perf_counter()
         if request.plan.slots:  # projectors run: off the event loop
             inputs_embeds = await asyncio.to_thread(self._inputs, request)
         else:  # text only: an embedding lookup, cheaper than the thread hop (TTFT)
@@ -350,7 +354,8 @@ class LLMDecoder:
                 if event is sentinel:
                     return
                 completion_tokens += 1
-                yield DecodeEvent(event.text, event.finish_reason, prompt_tokens, completion_tokens)
+                first_token_s = time.perf_counter() - received if completion_tokens == 1 else None
+                yield DecodeEvent(event.text, event.finish_reason, prompt_tokens, completion_tokens, first_token_s)
                 if event.finish_reason is not None:
                     return
         finally:

@@ -100,7 +100,7 @@ async def _respond(
     With `limits`: a replica already working on `max_in_flight` requests answers 503 at once, before
     the body is read; a response not started within `request_timeout_s` is a 504.
     """
-    started = time.perf_counter()
+    started = request.state.started = time.perf_counter()
     if limits is not None and sum(_in_flight.values()) >= limits.max_in_flight:
         handler.close()  # type: ignore[attr-defined]  # the coroutine never runs
         response = _error_response(_overloaded("too many requests in flight at this replica; retry shortly"))
@@ -148,8 +148,9 @@ async def _respond(
     return response
 
 
-async def _peeked(stream) -> AsyncIterator[Any]:
-    """`stream` with its first item already fetched (errors raised here, not mid-response)."""
+async def _peeked(stream) -> tuple[Any, AsyncIterator[Any]]:
+    """(first item or None, `stream` from its first item on), the first one already fetched (errors
+    raised here, not mid-response)."""
     iterator = stream.__aiter__()
     try:
         first = await iterator.__anext__()
@@ -163,7 +164,22 @@ async def _peeked(stream) -> AsyncIterator[Any]:
         async for item in iterator:
             yield item
 
-    return chained()
+    return first, chained()
+
+
+def _server_timing(started: float, first_event: Any) -> str | None:
+    """`Server-Timing` for a stream's response: where its time to first token went. `ingress` is
+    this replica's share (request in → first token out), `decoder` the decoder replica's (request
+    in → first token: embedding, a slot, prefill); what a client measures beyond `ingress` is
+    the HTTP proxy's hops, and `ingress` minus `decoder` the two hops between the replicas."""
+    decoder_s = getattr(first_event, "first_token_s", None)
+    if decoder_s is None:
+        return None
+    ingress_s = time.perf_counter() - started
+    return (
+        f'ingress;dur={ingress_s * 1000:.1f};desc="ingress: request to first token", '
+        f'decoder;dur={decoder_s * 1000:.1f};desc="decoder: request to first token"'
+    )
 
 
 class Ingress:
@@ -362,28 +378,38 @@ class Ingress:
         if req.stream:
             # Wait for the first token before committing to a 200: overload, a decoder fault or a
             # bad prompt still get a proper status instead of an error event inside a 200 stream.
-            stream = await _peeked(generation)
+            first_event, stream = await _peeked(generation)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            timing = _server_timing(request.state.started, first_event)
+            if timing is not None:
+                headers["Server-Timing"] = timing
             return StreamingResponse(
                 self._sse_stream(
-                    stream, completion_id, created, model, include_usage, request.state.deadline, generation.cancel
+                    stream,
+                    completion_id,
+                    created,
+                    model,
+                    include_usage,
+                    request.state.deadline,
+                    generation.cancel,
+                    request.state.started,
                 ),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers=headers,
             )
-        return JSONResponse(await self._collect(generation, completion_id, created, model))
+        return JSONResponse(await self._collect(generation, completion_id, created, model, request.state.started))
 
-    async def _collect(self, stream, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    async def _collect(self, stream, completion_id: str, created: int, model: str, started: float) -> dict[str, Any]:
         text: list[str] = []
         finish, prompt_tokens, completion_tokens = "stop", 0, 0
-        start = time.perf_counter()
         first = None
         async for event in stream:
             first = first or time.perf_counter()
             text.append(event.text)
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
             finish = event.finish_reason or finish
-        self._record_timing(start, first, completion_tokens)
+        self._record_timing(started, first, completion_tokens)
         usage = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -401,6 +427,7 @@ class Ingress:
         include_usage: bool,
         deadline: float | None = None,
         cancel: Callable[[], None] | None = None,
+        started: float | None = None,
     ) -> AsyncIterator[bytes]:
         def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> bytes:
             choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]  # type: ignore[arg-type]
@@ -415,7 +442,7 @@ class Ingress:
         # The role chunk leaves with the first content chunk: one write, one hop through Serve's proxy
         # fewer before the first token reaches the client.
         pending = chunk(Delta(role="assistant", content=""))
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started  # TTFT counts from the request's arrival
         first = last = None
         prompt_tokens = completion_tokens = 0
         finish = "stop"
@@ -461,10 +488,10 @@ class Ingress:
         yield _sse("[DONE]")
 
     @staticmethod
-    def _record_timing(start: float, first: float | None, completion_tokens: int) -> None:
+    def _record_timing(started: float, first: float | None, completion_tokens: int) -> None:
         route = {"route": "/v1/chat/completions"}
         if first is not None:
-            metrics.TTFT.observe(first - start, tags=route)
+            metrics.TTFT.observe(first - started, tags=route)
             elapsed = time.perf_counter() - first
             if completion_tokens > 1 and elapsed > 0:
                 metrics.TOKENS_PER_S.observe((completion_tokens - 1) / elapsed, tags=route)

@@ -12,6 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
+from bench.service import parse_server_timing
 from modalities.espeak import synthesize, to_wav_bytes
 
 from .conftest import API_KEY, AUTH
@@ -78,9 +79,13 @@ def test_raw_sse_framing(serve_url):
     with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+        timing = parse_server_timing(resp.headers.get("server-timing"))
     assert events[-1] == "[DONE]"
     first = json.loads(events[0])
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+    # Where the time to first token went: the decoder's share is inside the ingress's.
+    assert set(timing) == {"ingress", "decoder"}
+    assert 0 < timing["decoder"] < timing["ingress"] < 60
 
 
 def test_multi_turn_history_counts(client):

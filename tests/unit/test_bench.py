@@ -14,6 +14,7 @@ import yaml
 
 from bench.harness import SECTION_NAMES, parse_only, run_bench
 from bench.llm_sections import SERVED_QUANTIZATION
+from bench.service import parse_server_timing
 from bench.report import NOT_MEASURED, Figure, Report, Stat, Target, format_number, markdown_table
 from serve.cli import build_parser
 from tests.unit.test_llm import build_model, build_tokenizer
@@ -109,6 +110,12 @@ def tiny_llm_dir(tmp_path_factory):
     build_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def test_server_timing_header_parses_to_seconds():
+    header = 'ingress;dur=21.5;desc="ingress: request to first token", decoder;dur=150.0;desc="a, b"'
+    assert parse_server_timing(header) == {"ingress": 0.0215, "decoder": 0.150}
+    assert parse_server_timing(None) == {} and parse_server_timing("cache;desc=hit") == {}
 
 
 def test_concurrency_measures_the_served_cpu_default():
