@@ -210,8 +210,8 @@ def _add_hop_figures(report, api_ttft: list[float], direct_ttft: list[float], ti
                       Stat.of(direct_ttft), "engine direct",
                       note="Server-Timing `decoder`: request received → first token, in the decoder replica"))
     report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s", Stat.of([s["ingress"] - s["decoder"] for _, s in pairs]),
-                      note="Server-Timing `ingress` − `decoder`: the ingress's own work and the request/first-token hops "
-                           "between the two replicas"))
+                      note="Server-Timing `ingress` − `decoder`: the request body's fetch from the proxy (Serve pulls "
+                           "it by RPC), the ingress's own work, and the request/first-token hops between the two replicas"))
     report.add(Figure("service", "Serve hops, client ↔ ingress", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
-                      note="client TTFT − Server-Timing `ingress`: HTTP, the proxy, the ingress call and its body fetch "
-                           "from the proxy"))
+                      note="client TTFT − Server-Timing `ingress`: HTTP, the proxy, its call into the ingress replica "
+                           "and the first chunk's way back"))
