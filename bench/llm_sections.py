@@ -278,7 +278,7 @@ def section_quant(ctx: BenchContext) -> None:
                                  "free_running_agreement_pct": free, "layers_left_float": skipped}
         report.add(Figure("quant", f"weight memory, {mode}", "MB", Stat.exact(size / 1e6), Stat.exact(fp32_bytes / 1e6),
                           "fp32", Target("<=", MAX_WEIGHT_RATIO),
-                          note=f"{mode}: {len(skipped)} linear layer(s) left float ({', '.join(sorted(set(skipped.values())))})"
+                          note=f"{mode}: {len(skipped)} linear layer(s) not quantized ({', '.join(sorted(set(skipped.values())))})"
                           if skipped else ""))
         report.add(Figure("quant", f"decode tok/s, {mode}", "tok/s", Stat.of(rates[mode]), Stat.of(rates["none"]), "fp32",
                           Target(">=", MIN_QUANT_SPEED_RATIO)))

@@ -49,7 +49,7 @@ CPU_INT4_OUT_FEATURES_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: "exp
 PROBE_BATCH = 2  # rows of the dummy activation used to check a quantized layer actually runs
 TIED_HEAD_INT8_REASON = "tied to the input embedding; torchao's eager int8 matmul is slower than float on it"
 TIED_HEAD_INT4_REASON = (
-    "tied to the input embedding; kept in bfloat16 (a 4-bit head flips most of the greedy tokens int4 changes)"
+    "tied to the input embedding; kept in bfloat16, since a 4-bit head flips most of the greedy tokens int4 changes"
 )
 
 
