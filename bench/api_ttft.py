@@ -8,9 +8,10 @@ Two requests, each measured both ways (median of repeats, same process, same mac
 - a 5 s spoken question (espeak-ng) plus text, `transcript` fusion: Whisper transcribes, the
   transcript goes into the prompt, the LLM streams.
 
-"direct" = WhisperRuntime/LLMRuntime called in this process with the same thread count the
-decoder replica uses; "API" = a real Serve app from deploy/local.yaml (on a free port), streaming
-over HTTP. The ratio API/direct is the serving overhead (Ray hops, HTTP, SSE). Writes
+"direct" = WhisperRuntime/LLMRuntime called in this process with deploy/local.yaml's model
+settings (int4 LLM) and the thread count the decoder replica uses; "API" = a real Serve app from deploy/local.yaml (on a free port), streaming
+over HTTP. Every spoken request sends new bytes (one PCM byte changed), so the audio encoder's
+feature cache never answers for the API path. The ratio API/direct is the serving overhead (Ray hops, HTTP, SSE). Writes
 bench/results/api_ttft.json and prints a markdown table. The measuring functions live in
 bench/service.py, which `chorus bench --only service` also runs (text only, plus inter-token latency).
 """
@@ -41,6 +42,7 @@ from bench.service import (  # noqa: E402
     stop_service,
     ttft,
 )
+from bench.encoders import byte_variants  # noqa: E402
 from modalities.espeak import synthesize, to_wav_bytes  # noqa: E402
 from modalities.llm import LLMConfig, LLMRuntime  # noqa: E402
 from modalities.speech import WhisperConfig, WhisperRuntime  # noqa: E402
@@ -56,25 +58,27 @@ def main() -> int:
 
     wav = to_wav_bytes(synthesize(SPOKEN, speed_wpm=175))
     seconds = (len(wav) - 44) / 2 / 16_000
-    audio_b64 = base64.b64encode(wav).decode()
-    spoken_content = [
-        {"type": "text", "text": PROMPT_TEXT},
-        {"type": "input_audio", "input_audio": {"data": audio_b64, "format": "wav"}},
-    ]
+
+    def spoken_content(audio: bytes) -> list[dict]:
+        return [
+            {"type": "text", "text": PROMPT_TEXT},
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(audio).decode(), "format": "wav"}},
+        ]
 
     base, service_args = start_service(free_port())
     threads = decoder_threads(service_args)
     torch.set_num_threads(threads)
-    whisper_rt = WhisperRuntime.from_config(WhisperConfig(threads=1))
-    llm = LLMRuntime.from_config(LLMConfig(threads=threads))
+    whisper_rt = WhisperRuntime.from_config(WhisperConfig(**{**service_args["whisper"], "threads": 1}))
+    llm = LLMRuntime.from_config(LLMConfig(**{**service_args["llm"], "threads": threads}))  # as the replica
+    fresh = iter(byte_variants(wav, 2 * args.repeats + 4, offset=len(wav) - 2))  # one per spoken request
 
     rows = {}
-    for name, audio, content in (("text only", None, QUESTION), (f"{seconds:.1f} s speech + text", wav, spoken_content)):
+    for name, spoken in (("text only", False), (f"{seconds:.1f} s speech + text", True)):
         def run_direct() -> float:
-            return ttft(*direct_stamps(llm, TTFT_TOKENS, whisper_rt, audio))
+            return ttft(*direct_stamps(llm, TTFT_TOKENS, whisper_rt, next(fresh) if spoken else None))
 
         def run_api() -> float:
-            return ttft(*api_stamps(base, content, TTFT_TOKENS))
+            return ttft(*api_stamps(base, spoken_content(next(fresh)) if spoken else QUESTION, TTFT_TOKENS))
 
         direct, api = [], []
         run_direct(), run_api()  # warm-up both paths

@@ -144,7 +144,7 @@ def _png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def _variants(data: bytes, n: int, offset: int) -> list[bytes]:
+def byte_variants(data: bytes, n: int, offset: int) -> list[bytes]:
     """`n` byte strings of the same size but distinct hashes (one byte of PCM payload changed)."""
     out = []
     for i in range(n):
@@ -192,7 +192,7 @@ def _feature_cache(ctx: BenchContext) -> None:
         audio_encoder = AudioEncoder(args, runtime_factory=lambda config: whisper_rt)
         wav = _wav_bytes(clip_of(sample_corpus(), TARGET_CLIP_S))
         hits, misses = _hit_vs_miss(lambda data: audio_encoder._run([(data, True, False, None)]),
-                                    _variants(wav, repeats, offset=len(wav) // 2), wav)
+                                    byte_variants(wav, repeats, offset=len(wav) // 2), wav)
         report.add(Figure("encoders", "Whisper features, 5 s clip, cache hit", "s", Stat.of(hits), Stat.of(misses), "miss",
                           note="AudioEncoder._run (the deployment's batch code, no Ray): the same WAV again vs "
                           "new bytes (one sample changed, same length) each time"))
