@@ -19,7 +19,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.errors import MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
-from modalities.llm_quant import UnsupportedQuantization, fast_linear, quantize_model, weight_bytes
+from modalities.llm_quant import (
+    PackedBfloat16Head,
+    UnsupportedQuantization,
+    fast_linear,
+    quantize_model,
+    weight_bytes,
+)
 from modalities.llm_weights import SMOLLM2_CHAT_TEMPLATE
 
 CORPUS = [
@@ -309,8 +315,8 @@ def test_weight_bytes_counts_tied_weights_once(tokenizer):
 def test_quantized_runtime_generates_and_is_smaller(tokenizer, prompt_ids, mode):
     model = build_model(tokenizer)
     fp32_bytes = weight_bytes(model)
-    report = quantize_model(model, mode)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    report = quantize_model(model, mode)
     assert sorted([*report.quantized, *report.skipped]) == sorted(linears)
     for name in report.quantized:  # torchao swaps in its tensor subclasses
         assert type(model.get_submodule(name).weight) is not torch.nn.Parameter
@@ -341,14 +347,28 @@ def test_fast_linear_matches_the_module(tokenizer):
     model = build_model(tokenizer)
     quantize_model(model, "int4")
     x = torch.randn(3, 5, HIDDEN)
-    for module in (model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj, model.lm_head):
+    for module in (model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj):
         fast = fast_linear(module)
-        assert fast is not module  # a direct path exists for int4 layers and the bfloat16 head
+        assert fast is not module  # a direct path exists for int4 layers
         inputs = x if module.in_features == HIDDEN else torch.randn(3, 5, module.in_features)
         with torch.inference_mode():
             expected, got = module(inputs), fast(inputs)
         assert got.dtype == expected.dtype == torch.float32
         assert torch.equal(got, expected)
+
+
+def test_int4_head_runs_prepacked_with_the_same_logits(tokenizer):
+    """On CPU the tied bfloat16 head multiplies with a oneDNN-packed copy: identical logits, the tie
+    kept, and the copy counted in the weight memory."""
+    model = build_model(tokenizer)
+    quantize_model(model, "int4")
+    head, weight = model.lm_head, model.model.embed_tokens.weight
+    assert isinstance(head, PackedBfloat16Head) and head.weight is weight
+    x = torch.randn(2, 3, HIDDEN)
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(x.to(torch.bfloat16), weight).float()
+        assert torch.equal(head(x), expected)
+    assert weight_bytes(model) - weight_bytes(model.model) == weight.numel() * 2  # the packed copy
 
 
 def test_fast_linear_defers_to_foreign_hooks(tokenizer):
