@@ -22,6 +22,7 @@ from bench.context import (
     stream_stamps,
 )
 from bench.report import Figure, Stat, Target
+from modalities.llm_quant import PackedBfloat16Head, tensor_bytes
 from modalities.sampling import SamplingParams
 
 PROMPT = [{"role": "user", "content": "Tell me about the history of Paris in a few paragraphs."}]
@@ -150,6 +151,15 @@ def section_decode(ctx: BenchContext) -> None:
 # --- 2. decode vs the memory-bandwidth bound -----------------------------------------------------
 
 
+def bytes_read_per_token(runtime) -> int:
+    """Weight bytes one decode step reads: all of them, except an input-embedding table that the
+    output head doesn't multiply with (int4's head runs on its own packed copy)."""
+    total = runtime.weight_bytes()
+    if isinstance(runtime.model.get_output_embeddings(), PackedBfloat16Head):
+        total -= tensor_bytes(runtime.model.get_input_embeddings().weight)
+    return total
+
+
 def copy_bandwidth(nbytes: int, copies: int = COPIES_PER_SAMPLE) -> float:
     """Bytes read + written per second by large tensor copies (torch's current thread count)."""
     src = torch.ones(nbytes // 4, dtype=torch.float32)
@@ -188,7 +198,7 @@ def section_bandwidth(ctx: BenchContext) -> None:
     report.add(Figure("bandwidth", "copy bandwidth (read + write)", "GB/s", Stat.of([b / 1e9 for b in bandwidth]),
                       note=f"{nbytes // 2**20} MiB float32 tensor copied {COPIES_PER_SAMPLE}× per sample, {opts.threads} thread(s)"))
     for quantization, runtime in runtimes.items():
-        per_token = runtime.weight_bytes()
+        per_token = bytes_read_per_token(runtime)
         bounds = [b / per_token for b in bandwidth]
         detail["rows"][quantization] = {"weight_bytes_per_token": per_token, "bound_tok_s": bounds, "tok_s": rates[quantization]}
         report.add(
@@ -201,7 +211,9 @@ def section_bandwidth(ctx: BenchContext) -> None:
                 f"bound: bandwidth / {per_token / 1e6:.0f} MB per token",
                 note="" if quantization != "none" else
                 "bytes per token = the runtime's weight_bytes() (every weight read once per token; KV cache "
-                "and activations not counted), so the bound is an upper limit on decode speed",
+                "and activations not counted), less an input-embedding table the head doesn't multiply with "
+                "(int4's head uses its packed copy; a lookup reads one row), so the bound is an upper limit "
+                "on decode speed",
             )
         )
     report.sections["bandwidth"] = detail
