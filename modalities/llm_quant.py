@@ -200,21 +200,44 @@ class PackedBfloat16Head(nn.Module):
             with torch.inference_mode():
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
                 head = cls(weight, packed, out_dtype)
-                probe = torch.linspace(-1, 1, PROBE_BATCH * head.in_features, dtype=out_dtype).view(PROBE_BATCH, -1)
-                if not torch.equal(head(probe), F.linear(probe.to(weight.dtype), weight).to(out_dtype)):
+                probe = torch.linspace(-1, 1, PROBE_BATCH * head.in_features).view(PROBE_BATCH, -1).to(weight.dtype)
+                if not torch.equal(head._rounded(probe), F.linear(probe, weight)):
                     return None
         except (RuntimeError, AttributeError):
             return None
         return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(
+        return _refine_top_logits(self._rounded(x).to(self.out_dtype), x, self.weight)
+
+    def _rounded(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed bfloat16 matmul alone: logits rounded to bfloat16."""
+        return torch.ops.mkldnn._linear_pointwise(
             x.to(INT4_ACTIVATION_DTYPE), self.packed_weight, None, "none", [None], ""
         )
-        return y.to(self.out_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed bfloat16"
+
+
+# Logits come out of a bfloat16 matmul rounded to 8 significant bits: at |logit| ~ 25 the grid step
+# is 0.125, coarser than many greedy near-ties (SmolLM2's "The" vs "L" for "What is the capital of
+# France?" differ by 0.08 in float32 and round to the same bfloat16 value). Every logit within this
+# relative band of its row's maximum is recomputed in float32 (x in float32 times the stored
+# weight): 2^-6 is 8x the output rounding (2^-9) plus room for the input's own rounding to bfloat16.
+REFINE_RELATIVE_BAND = 2.0**-6
+REFINE_ABSOLUTE_BAND = 0.05
+
+
+def _refine_top_logits(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`logits` (float, from a bfloat16 matmul) with the entries near each row's maximum recomputed
+    exactly from `x` and `weight`, so the greedy choice and the top of the distribution don't
+    depend on bfloat16's rounding (typically a handful of entries per row)."""
+    flat, inputs = logits.view(-1, logits.shape[-1]), x.reshape(-1, x.shape[-1]).float()
+    top = flat.max(dim=-1, keepdim=True).values
+    rows, tokens = torch.nonzero(flat >= top - (top.abs() * REFINE_RELATIVE_BAND + REFINE_ABSOLUTE_BAND), as_tuple=True)
+    flat[rows, tokens] = (inputs[rows] * weight[tokens].float()).sum(dim=-1)
+    return logits
 
 
 def _hook_count(module: nn.Module) -> tuple[int, int]:

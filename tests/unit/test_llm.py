@@ -20,6 +20,8 @@ from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, Stop
 from modalities.errors import MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm_quant import (
+    REFINE_ABSOLUTE_BAND,
+    REFINE_RELATIVE_BAND,
     PackedBfloat16Head,
     UnsupportedQuantization,
     fast_linear,
@@ -357,18 +359,45 @@ def test_fast_linear_matches_the_module(tokenizer):
         assert torch.equal(got, expected)
 
 
-def test_int4_head_runs_prepacked_with_the_same_logits(tokenizer):
-    """On CPU the tied bfloat16 head multiplies with a oneDNN-packed copy: identical logits, the tie
-    kept, and the copy counted in the weight memory."""
+def test_int4_head_runs_prepacked_and_keeps_the_tie(tokenizer):
+    """On CPU the tied bfloat16 head multiplies with a oneDNN-packed copy: the tie kept, the copy
+    counted in the weight memory, and the bfloat16 matmul's logits away from each row's top."""
     model = build_model(tokenizer)
     quantize_model(model, "int4")
     head, weight = model.lm_head, model.model.embed_tokens.weight
     assert isinstance(head, PackedBfloat16Head) and head.weight is weight
     x = torch.randn(2, 3, HIDDEN)
     with torch.inference_mode():
-        expected = torch.nn.functional.linear(x.to(torch.bfloat16), weight).float()
-        assert torch.equal(head(x), expected)
+        logits = head(x)
+        rounded = torch.nn.functional.linear(x.to(torch.bfloat16), weight).float()
+        exact = x @ weight.float().t()
+    assert logits.dtype == torch.float32 and logits.shape == (2, 3, weight.shape[0])
+    top = rounded.amax(dim=-1, keepdim=True)
+    near_top = rounded >= top - (top.abs() * REFINE_RELATIVE_BAND + REFINE_ABSOLUTE_BAND)  # the refined entries
+    assert near_top.any(dim=-1).all() and not near_top.all()
+    assert torch.equal(logits[~near_top], rounded[~near_top])
+    assert torch.allclose(logits[near_top], exact[near_top], rtol=1e-5, atol=1e-5)
     assert weight_bytes(model) - weight_bytes(model.model) == weight.numel() * 2  # the packed copy
+
+
+def test_packed_head_decides_near_ties_in_float32():
+    """Two logits closer than bfloat16's grid: the greedy choice must be float32's, not a rounding tie."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 64)
+    weight = (torch.randn(320, 64) * 0.01).to(torch.bfloat16)
+    weight[5] = (x.sign() * 0.4).to(torch.bfloat16)  # a clear winner, logit ~ 25
+    weight[7] = weight[5]
+    bumped = int(x.abs().argmax())
+    bits = weight[7].view(torch.int16)
+    bits[bumped] += 1  # one bfloat16 step further from zero, in x's direction: logit 7 grows a little
+    exact = x @ weight.float().t()
+    rounded = torch.nn.functional.linear(x.to(torch.bfloat16), weight).float()
+    assert exact[0, 7] > exact[0, 5] and exact[0, 7] - exact[0, 5] < 0.1  # a near-tie in float32 ...
+    assert rounded[0, 7] == rounded[0, 5]  # ... that bfloat16 rounds into a tie (argmax would say 5)
+    head = PackedBfloat16Head.build(torch.nn.Parameter(weight, requires_grad=False), torch.float32)
+    assert head is not None
+    with torch.inference_mode():
+        assert int(head(x).argmax()) == 7
 
 
 def test_fast_linear_defers_to_foreign_hooks(tokenizer):
