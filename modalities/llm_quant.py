@@ -168,8 +168,11 @@ def _bfloat16_tied_head(model: nn.Module, head: nn.Module) -> None:
     if packed is not None:
         model.set_output_embeddings(packed)
         return
+    # Elsewhere (CUDA, no oneDNN) a hooked nn.Linear: bfloat16 in, logits back in the model's dtype
+    # with the top ones recomputed in float32 like the packed head's.
     head.weight = weight
-    _bfloat16_island(head, model_dtype)
+    head.register_forward_pre_hook(lambda _, args: (args[0].to(INT4_ACTIVATION_DTYPE), *args[1:]))
+    head.register_forward_hook(lambda m, args, output: _refine_top_logits(output.to(model_dtype), args[0], m.weight))
     head._chorus_bf16_island = model_dtype  # `fast_linear` may skip the hooks
     head._chorus_hooks = _hook_count(head)
 
@@ -267,7 +270,7 @@ def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         out_dtype, weight = module._chorus_bf16_island, module.weight
 
         def bf16(x: torch.Tensor) -> torch.Tensor:
-            return F.linear(x.to(INT4_ACTIVATION_DTYPE), weight).to(out_dtype)
+            return _refine_top_logits(F.linear(x.to(INT4_ACTIVATION_DTYPE), weight).to(out_dtype), x, weight)
 
         return bf16 if module.bias is None else module
     return module

@@ -380,11 +380,11 @@ def test_int4_head_runs_prepacked_and_keeps_the_tie(tokenizer):
     assert weight_bytes(model) - weight_bytes(model.model) == weight.numel() * 2  # the packed copy
 
 
-def test_packed_head_decides_near_ties_in_float32():
-    """Two logits closer than bfloat16's grid: the greedy choice must be float32's, not a rounding tie."""
+def near_tie_head_weight() -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, bfloat16 weight) where logits 5 and 7 differ by less than bfloat16's grid and 7 wins."""
     torch.manual_seed(0)
-    x = torch.randn(1, 64)
-    weight = (torch.randn(320, 64) * 0.01).to(torch.bfloat16)
+    x = torch.randn(1, HIDDEN)
+    weight = (torch.randn(VOCAB_SIZE, HIDDEN) * 0.01).to(torch.bfloat16)
     weight[5] = (x.sign() * 0.4).to(torch.bfloat16)  # a clear winner, logit ~ 25
     weight[7] = weight[5]
     bumped = int(x.abs().argmax())
@@ -394,10 +394,31 @@ def test_packed_head_decides_near_ties_in_float32():
     rounded = torch.nn.functional.linear(x.to(torch.bfloat16), weight).float()
     assert exact[0, 7] > exact[0, 5] and exact[0, 7] - exact[0, 5] < 0.1  # a near-tie in float32 ...
     assert rounded[0, 7] == rounded[0, 5]  # ... that bfloat16 rounds into a tie (argmax would say 5)
+    return x, weight
+
+
+def test_packed_head_decides_near_ties_in_float32():
+    """Two logits closer than bfloat16's grid: the greedy choice must be float32's, not a rounding tie."""
+    x, weight = near_tie_head_weight()
     head = PackedBfloat16Head.build(torch.nn.Parameter(weight, requires_grad=False), torch.float32)
     assert head is not None
     with torch.inference_mode():
         assert int(head(x).argmax()) == 7
+
+
+def test_hooked_bfloat16_head_decides_near_ties_too(tokenizer, monkeypatch):
+    """Where oneDNN can't pack (CUDA), the tied head is a hooked nn.Linear; it refines the same way."""
+    monkeypatch.setattr(PackedBfloat16Head, "build", classmethod(lambda cls, weight, dtype: None))
+    model = build_model(tokenizer)
+    quantize_model(model, "int4")
+    x, weight = near_tie_head_weight()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(weight)
+    head = model.lm_head
+    assert type(head) is torch.nn.Linear and head.weight is model.model.embed_tokens.weight
+    with torch.inference_mode():
+        assert int(head(x).argmax()) == 7
+        assert int(fast_linear(head)(x).argmax()) == 7
 
 
 def test_fast_linear_defers_to_foreign_hooks(tokenizer):
