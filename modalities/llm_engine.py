@@ -6,10 +6,12 @@ engine thread. Between steps the thread admits queued requests into free slots (
 are prefilled together, packed into one sequence, straight into their slots) and drops finished or cancelled ones, so
 requests join and leave a running batch; each step then decodes one token for every active row.
 
-The forward is our own (`LlamaForward`), written for Llama-family models: it calls the HF model's
-own submodules (embedding, norms, q/k/v/o projections, MLP, head, rotary embedding), so torchao-
-quantized linears and their dtype hooks keep working, and skips transformers' generic per-call
-machinery (masks, cache objects, output dataclasses, kwargs plumbing). Unsupported architectures
+The forward is our own (`LlamaForward`), written for Llama-family models: it runs the HF model's
+own weights and submodules (embedding, norms, q/k/v/o projections, MLP, head, rotary embedding) and
+skips transformers' generic per-call machinery (masks, cache objects, output dataclasses, kwargs
+plumbing). Linears go through `llm_quant.fast_linear` (int4 layers call the kernel directly,
+without tensor-subclass dispatch or cast hooks; anything else is called as a module, hooks and
+all), Llama's RMSNorm is one `F.rms_norm`. Unsupported architectures
 are refused with a `ValueError` (use the eager loop for those).
 
 KV cache (`SlotCache`): per layer, K and V are `[rows, kv_heads, capacity, head_dim]`. Active
@@ -188,8 +190,9 @@ class LlamaForward:
 
 
 def _fast_norm(module: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """HF's Llama RMSNorm as one `F.rms_norm` call (float32 activations: the same arithmetic, bit
-    for bit, at a third of the calls); any other norm, dtype or a hooked module is called as is.
+    """HF's Llama RMSNorm as one `F.rms_norm` call (float32 activations: the same arithmetic, equal
+    bit for bit where we compared, in one call instead of seven); any other norm, dtype or a hooked
+    module is called as is.
     """
     weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
     plain = not (module._forward_hooks or module._forward_pre_hooks)
