@@ -53,3 +53,47 @@ def test_admission_limit_refuses_before_the_handler_runs() -> None:
     ingress._in_flight["/b"] = 0  # one slot free again
     response = asyncio.run(ingress._respond(request(), "/a", handler(), None, limits=limits))
     assert response.status_code == 200 and ran
+
+
+def test_an_abandoned_stream_cancels_its_generation() -> None:
+    """A client that leaves mid-stream (the body iterator is closed or cancelled early) cancels the
+    decoder call; one read to its end does not."""
+
+    async def pieces():
+        for i in range(5):
+            yield f"{i}".encode()
+
+    async def run(read: int | None) -> list[str]:
+        calls: list[str] = []
+        body = ingress._cancel_unless_read_to_end(pieces(), lambda: calls.append("cancel"))
+        got = 0
+        async for _ in body:
+            got += 1
+            if read is not None and got == read:
+                break
+        await body.aclose()
+        return calls
+
+    assert asyncio.run(run(read=2)) == ["cancel"]
+    assert asyncio.run(run(read=None)) == []
+
+    async def cancelled_mid_read() -> list[str]:
+        calls: list[str] = []
+
+        async def slow():
+            yield b"first"
+            await asyncio.sleep(10)
+            yield b"never"
+
+        async def consume():
+            async for _ in ingress._cancel_unless_read_to_end(slow(), lambda: calls.append("cancel")):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return calls
+
+    assert asyncio.run(cancelled_mid_read()) == ["cancel"]
