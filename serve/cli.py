@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -112,7 +114,6 @@ Ctrl-C stops it.
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """`serve run` the config in the foreground; once healthy, print how to try it."""
-    import os
     import signal
     import subprocess
     import urllib.request
@@ -125,7 +126,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     model = (config["applications"][0].get("args") or {}).get("served_model_name", "chorus")
     serve_bin = Path(sys.executable).with_name("serve")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    proc = subprocess.Popen([str(serve_bin), "run", str(args.config)], env=env, cwd=REPO_ROOT)
+    command = [str(serve_bin), "run", *_serve_run_address_args(), str(args.config)]
+    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -141,6 +143,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+
+
+def _serve_run_address_args() -> list[str]:
+    """Extra `serve run` arguments choosing the Ray cluster.
+
+    Left alone, `serve run` joins the cluster named in Ray's address file (written by `ray start`,
+    and by a local cluster that is still up); a file left by a cluster that died uncleanly makes it
+    wait forever for a GCS that is gone. So: RAY_ADDRESS set → as is; a recorded cluster whose GCS
+    port answers → join it (e.g. one started with `ray start --head --metrics-export-port ...`);
+    otherwise a fresh local cluster.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return []
+    recorded = _recorded_ray_address()
+    if recorded and _port_answers(recorded):
+        return []
+    return ["--address", "local"]
+
+
+def _recorded_ray_address() -> str | None:
+    try:
+        from ray._private.utils import read_ray_address
+    except ImportError:
+        return None
+    try:
+        return read_ray_address() or None
+    except OSError:
+        return None
+
+
+def _port_answers(address: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _default_fusion_dir(name: str) -> str:
