@@ -98,7 +98,7 @@ class LlamaForward:
             raise ValueError(f"the batched engine supports RoPE types {STATIC_ROPE_TYPES}, not {rope_type!r}")
         self.embed_tokens = body.embed_tokens
         self.rotary_emb = body.rotary_emb
-        dtype = compute_dtype(model)
+        self.dtype = dtype = compute_dtype(model)  # the activations' (a stored weight's may differ)
         self.norm = _fast_norm(body.norm, dtype)
         self.lm_head = fast_linear(model.lm_head)
         self.layers = [
@@ -196,9 +196,9 @@ def _fast_norm(module: nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor]
     """
     weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
     plain = not (module._forward_hooks or module._forward_pre_hooks)
-    if type(module).__name__ != "LlamaRMSNorm" or not plain or weight is None or eps is None or dtype != torch.float32:
+    if type(module).__name__ != "LlamaRMSNorm" or not plain or eps is None or dtype != torch.float32:
         return module
-    if weight.dtype != torch.float32:
+    if weight is None or weight.dtype != torch.float32:
         return module
     shape = (weight.shape[-1],)
     return lambda x: F.rms_norm(x, shape, weight, eps)
@@ -405,7 +405,7 @@ class BatchedEngine:
             self.forward.head_dim,
             max_rows=max_slots,
             max_length=self.max_context,
-            dtype=compute_dtype(model),
+            dtype=self.forward.dtype,
             device=device,
             min_capacity=min(min_capacity, self.max_context),
         )

@@ -76,18 +76,17 @@ def quantize_model(model: nn.Module, mode: Quantization) -> QuantizationReport:
     if mode == "none":
         return report
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    tied_head = _tied_output_head(model)
+    tied_reason = TIED_HEAD_INT8_REASON if mode == "int8" else TIED_HEAD_INT4_REASON
+    report.skipped = {name: tied_reason for name, module in linears.items() if module is tied_head}
     if mode == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-        tied_head = _tied_output_head(model)
-        report.skipped = {name: TIED_HEAD_INT8_REASON for name, module in linears.items() if module is tied_head}
         report.quantized = [name for name in linears if name not in report.skipped]
         targets = set(report.quantized)
         # set_inductor_config=False: don't rewrite global inductor settings as a side effect of loading.
         quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False), filter_fn=lambda m, fqn: fqn in targets)
         return report
-    tied_head = _tied_output_head(model)
-    report.skipped = {name: TIED_HEAD_INT4_REASON for name, module in linears.items() if module is tied_head}
     _quantize_int4({name: m for name, m in linears.items() if name not in report.skipped}, report)
     if tied_head is not None:
         _bfloat16_tied_head(model, tied_head)
@@ -148,11 +147,13 @@ def _quantize_int4_layer(module: nn.Linear) -> None:
         module._chorus_hooks = _hook_count(module)
 
 
-def _bfloat16_island(module: nn.Module, model_dtype: torch.dtype) -> None:
-    """Hooks that run `module` in bfloat16 inside a `model_dtype` model (nothing if they're the same)."""
+def _bfloat16_island(module: nn.Module, model_dtype: torch.dtype, finish: Callable | None = None) -> None:
+    """Hooks that run `module` in bfloat16 inside a `model_dtype` model: its input cast to bfloat16,
+    its output back to `model_dtype` (or through `finish(module, args, output)`, which must do so).
+    Nothing if the dtypes are the same."""
     if model_dtype != INT4_ACTIVATION_DTYPE:
         module.register_forward_pre_hook(lambda _, args: (args[0].to(INT4_ACTIVATION_DTYPE), *args[1:]))
-        module.register_forward_hook(lambda _, args, output: output.to(model_dtype))
+        module.register_forward_hook(finish or (lambda _, args, output: output.to(model_dtype)))
 
 
 def _bfloat16_tied_head(model: nn.Module, head: nn.Module) -> None:
@@ -169,10 +170,12 @@ def _bfloat16_tied_head(model: nn.Module, head: nn.Module) -> None:
         model.set_output_embeddings(packed)
         return
     # Elsewhere (CUDA, no oneDNN) a hooked nn.Linear: bfloat16 in, logits back in the model's dtype
-    # with the top ones recomputed in float32 like the packed head's.
+    # with the top ones recomputed in float32 like the packed head's (from the bfloat16-cast input
+    # the hook sees; `fast_linear`'s call uses the float input).
     head.weight = weight
-    head.register_forward_pre_hook(lambda _, args: (args[0].to(INT4_ACTIVATION_DTYPE), *args[1:]))
-    head.register_forward_hook(lambda m, args, output: _refine_top_logits(output.to(model_dtype), args[0], m.weight))
+    _bfloat16_island(
+        head, model_dtype, lambda m, args, output: _refine_top_logits(output.to(model_dtype), args[0], m.weight)
+    )
     head._chorus_bf16_island = model_dtype  # `fast_linear` may skip the hooks
     head._chorus_hooks = _hook_count(head)
 
