@@ -12,8 +12,9 @@ Two requests, each measured both ways (median of repeats, same process, same mac
 settings (int4 LLM) and the thread count the decoder replica uses; "API" = a real Serve app from
 deploy/local.yaml (on a free port), streaming over HTTP. Every spoken request sends new bytes (one
 PCM byte changed), so the audio encoder's feature cache never answers for the API path. The ratio
-API/direct is the serving overhead (Ray hops, HTTP, SSE). Writes bench/results/api_ttft.json and prints a markdown table. The measuring functions live in
-bench/service.py, which `chorus bench --only service` also runs (text only, plus inter-token latency).
+API/direct is the serving overhead (Ray hops, HTTP, SSE). Writes bench/results/api_ttft.json and
+prints a markdown table. The measuring functions live in bench/service.py, which
+`chorus bench --only service` also runs (text only, plus inter-token latency).
 """
 
 from __future__ import annotations
