@@ -33,7 +33,15 @@ from modalities.devices import TorchDevice
 from modalities.errors import MediaError
 from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm_engine import DEFAULT_MAX_SLOTS, BatchedEngine, EngineStats
-from modalities.llm_quant import Quantization, QuantizationReport, compute_dtype, quantize_model, weight_bytes
+from modalities import llm_w8a8
+from modalities.llm_quant import (
+    Quantization,
+    QuantizationReport,
+    compute_dtype,
+    module_device,
+    quantize_model,
+    weight_bytes,
+)
 from modalities.sampling import SamplingParams
 
 __all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
@@ -58,7 +66,9 @@ class LLMConfig(BaseModel):
         "a local transformers model directory, or a hub name (only where a hub is reachable)",
     )
     quantization: Quantization = Field(
-        default="none", description="Weight-only quantization with torchao: none, int8, or int4 (where the kernels run)"
+        default="none",
+        description="none; int8 or int4: weight-only with torchao (int4 where its kernels run); w8a8: int8 weights "
+        "and per-token int8 activations through FBGEMM, SmoothQuant-calibrated at load (CPU, float32)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="Dtype of the unquantized weights and activations"
@@ -150,7 +160,8 @@ class LLMRuntime:
             raise FileNotFoundError(f"cannot load LLM from {source!r} as a {where}: {e}") from e
         model.requires_grad_(False)
         model.to(torch.device(config.device))
-        report = quantize_model(model, config.quantization)
+        calibration = llm_w8a8.calibration_ids(tokenizer) if config.quantization == "w8a8" else None
+        report = quantize_model(model, config.quantization, calibration)
         decode_loop = build_decode_loop(model, config)
         return cls(model, tokenizer, max_context=config.max_context, decode_loop=decode_loop, quantization=report)
 
@@ -158,7 +169,7 @@ class LLMRuntime:
 
     @property
     def device(self) -> torch.device:
-        return self._embedding.weight.device
+        return module_device(self._embedding)
 
     @property
     def dtype(self) -> torch.dtype:

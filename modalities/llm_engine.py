@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.llm_quant import compute_dtype, fast_linear
+from modalities.llm_quant import compute_dtype, fast_linear, module_device
 from modalities.sampling import SamplingParams, make_generator, sample_next_token
 
 __all__ = ["BatchedEngine", "EngineError", "EngineStats", "LlamaForward", "SlotCache", "TokenStream"]
@@ -398,7 +398,7 @@ class BatchedEngine:
         self.forward = LlamaForward(model)
         self.max_slots = max_slots
         self.max_context = max_context or model.config.max_position_embeddings
-        device = model.get_input_embeddings().weight.device
+        device = module_device(model.get_input_embeddings())
         self.cache = SlotCache(
             self.forward.num_layers,
             self.forward.num_kv_heads,

@@ -31,7 +31,7 @@ blocks of 32, so 32-element groups put the 4-bit grid back where the GGUF had it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,8 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-Quantization = Literal["none", "int8", "int4"]
-QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4")
+from modalities import llm_w8a8
+from modalities.llm_w8a8 import Int8BlockEmbedding, Int8Head, Int8Linear
+
+Quantization = Literal["none", "int8", "int4", "w8a8"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")
 
 # The int4 group size (the tinygemm kernels accept 32, 64 and 128): the smallest, most accurate one
 # (see the module docstring); a layer whose in_features it doesn't divide stays float.
@@ -66,14 +69,24 @@ class QuantizationReport:
     mode: Quantization
     quantized: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    smoothed: list[str] = field(default_factory=list)  # w8a8: linears whose inputs SmoothQuant rescaled
 
 
-def quantize_model(model: nn.Module, mode: Quantization) -> QuantizationReport:
-    """Quantize `model`'s linear weights in place (weights must already be on their final device)."""
+def quantize_model(
+    model: nn.Module, mode: Quantization, calibration: Sequence[Sequence[int]] | None = None
+) -> QuantizationReport:
+    """Quantize `model`'s linear weights in place (weights must already be on their final device).
+
+    `calibration`: token-id sequences w8a8 measures activation ranges on (required for w8a8;
+    `llm_w8a8.calibration_ids(tokenizer)` gives the default set).
+    """
     if mode not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {mode!r}; known: {', '.join(QUANTIZATIONS)}")
     report = QuantizationReport(mode=mode)
     if mode == "none":
+        return report
+    if mode == "w8a8":
+        _quantize_w8a8(model, calibration, report)
         return report
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     tied_head = _tied_output_head(model)
@@ -256,6 +269,8 @@ def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     subclass dispatch, no hooks: ~20 vs ~37 us per decode-step call), a bfloat16-island linear calls
     `F.linear` with the casts inline. Anything else is the module itself.
     """
+    if isinstance(module, Int8Linear) and _hook_count(module) == (0, 0):
+        return module.forward
     if not isinstance(module, nn.Linear) or _hook_count(module) != getattr(module, "_chorus_hooks", None):
         return module  # not ours, or someone else hooked it since: their hooks must run
     if hasattr(module, "_chorus_int4_cpu"):
@@ -309,13 +324,51 @@ def _quantize_int4(linears: dict[str, nn.Linear], report: QuantizationReport) ->
         ) from e
 
 
+def _quantize_w8a8(model: nn.Module, calibration: Sequence[Sequence[int]] | None, report: QuantizationReport) -> None:
+    """Calibrate, smooth (Llama layout), then swap every linear for an `Int8Linear`, the embedding
+    for an `Int8BlockEmbedding` and the head for an `Int8Head` (see `llm_w8a8`)."""
+    embedding = model.get_input_embeddings()
+    try:
+        llm_w8a8.check_available(embedding.weight.device, embedding.weight.dtype)
+    except llm_w8a8.UnavailableW8A8 as e:
+        raise UnsupportedQuantization(str(e)) from e
+    if not calibration:
+        raise ValueError("w8a8 needs calibration token ids (llm_w8a8.calibration_ids(tokenizer))")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+    ranges = llm_w8a8.input_ranges(model, list(linears.values()), calibration)
+    report.smoothed = llm_w8a8.smooth_llama_layers(model, ranges)
+    for name, module in linears.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, Int8Linear.from_linear(module))
+        report.quantized.append(name)
+    table = Int8BlockEmbedding(embedding.weight)
+    model.set_input_embeddings(table)
+    if head is not None:
+        head_name = next(n for n, m in model.named_modules() if m is head)
+        untied = head.weight is not embedding.weight
+        model.set_output_embeddings(Int8Head(Int8BlockEmbedding(head.weight) if untied else table))
+        report.quantized.append(head_name)
+    if hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False  # nothing left to tie; keep transformers from re-tying
+    with torch.inference_mode():
+        model(input_ids=torch.zeros(1, llm_w8a8.PROBE_ROWS, dtype=torch.long), use_cache=False)
+
+
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the model's activations flow in: what its input embedding returns, which may
     differ from how the embedding is stored (int4 keeps a tied embedding in bfloat16 behind a cast).
     """
     embedding = model.get_input_embeddings()
     with torch.no_grad():
-        return embedding(torch.zeros(1, dtype=torch.long, device=embedding.weight.device)).dtype
+        return embedding(torch.zeros(1, dtype=torch.long, device=module_device(embedding))).dtype
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's first parameter or buffer lives (an `Int8BlockEmbedding` has only buffers)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]] | None = None) -> int:
@@ -338,6 +391,8 @@ def tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]] | None = None)
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of all parameters and buffers, shared storage counted once."""
+    """Bytes of all parameters and buffers, shared storage counted once, plus what FBGEMM's packed
+    int8 weights hold (`Int8Linear.packed_bytes`; they are not tensors torch can see)."""
     seen: set[tuple[int, int]] = set()
-    return sum(tensor_bytes(t, seen) for t in (*model.parameters(), *model.buffers()))
+    tensors = sum(tensor_bytes(t, seen) for t in (*model.parameters(), *model.buffers()))
+    return tensors + sum(m.packed_bytes for m in model.modules() if isinstance(m, Int8Linear))

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="command-line round trip: speech → transcript → LLM answer")
     demo.add_argument("--audio", default=str(DEFAULT_DEMO_AUDIO), help="wav/flac/ogg/mp3 file to transcribe")
     demo.add_argument("--question", default="How should I answer this caller?", help="instruction for the LLM")
-    demo.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
+    demo.add_argument("--quantization", default="none", choices=["none", "int8", "int4", "w8a8"])
     demo.add_argument("--max-tokens", type=int, default=96)
     demo.set_defaults(func=_cmd_demo)
 

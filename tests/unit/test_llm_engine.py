@@ -20,6 +20,7 @@ from modalities.llm_decode import EagerDecodeLoop
 from modalities import llm_engine
 from modalities.llm_engine import BatchedEngine, EngineError, EngineStats
 from modalities.llm_quant import quantize_model
+from modalities.llm_w8a8 import calibration_ids
 from modalities.sampling import SamplingParams
 from tests.unit.test_llm import PROMPT, VOCAB_SIZE, build_model, build_tokenizer
 
@@ -59,7 +60,7 @@ def lively_model(tokenizer, quantization: str = "none"):
         for parameter in model.parameters():
             if parameter.dim() == 2:
                 parameter.mul_(WEIGHT_SCALE)
-    quantize_model(model, quantization)
+    quantize_model(model, quantization, calibration_ids(tokenizer) if quantization == "w8a8" else None)
     return model
 
 
@@ -111,7 +112,7 @@ def wait_for(condition, what: str) -> None:
 # --- correctness under batching ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantization", ["none", "int8", "int4"])
+@pytest.mark.parametrize("quantization", ["none", "int8", "int4", "w8a8"])
 def test_greedy_matches_eager_with_staggered_joins(tokenizer, prompts, make_engine, quantization):
     model = lively_model(tokenizer, quantization)
     expected = eager_tokens(model, prompts)

@@ -1,0 +1,272 @@
+"""W8A8 on CPU: int8 weights times per-token dynamic int8 activations, through FBGEMM.
+
+int4 weight-only (the tinygemm CPU kernel) re-dequantizes its weights for every activation row: a
+1536 x 576 layer takes 49 us at one row, 168 us at eight and 5.3 ms at 256. FBGEMM's int8 GEMM
+(`quantized::linear_dynamic`, VNNI on this machine) multiplies integers: 27 us, 55 us and 1.3 ms. So
+W8A8 is the mode for many concurrent streams and long (multimodal) prompts; int4 stays a little
+faster for one stream and closer to float32 (see README "Models").
+
+- **Weights:** int8, one symmetric scale per output channel, packed once by FBGEMM.
+- **Activations, per token:** FBGEMM picks one quantization range for the whole input matrix, so a
+  row's rounding would depend on the other rows in its batch. Each row is divided by its own absmax
+  first, and a constant pin row holding +1 and -1 is appended. The range is then always exactly
+  [-1, 1], each token is quantized to 8 bits of its own range, and a token's result does not depend
+  on its batch. The output row is multiplied back by the absmax.
+- **SmoothQuant:** per-token int8 alone lost 10 points of greedy agreement with float32. Almost all
+  of it came from a few activation channels far larger than the rest. Before quantizing, each input
+  channel k of a linear is divided by s_k = max|x_k|^a / max|W_k|^(1-a), with a = 0.5. The same s_k
+  multiplies the weight's column k, so the product is unchanged. The division is folded into the
+  op before it, so it costs nothing at run time: the RMSNorm gain for q/k/v and gate/up, up_proj's
+  rows for down_proj. o_proj is left unsmoothed: its input channels come from shared (GQA) value
+  heads. max|x_k| comes from a calibration pass over `CALIBRATION_CONVERSATIONS` at load (float32,
+  well under a second).
+- **Embedding and head:** the embedding is stored as int8 in blocks of 32 with a float32 scale per
+  block (`Int8BlockEmbedding`). SmolLM2's packaged GGUF holds it as Q8_0, int8 in blocks of 32 with
+  one scale each, so this storage reproduces the float32 table exactly. The tied head
+  (`Int8Head`) multiplies by a per-row int8 copy through FBGEMM, then recomputes each row's 64
+  highest logits in float32 from the exact table rows, so near-ties at the top are float32's.
+
+Numbers on this project's 2-core CPU machines, SmolLM2-135M; `chorus bench` measures them.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDING_BLOCK = 32  # int8 block size of the embedding table (GGUF Q8_0's)
+SMOOTHING_ALPHA = 0.5  # SmoothQuant's migration strength; 0.5 measured best of 0.5 / 0.7 / 0.85
+WEIGHT_LEVELS = 127  # symmetric int8 weights: [-127, 127]
+RANGE_FLOOR = 1e-5  # calibration / weight ranges below this are treated as this (no divide-by-zero)
+ROW_FLOOR = 1e-30  # an all-zero activation row is divided by this instead of 0
+PROBE_ROWS = 2
+REFINED_TOP = 64  # logits per row the head recomputes in float32
+
+# Calibration text for SmoothQuant's activation ranges: generic assistant conversations in the
+# register Chorus serves (not the bench's agreement prompts, which measure the result).
+CALIBRATION_CONVERSATIONS: tuple[tuple[str, str], ...] = (
+    ("Hi, I ordered a blue jacket last week and it still hasn't arrived. Can you check the status?",
+     "I'm sorry for the delay. Could you share your order number? I'll look up the shipment and tell you "
+     "when it should arrive."),
+    ("How do I reset my password if I no longer have access to my email?",
+     "You can verify your identity with your phone number instead. Open the login page, choose "
+     "\"Forgot password\", then \"Use phone\", and follow the code we text you."),
+    ("What's the difference between a virus and a bacterium?",
+     "Bacteria are single-celled living organisms that can reproduce on their own; viruses are much "
+     "smaller and can only multiply inside the cells of a host."),
+    ("Translate \"Where is the train station?\" into German and Italian.",
+     "German: \"Wo ist der Bahnhof?\" Italian: \"Dov'è la stazione?\""),
+    ("Give me a quick recipe for pancakes.",
+     "Whisk 1 cup of flour, 1 tablespoon of sugar, 2 teaspoons of baking powder and a pinch of salt. "
+     "Add 1 cup of milk, 1 egg and 2 tablespoons of melted butter, then cook on a hot pan."),
+    ("Can you write a haiku about autumn rain?",
+     "Cold rain on the leaves / the maple lets go of red / puddles hold the sky"),
+)
+
+
+class UnavailableW8A8(RuntimeError):
+    """W8A8 can't run here (no FBGEMM, not a CPU tensor, not float32)."""
+
+
+@functools.cache
+def _has_vnni() -> bool:
+    """Whether the CPU multiplies u8 x s8 without 16-bit saturation (AVX512-VNNI / AVX-VNNI / AMX).
+    Without it FBGEMM's kernels can saturate on full 8-bit activations, so activations get 7 bits."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def activation_levels() -> int:
+    """Quantization steps FBGEMM uses for an activation range here (255, or 127 with reduce_range)."""
+    return 255 if _has_vnni() else 127
+
+
+def check_available(device: torch.device, dtype: torch.dtype) -> None:
+    if device.type != "cpu":
+        raise UnavailableW8A8(f"w8a8 runs on CPU through FBGEMM, not on {device.type}; use int4 there")
+    if dtype != torch.float32:
+        raise UnavailableW8A8(f"w8a8 takes float32 activations; this model runs in {dtype}")
+    engines = torch.backends.quantized.supported_engines
+    if not {"fbgemm", "x86"} & set(engines) or torch.backends.quantized.engine not in ("fbgemm", "x86"):
+        raise UnavailableW8A8(
+            f"w8a8 needs torch's FBGEMM quantized engine (supported: {engines}, "
+            f"active: {torch.backends.quantized.engine})"
+        )
+
+
+def _per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of a float weight: (qint8 tensor for FBGEMM, float32 scales)."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(RANGE_FLOOR / WEIGHT_LEVELS)
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # torch marks its quantized-tensor constructors deprecated in favour of torchao, whose x86
+        # int8 GEMM only runs under torch.compile; FBGEMM's packed op still needs this one input.
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor, torch.quantize_per_channel.*")
+        quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+    return quantized, scales
+
+
+class Int8Linear(nn.Module):
+    """`y = x W^T + b` with W in FBGEMM's packed int8 and x quantized to int8 per token (see module doc)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        if self.in_features < 2:
+            raise UnavailableW8A8("w8a8 needs at least 2 input features (the pin row holds +1 and -1)")
+        quantized, scales = _per_row_int8(weight)
+        # The bias is added after the row scale comes back (packed, FBGEMM would add it to x / absmax).
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.weight_scales = scales  # kept for error bounds; not a buffer (the packed op has its own)
+        pin = torch.zeros(1, self.in_features)
+        pin[0, 0], pin[0, 1] = 1.0, -1.0
+        self.register_buffer("pin", pin, persistent=False)
+        # What FBGEMM holds: the int8 matrix plus, per output channel, a scale, a zero point and a
+        # column offset. Its blocked layout pads to its tiles on top (README: ~15 %).
+        self.packed_bytes = self.out_features * (self.in_features + 12)
+        self.reduce_range = activation_levels() < 255
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        absmax = torch.linalg.vector_norm(flat, float("inf"), -1, True).clamp_min_(ROW_FLOOR)
+        rows = torch.ops.quantized.linear_dynamic(torch.cat([flat / absmax, self.pin]), self._packed, self.reduce_range)
+        out = rows[:-1] * absmax if self.bias is None else torch.addcmul(self.bias, rows[:-1], absmax)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, FBGEMM int8 x per-token int8"
+
+
+class Int8BlockEmbedding(nn.Module):
+    """An embedding table stored as int8 in blocks of `EMBEDDING_BLOCK` with a float32 scale each;
+    looked-up rows come back as float32. Exact for tables that were int8 blocks already (GGUF Q8_0):
+    the block's absmax is then 127 steps, so its scale and every value are recovered."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        block = EMBEDDING_BLOCK if self.embedding_dim % EMBEDDING_BLOCK == 0 else self.embedding_dim
+        blocks = weight.detach().float().view(self.num_embeddings, -1, block)
+        scales = (blocks.abs().amax(dim=-1, keepdim=True) / WEIGHT_LEVELS).clamp_min(RANGE_FLOOR / WEIGHT_LEVELS)
+        self.register_buffer("qweight", (blocks / scales).round().to(torch.int8).view(self.num_embeddings, -1))
+        self.register_buffer("scales", scales.squeeze(-1))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qweight[ids].view(*ids.shape, self.scales.shape[-1], -1).float()
+        return (rows * self.scales[ids].unsqueeze(-1)).view(*ids.shape, self.embedding_dim)
+
+    def dequantized(self) -> torch.Tensor:
+        return self(torch.arange(self.num_embeddings, device=self.qweight.device))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 blocks of {self.qweight.shape[1] // self.scales.shape[1]}"
+
+
+class Int8Head(nn.Module):
+    """Output head: FBGEMM int8 logits, then the `REFINED_TOP` highest of each row recomputed in
+    float32 from the exact table rows. The greedy token is float32's whenever float32's top logit
+    is among int8's top `REFINED_TOP` (a worst-case error bound would admit most of the vocabulary;
+    the typical int8 error is a small fraction of the spread of the top few dozen logits).
+    `refined_misses` counts rows whose int8 argmax was not the recomputed one (the head's own flips).
+    """
+
+    def __init__(self, table: Int8BlockEmbedding) -> None:
+        super().__init__()
+        self.table = table
+        self.linear = Int8Linear(table.dequantized())
+        self.in_features, self.out_features = table.embedding_dim, table.num_embeddings
+        self.refined_misses = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        flat, inputs = logits.view(-1, self.out_features), x.reshape(-1, self.in_features).float()
+        top = flat.topk(min(REFINED_TOP, self.out_features), dim=-1, sorted=False).indices  # [rows, k]
+        exact = torch.einsum("rk,rck->rc", inputs, self.table(top))
+        self.refined_misses += int((exact.argmax(-1) != flat.gather(1, top).argmax(-1)).sum())
+        flat.scatter_(1, top, exact)
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, top {REFINED_TOP} in float32"
+
+
+def calibration_ids(tokenizer) -> list[list[int]]:
+    """Token ids of `CALIBRATION_CONVERSATIONS` in the tokenizer's chat format (plain text without one)."""
+    out = []
+    for user, assistant in CALIBRATION_CONVERSATIONS:
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            out.append(tokenizer.encode(text, add_special_tokens=False))
+        else:
+            out.append(tokenizer.encode(f"{user}\n{assistant}"))
+    return out
+
+
+@torch.no_grad()
+def input_ranges(model: nn.Module, modules: Sequence[nn.Module], calibration: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
+    """Per-input-channel max |x| that each module sees over the calibration sequences (by id(module))."""
+    ranges: dict[int, torch.Tensor] = {}
+
+    def record(module: nn.Module, args) -> None:
+        seen = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
+        key = id(module)
+        ranges[key] = torch.maximum(ranges[key], seen) if key in ranges else seen
+
+    handles = [m.register_forward_pre_hook(record) for m in modules]
+    device = next(model.parameters()).device
+    try:
+        for ids in calibration:
+            model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+@torch.no_grad()
+def _smooth(x_range: torch.Tensor, consumers: Sequence[nn.Linear]) -> torch.Tensor:
+    """SmoothQuant's factors for input channels feeding `consumers`; their weight columns are scaled."""
+    w_range = torch.stack([m.weight.detach().abs().amax(dim=0) for m in consumers]).amax(dim=0).float()
+    factors = x_range.clamp_min(RANGE_FLOOR).pow(SMOOTHING_ALPHA) / w_range.clamp_min(RANGE_FLOOR).pow(1 - SMOOTHING_ALPHA)
+    for module in consumers:
+        module.weight.mul_(factors.to(module.weight.dtype))
+    return factors
+
+
+@torch.no_grad()
+def smooth_llama_layers(model: nn.Module, ranges: dict[int, torch.Tensor]) -> list[str]:
+    """Fold SmoothQuant factors into a Llama-layout model (see module doc); returns the smoothed
+    linears' names, [] if the layout isn't Llama's."""
+    body = getattr(model, "model", None)
+    layers = getattr(body, "layers", None)
+    parts = ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")
+    if layers is None or not all(all(hasattr(layer, p) for p in parts) for layer in layers):
+        return []
+    smoothed = []
+    for index, layer in enumerate(layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        layer.input_layernorm.weight.div_(_smooth(ranges[id(qkv[0])], qkv))
+        gate_up = [mlp.gate_proj, mlp.up_proj]
+        layer.post_attention_layernorm.weight.div_(_smooth(ranges[id(gate_up[0])], gate_up))
+        factors = _smooth(ranges[id(mlp.down_proj)], [mlp.down_proj])
+        mlp.up_proj.weight.div_(factors.unsqueeze(1))  # down's input is act(gate) * up, linear in up's rows
+        prefix = f"model.layers.{index}"
+        smoothed += [f"{prefix}.self_attn.{n}_proj" for n in "qkv"] + [f"{prefix}.mlp.{n}_proj" for n in ("gate", "up", "down")]
+    return smoothed
