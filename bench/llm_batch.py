@@ -48,7 +48,7 @@ from modalities.llm_engine import BatchedEngine  # noqa: E402
 from modalities.llm_weights import prepare_llm  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "llm_batch.json"
-MODES = ("none", "int8", "int4")
+MODES = ("none", "int8", "int4", "w8a8")
 STREAM_COUNTS = (1, 2, 4, 8)
 WARMUP_TOKENS = 8
 QUESTIONS = [

@@ -35,7 +35,7 @@ from modalities.llm import LLMConfig, LLMRuntime, SamplingParams  # noqa: E402
 from modalities.llm_weights import prepare_llm  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "llm_decode.json"
-MODES = ("none", "int8", "int4")
+MODES = ("none", "int8", "int4", "w8a8")
 PROMPT = [{"role": "user", "content": "Tell me about the history of Paris in a few paragraphs."}]
 WARMUP_TOKENS = 8
 HF_REFERENCE = "hf_generate_fp32"

@@ -49,6 +49,7 @@ COPIES_PER_SAMPLE = 3
 CONCURRENCY_LEVELS = (1, 2, 4, 8)
 MIN_CONCURRENCY_SCALING = 4.0
 SERVED_QUANTIZATION = "int4"  # deploy/local.yaml's llm.quantization (the CPU default)
+THROUGHPUT_QUANTIZATION = "w8a8"  # int8 x int8 GEMMs: the mode for many streams and long prompts
 LLAMA_CPP_CONTEXT = 512
 NOT_INSTALLED = "llama.cpp not installed: pip install -e '.[bench]'"
 
@@ -92,13 +93,14 @@ def section_decode(ctx: BenchContext) -> None:
     new_tokens = 16 if opts.quick else opts.new_tokens
     ids = _prompt_ids(ctx)
     ours: dict[str, object] = {}
-    for engine in available_engines():
-        for quantization in ("none", "int4"):
-            label = f"{quantization}, {engine_label(engine)}"
-            try:
-                ours[label] = ctx.runtime(quantization, engine)
-            except Exception as e:  # noqa: BLE001 - reported as not measured, with the reason
-                report.add(Figure("decode", f"decode tok/s, ours ({label})", "tok/s", None, note=f"{type(e).__name__}: {e}"))
+    # fp32 and int4 through every engine; w8a8 (the concurrency mode) through the default one.
+    pairs = [(q, e) for e in available_engines() for q in ("none", "int4")] + [(THROUGHPUT_QUANTIZATION, default_engine())]
+    for quantization, engine in pairs:
+        label = f"{quantization}, {engine_label(engine)}"
+        try:
+            ours[label] = ctx.runtime(quantization, engine)
+        except Exception as e:  # noqa: BLE001 - reported as not measured, with the reason
+            report.add(Figure("decode", f"decode tok/s, ours ({label})", "tok/s", None, note=f"{type(e).__name__}: {e}"))
     try:
         llama = LlamaCppDecoder(opts.threads)
     except ImportError:
@@ -252,7 +254,7 @@ def _free_running_agreement(runtime, prompts: list[list[int]], references: list[
 
 
 def section_quant(ctx: BenchContext) -> None:
-    """none / int8 / int4: weight memory, decode tok/s and greedy agreement, each against fp32."""
+    """none / int8 / int4 / w8a8: weight memory, decode tok/s and greedy agreement, each against fp32."""
     opts, report = ctx.options, ctx.report
     repeats = 2 if opts.quick else opts.repeats
     new_tokens = 16 if opts.quick else opts.new_tokens
@@ -260,7 +262,7 @@ def section_quant(ctx: BenchContext) -> None:
     reference = ctx.runtime("none")
     ids = _prompt_ids(ctx)
     runtimes = {"none": reference}
-    for mode in ("int8", "int4"):
+    for mode in ("int8", "int4", THROUGHPUT_QUANTIZATION):
         try:
             runtimes[mode] = ctx.runtime(mode)
         except Exception as e:  # noqa: BLE001
@@ -353,8 +355,10 @@ def section_concurrency(ctx: BenchContext) -> None:
     curve: dict[str, list[dict]] = {}
     rows = ["| engine | streams | aggregate tok/s (median) | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
     # fp32 through every engine (the eager loop is the no-batching reference), then the served CPU
-    # default (int4) through the default engine.
-    runs = [("none", engine) for engine in available_engines()] + [(SERVED_QUANTIZATION, default_engine())]
+    # default (int4) and the throughput mode (w8a8) through the default engine.
+    runs = [("none", engine) for engine in available_engines()] + [
+        (quantization, default_engine()) for quantization in (SERVED_QUANTIZATION, THROUGHPUT_QUANTIZATION)
+    ]
     for quantization, engine in runs:
         label = engine_label(engine) if quantization == "none" else f"{quantization}, {engine_label(engine)}"
         try:

@@ -140,7 +140,7 @@ def test_quick_bandwidth_and_quant_sections_on_a_tiny_llama(tmp_path, tiny_llm_d
     assert by_name["copy bandwidth (read + write)"].ours.median > 0
     bound = by_name["decode tok/s vs bandwidth bound (none)"]
     assert bound.ours.n == 2 and bound.reference.median > 0 and bound.ratio > 0
-    for mode in ("int8", "int4"):
+    for mode in ("int8", "int4", "w8a8"):
         memory = by_name[f"weight memory, {mode}"]
         assert memory.ratio < 1.0 and memory.met is not None  # quantized weights are smaller than fp32
         agreement = by_name[f"greedy agreement with fp32, {mode}"]
