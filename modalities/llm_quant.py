@@ -1,4 +1,5 @@
-"""Weight-only quantization of a causal LM with torchao, and honest weight-memory accounting.
+"""Quantization of a causal LM (weight-only with torchao; W8A8 through FBGEMM), and honest
+weight-memory accounting.
 
 - `int8`: torchao `Int8WeightOnlyConfig` (per-row scales) on the linear layers; runs anywhere.
 - `int4`: group-wise 4-bit weights through the tinygemm kernels: on CPU torchao's
@@ -10,8 +11,10 @@
   divisible by 16; layers that don't fit stay in float and are listed in the report. If no layer
   fits, or a quantized layer cannot run a forward pass here, quantization is refused with
   `UnsupportedQuantization` naming why.
+- `w8a8`: int8 weights and per-token int8 activations through FBGEMM, SmoothQuant-calibrated
+  (CPU, float32 models; `llm_w8a8` has the details, including its embedding and head).
 
-A tied output head (`lm_head` sharing the input embedding's weight) stays tied in both modes
+A tied output head (`lm_head` sharing the input embedding's weight) stays tied in int8 and int4
 (quantizing it would untie it: the embedding stays and a quantized copy is added).
 int8: the head stays in float. torchao's eager int8 matmul converts the whole weight to float on
 every call, which on the head costs more than it saves (decode 9 vs 20 tok/s with and without it)
