@@ -349,7 +349,7 @@ def section_concurrency(ctx: BenchContext) -> None:
     """Aggregate tok/s and TTFT p50/p99 at 1, 2, 4, 8 streams, the engine called directly (threads)."""
     opts, report = ctx.options, ctx.report
     repeats = 1 if opts.quick else 2
-    new_tokens = 8 if opts.quick else 32
+    new_tokens = 8 if opts.quick else opts.new_tokens  # 64 by default, like the decode section and the issue's figures
     levels = (1, 2) if opts.quick else CONCURRENCY_LEVELS
     ids = _prompt_ids(ctx)
     curve: dict[str, list[dict]] = {}

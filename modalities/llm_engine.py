@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.llm_quant import compute_dtype, fast_linear, module_device
+from modalities.llm_quant import compute_dtype, fast_linear, fast_linears, module_device
 from modalities.sampling import SamplingParams, make_generator, sample_next_token
 
 __all__ = ["BatchedEngine", "EngineError", "EngineStats", "LlamaForward", "SlotCache", "TokenStream"]
@@ -104,9 +104,7 @@ class LlamaForward:
         self.layers = [
             (
                 _fast_norm(layer.input_layernorm, dtype),
-                fast_linear(layer.self_attn.q_proj),
-                fast_linear(layer.self_attn.k_proj),
-                fast_linear(layer.self_attn.v_proj),
+                fast_linears([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                 fast_linear(layer.self_attn.o_proj),
                 _fast_norm(layer.post_attention_layernorm, dtype),
                 _fast_mlp(layer.mlp),
@@ -144,11 +142,11 @@ class LlamaForward:
             causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
             mask = (causal & (segment.unsqueeze(0) == segment.unsqueeze(1))).view(1, 1, total, total)
         starts = [sum(lengths[:i]) for i in range(len(prompts))]
-        for index, (ln1, q_proj, k_proj, v_proj, o_proj, ln2, mlp) in enumerate(self.layers):
-            h = ln1(x)
-            q = _rope(q_proj(h).view(1, total, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = _rope(k_proj(h).view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v_proj(h).view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        for index, (ln1, qkv, o_proj, ln2, mlp) in enumerate(self.layers):
+            q, k, v = qkv(ln1(x))
+            q = _rope(q.view(1, total, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = _rope(k.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            v = v.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2)
             for offset, (start, length) in enumerate(zip(starts, lengths)):
                 cache.keys[index][first_row + offset, :, :length] = k[0, :, start : start + length]
                 cache.values[index][first_row + offset, :, :length] = v[0, :, start : start + length]
@@ -173,11 +171,11 @@ class LlamaForward:
         rows = torch.arange(batch, device=token_ids.device)
         # Row b sees its own cached positions 0..positions[b] and nothing past them.
         mask = (torch.arange(span, device=token_ids.device) <= positions.unsqueeze(1)).view(batch, 1, 1, span)
-        for index, (ln1, q_proj, k_proj, v_proj, o_proj, ln2, mlp) in enumerate(self.layers):
-            h = ln1(x)
-            q = _rope(q_proj(h).view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = _rope(k_proj(h).view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v_proj(h).view(batch, self.num_kv_heads, self.head_dim)
+        for index, (ln1, qkv, o_proj, ln2, mlp) in enumerate(self.layers):
+            q, k, v = qkv(ln1(x))
+            q = _rope(q.view(batch, 1, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
+            k = _rope(k.view(batch, 1, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+            v = v.view(batch, self.num_kv_heads, self.head_dim)
             keys, values = cache.keys[index], cache.values[index]
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v
@@ -209,9 +207,14 @@ def _fast_mlp(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     parts = ("gate_proj", "up_proj", "down_proj", "act_fn")
     if not all(hasattr(module, name) for name in parts) or module._forward_hooks or module._forward_pre_hooks:
         return module
-    gate, up, down = (fast_linear(getattr(module, name)) for name in parts[:3])
+    gate_up, down = fast_linears([module.gate_proj, module.up_proj]), fast_linear(module.down_proj)
     act = module.act_fn
-    return lambda x: down(act(gate(x)) * up(x))
+
+    def mlp(x: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up(x)
+        return down(act(gate) * up)
+
+    return mlp
 
 
 def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

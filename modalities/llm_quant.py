@@ -266,6 +266,15 @@ def _hook_count(module: nn.Module) -> tuple[int, int]:
     return len(module._forward_pre_hooks), len(module._forward_hooks)
 
 
+def fast_linears(modules: Sequence[nn.Module]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`fast_linear` for layers that read the same input, as one callable returning their outputs;
+    W8A8 layers split the input into int8 parts once for all of them."""
+    fasts = [fast_linear(m) for m in modules]
+    if all(isinstance(m, Int8Linear) and f == m.forward for m, f in zip(modules, fasts)):
+        return llm_w8a8.shared_input(modules)
+    return lambda x: tuple(f(x) for f in fasts)
+
+
 def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable computing `module(x)` for a linear layer, skipping per-call Python machinery where
     this module knows it is safe: an int4 CPU layer calls the tinygemm kernel directly (no tensor-
@@ -343,7 +352,8 @@ def _quantize_w8a8(model: nn.Module, calibration: Sequence[Sequence[int]] | None
     report.smoothed = llm_w8a8.smooth_llama_layers(model, ranges)
     for name, module in linears.items():
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, Int8Linear.from_linear(module))
+        residual = not name.endswith(llm_w8a8.SINGLE_PART_LINEARS)
+        setattr(model.get_submodule(parent), child, Int8Linear(module.weight, module.bias, residual=residual))
         report.quantized.append(name)
     table = Int8BlockEmbedding(embedding.weight)
     model.set_input_embeddings(table)
