@@ -350,11 +350,14 @@ def _quantize_w8a8(model: nn.Module, calibration: Sequence[Sequence[int]] | None
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
     ranges = llm_w8a8.input_ranges(model, list(linears.values()), calibration)
     report.smoothed = llm_w8a8.smooth_llama_layers(model, ranges)
-    for name, module in linears.items():
-        parent, _, child = name.rpartition(".")
-        residual = not name.endswith(llm_w8a8.SINGLE_PART_LINEARS)
-        setattr(model.get_submodule(parent), child, Int8Linear(module.weight, module.bias, residual=residual))
-        report.quantized.append(name)
+    try:
+        for name, module in linears.items():
+            parent, _, child = name.rpartition(".")
+            residual = not name.endswith(llm_w8a8.SINGLE_PART_LINEARS)
+            setattr(model.get_submodule(parent), child, Int8Linear(module.weight, module.bias, residual=residual))
+            report.quantized.append(name)
+    except llm_w8a8.UnavailableW8A8 as e:  # a layer FBGEMM can't take (the model is left part-converted)
+        raise UnsupportedQuantization(f"w8a8: {name}: {e}") from e
     table = Int8BlockEmbedding(embedding.weight)
     model.set_input_embeddings(table)
     if head is not None:

@@ -65,3 +65,17 @@ def test_quantized_is_smaller_and_still_answers(model_dir, fp32, mode, record_pr
     assert ratio < 1.0
     completion = quantized.generate(input_ids=quantized.chat_template(QUESTION), params=GREEDY)
     assert "Paris" in completion.text
+
+
+def test_w8a8_keeps_the_packaged_embedding_exactly_and_answers(model_dir, fp32):
+    """The GGUF stores SmolLM2's embedding as Q8_0 (int8 in blocks of 32): w8a8's int8-block table
+    must give back the float32 table bit for bit, and the int8 model must still answer."""
+    import torch
+
+    w8a8 = LLMRuntime.from_config(LLMConfig(model=str(model_dir), quantization="w8a8"))
+    table = w8a8.model.get_input_embeddings()
+    assert torch.equal(table.dequantized(), fp32.model.get_input_embeddings().weight)
+    assert w8a8.weight_bytes() < 0.35 * fp32.weight_bytes()
+    assert len(w8a8.quantization.smoothed) == 6 * fp32.model.config.num_hidden_layers
+    completion = w8a8.generate(input_ids=w8a8.chat_template(QUESTION), params=GREEDY)
+    assert "Paris" in completion.text
