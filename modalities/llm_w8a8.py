@@ -115,8 +115,8 @@ def check_available(device: torch.device, dtype: torch.dtype) -> None:
         )
 
 
-def _per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 of a float weight: (qint8 tensor for FBGEMM, float32 scales)."""
+def _per_row_int8(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-row int8 of a float weight, as the qint8 tensor FBGEMM packs."""
     weight = weight.detach().float()
     scales = (weight.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(RANGE_FLOOR / WEIGHT_LEVELS)
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
@@ -124,8 +124,7 @@ def _per_row_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # torch marks its quantized-tensor constructors deprecated in favour of torchao, whose x86
         # int8 GEMM only runs under torch.compile; FBGEMM's packed op still needs this one input.
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor, torch.quantize_per_channel.*")
-        quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
-    return quantized, scales
+        return torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
 
 
 class Int8Activations(NamedTuple):
@@ -167,11 +166,10 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         if self.in_features < 2:
             raise UnavailableW8A8("w8a8 needs at least 2 input features (the pin row holds +HALF and -HALF)")
-        quantized, scales = _per_row_int8(weight)
+        quantized = _per_row_int8(weight)
         # The bias is added after the row scale comes back (packed, FBGEMM would add it to the scaled rows).
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.weight_scales = scales  # kept for reference; not a buffer (the packed op has its own)
         half = activation_levels() / 2
         pin = torch.zeros(1, self.in_features)
         pin[0, 0], pin[0, 1] = half, -half

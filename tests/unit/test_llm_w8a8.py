@@ -30,7 +30,7 @@ def test_int8_linear_tracks_float_and_a_row_does_not_depend_on_its_batch(residua
         alone = torch.cat([layer(row[None]) for row in x])
     assert torch.equal(batched, alone)  # per-token ranges: the loud row doesn't coarsen the others
     # Against float with the layer's own int8 weights, the error is the activations' alone.
-    quantized, _ = llm_w8a8._per_row_int8(weight)
+    quantized = llm_w8a8._per_row_int8(weight)
     expected = torch.nn.functional.linear(x, quantized.dequantize(), bias)
     relative = ((batched - expected).norm(dim=-1) / expected.norm(dim=-1)).max()
     if residual:
