@@ -34,6 +34,7 @@ blocks of 32, so 32-element groups put the 4-bit grid back where the GGUF had it
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -382,9 +383,8 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 def module_device(module: nn.Module) -> torch.device:
     """Where a module's first parameter or buffer lives (an `Int8BlockEmbedding` has only buffers)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def tensor_bytes(tensor: torch.Tensor, seen: set[tuple[int, int]] | None = None) -> int:

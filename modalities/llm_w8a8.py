@@ -145,15 +145,13 @@ def quantize_activations(x: torch.Tensor, pin: torch.Tensor, residual: bool = Tr
     -HALF) makes FBGEMM's range [-HALF, HALF] whatever the rows hold: scale 1, every row quantized
     on its own, so a row's result doesn't depend on its batch.
     """
-    half, levels = activation_levels() / 2, activation_levels()
+    levels = activation_levels()
     absmax = torch.linalg.vector_norm(x, float("inf"), -1, True).clamp_min_(ROW_FLOOR)
-    to_steps = absmax.reciprocal().mul_(half * SHRINK)
+    to_steps = absmax.reciprocal().mul_(levels / 2 * SHRINK)
     t = x * to_steps
     coarse = t.round()
-    if not residual:
-        return Int8Activations(torch.cat([coarse, pin]), to_steps.reciprocal_(), x.shape[0], False)
-    fine = (t - coarse).mul_(levels * SHRINK)
-    return Int8Activations(torch.cat([coarse, fine, pin]), to_steps.reciprocal_(), x.shape[0], True)
+    parts = [coarse, (t - coarse).mul_(levels * SHRINK), pin] if residual else [coarse, pin]
+    return Int8Activations(torch.cat(parts), to_steps.reciprocal_(), x.shape[0], residual)
 
 
 class Int8Linear(nn.Module):
@@ -170,16 +168,16 @@ class Int8Linear(nn.Module):
         # The bias is added after the row scale comes back (packed, FBGEMM would add it to the scaled rows).
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._packed = torch.ops.quantized.linear_prepack(quantized, None)
-        half = activation_levels() / 2
+        levels = activation_levels()
         pin = torch.zeros(1, self.in_features)
-        pin[0, 0], pin[0, 1] = half, -half
+        pin[0, 0], pin[0, 1] = levels / 2, -levels / 2
         self.register_buffer("pin", pin, persistent=False)
         # What FBGEMM holds: the int8 matrix plus, per output channel, a scale, a zero point and a
         # column offset. Its blocked layout pads to its tiles on top: the process grew ~15 % more
         # than this per 1536 x 576 layer when measured with RSS, which this count leaves out.
         self.packed_bytes = self.out_features * (self.in_features + 12)
-        self.reduce_range = activation_levels() < 255
-        self.fine_weight = 1.0 / (activation_levels() * SHRINK)  # a `fine` output row's weight
+        self.reduce_range = levels < 255
+        self.fine_weight = 1.0 / (levels * SHRINK)  # a `fine` output row's weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acts = quantize_activations(x.reshape(-1, self.in_features), self.pin, self.residual)
@@ -197,7 +195,8 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y.add_(self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, FBGEMM int8 x two int8 parts"
+        parts = "two int8 parts" if self.residual else "one int8 part"
+        return f"in_features={self.in_features}, out_features={self.out_features}, FBGEMM int8 x {parts}"
 
 
 def shared_input(layers: Sequence[Int8Linear]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
