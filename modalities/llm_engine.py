@@ -126,9 +126,12 @@ class LlamaForward:
         """Run whole prompts (each `[1, L_i, H]`) packed into one sequence; prompt i's K/V go to cache
         row `first_row + i` at positions 0..L_i-1.
 
-        Packing shares each weight read between the prompts; a block-diagonal causal mask keeps them
-        apart (one prompt alone uses the plain causal kernel). Returns `[k, V]` logits for the
-        position after each prompt (only those positions reach the head).
+        Packing shares each weight read between the prompts (the linears see one `[N, H]` matrix);
+        attention runs per prompt with the plain causal kernel, so prompts never see each other, and
+        a prompt's attention is the one it gets alone. (A block-diagonal mask over the packed
+        sequence did the same in one call at 3.5x the time for 8 x 42 tokens: the kernel computes
+        every masked block.) Returns `[k, V]` logits for the position after each prompt (only those
+        positions reach the head).
         """
         lengths = [p.shape[1] for p in prompts]
         total = sum(lengths)
@@ -136,27 +139,35 @@ class LlamaForward:
         x = torch.cat(prompts, dim=1) if len(prompts) > 1 else prompts[0]
         positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
         cos, sin = _rope_tables(*self.rotary_emb(x, positions))  # [1, 1, N, D]: broadcast over heads
-        mask = None
-        if len(prompts) > 1:
-            segment = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device))
-            causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-            mask = (causal & (segment.unsqueeze(0) == segment.unsqueeze(1))).view(1, 1, total, total)
         starts = [sum(lengths[:i]) for i in range(len(prompts))]
+        spans = list(zip(starts, lengths))
         for index, (ln1, qkv, o_proj, ln2, mlp) in enumerate(self.layers):
             q, k, v = qkv(ln1(x))
             q = _rope(q.view(1, total, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
             k = _rope(k.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             v = v.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            for offset, (start, length) in enumerate(zip(starts, lengths)):
+            for offset, (start, length) in enumerate(spans):
                 cache.keys[index][first_row + offset, :, :length] = k[0, :, start : start + length]
                 cache.values[index][first_row + offset, :, :length] = v[0, :, start : start + length]
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
-            )
+            attn = self._causal_attention(q, k, v, spans)
             x = x + o_proj(attn.transpose(1, 2).reshape(1, total, -1))
             x = x + mlp(ln2(x))
         last = torch.tensor([start + length - 1 for start, length in zip(starts, lengths)], device=device)
         return self.lm_head(self.norm(x[0, last]))
+
+    def _causal_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Causal attention within each `(start, length)` span of the packed `[1, heads, N, D]` q/k/v."""
+        def one(start: int, length: int) -> torch.Tensor:
+            end = start + length
+            return F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True, scale=self.scale, enable_gqa=True
+            )
+
+        if len(spans) == 1:
+            return one(*spans[0])
+        return torch.cat([one(start, length) for start, length in spans], dim=2)
 
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: "SlotCache") -> torch.Tensor:
         """One token for each of the first B cache rows.
