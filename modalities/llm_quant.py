@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from modalities import llm_w8a8
-from modalities.llm_w8a8 import Int8BlockEmbedding, Int8Head, Int8Linear
+from modalities.llm_w8a8 import Int8BlockEmbedding, Int8Group, Int8Head, Int8Linear, Int8Part
 
 Quantization = Literal["none", "int8", "int4", "w8a8"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")
@@ -271,6 +271,14 @@ def fast_linears(modules: Sequence[nn.Module]) -> Callable[[torch.Tensor], tuple
     """`fast_linear` for layers that read the same input, as one callable returning their outputs;
     W8A8 layers split the input into int8 parts once for all of them."""
     fasts = [fast_linear(m) for m in modules]
+    group = getattr(modules[0], "group", None)
+    if (
+        isinstance(group, Int8Group)
+        and [getattr(m, "group", None) for m in modules] == [group] * len(group.sizes)
+        and [m.index for m in modules] == list(range(len(group.sizes)))
+        and all(f == m.forward for m, f in zip(modules, fasts))
+    ):
+        return group.forward  # one GEMM for the whole group
     if all(isinstance(m, Int8Linear) and f == m.forward for m, f in zip(modules, fasts)):
         return llm_w8a8.shared_input(modules)
     return lambda x: tuple(f(x) for f in fasts)
@@ -282,7 +290,7 @@ def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     subclass dispatch, no hooks: ~20 vs ~37 us per decode-step call), a bfloat16-island linear calls
     `F.linear` with the casts inline. Anything else is the module itself.
     """
-    if isinstance(module, Int8Linear) and _hook_count(module) == (0, 0):
+    if isinstance(module, (Int8Linear, Int8Part)) and _hook_count(module) == (0, 0):
         return module.forward
     if not isinstance(module, nn.Linear) or _hook_count(module) != getattr(module, "_chorus_hooks", None):
         return module  # not ours, or someone else hooked it since: their hooks must run
@@ -351,8 +359,13 @@ def _quantize_w8a8(model: nn.Module, calibration: Sequence[Sequence[int]] | None
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
     ranges = llm_w8a8.input_ranges(model, list(linears.values()), calibration)
     report.smoothed = llm_w8a8.smooth_llama_layers(model, ranges)
+    name = "a fused group"
     try:
+        fused = llm_w8a8.fuse_groups(model, linears)  # q/k/v and gate/up: one GEMM each
+        report.quantized.extend(fused)
         for name, module in linears.items():
+            if name in fused:
+                continue
             parent, _, child = name.rpartition(".")
             residual = not name.endswith(llm_w8a8.SINGLE_PART_LINEARS)
             setattr(model.get_submodule(parent), child, Int8Linear(module.weight, module.bias, residual=residual))

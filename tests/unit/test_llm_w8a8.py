@@ -8,7 +8,7 @@ import torch
 
 from modalities import llm_w8a8
 from modalities.llm import LLMRuntime, SamplingParams
-from modalities.llm_quant import UnsupportedQuantization, fast_linear, quantize_model, weight_bytes
+from modalities.llm_quant import UnsupportedQuantization, fast_linear, fast_linears, quantize_model, weight_bytes
 from modalities.llm_w8a8 import Int8BlockEmbedding, Int8Head, Int8Linear, calibration_ids
 from tests.unit.test_llm import HIDDEN, VOCAB_SIZE, build_model, build_tokenizer
 
@@ -50,6 +50,28 @@ def test_layers_sharing_an_input_split_it_once_with_the_same_result():
     assert all(torch.equal(a, b) for a, b in zip(shared, separate)) and shared[1].shape == (2, 3, 32)
     with pytest.raises(ValueError, match="residual"):
         llm_w8a8.shared_input([layers[0], Int8Linear(torch.randn(8, 64), residual=False)])
+
+
+def test_a_fused_group_equals_its_layers_and_computes_once_for_calls_on_one_input():
+    torch.manual_seed(2)
+    linears = [torch.nn.Linear(64, n, bias=n == 32) for n in (64, 32, 16)]
+    group = llm_w8a8.Int8Group(linears)
+    parts = [llm_w8a8.Int8Part(group, i) for i in range(3)]
+    x = torch.randn(2, 3, 64)
+    calls = []
+    original = group.linear.forward
+    group.linear.forward = lambda t: calls.append(t) or original(t)
+    with torch.inference_mode():
+        alone = [Int8Linear(m.weight, m.bias)(x) for m in linears]
+        grouped = group(x)
+        one_by_one = [part(x) for part in parts]  # how transformers' own forward calls q, k and v
+        released = group._held is None  # every part took its output: nothing kept alive
+        again = parts[1](x.clone())  # another input tensor: computed afresh
+    assert all(torch.equal(a, b) for a, b in zip(alone, grouped))  # stacking changes no integer or scale
+    assert all(torch.equal(a, b) for a, b in zip(alone, one_by_one)) and torch.equal(again, alone[1])
+    assert len(calls) == 3 and released  # the group, the three parts once, the fresh input
+    assert [p.out_features for p in parts] == [64, 32, 16] and grouped[1].shape == (2, 3, 32)
+    assert fast_linears(parts) == group.forward and fast_linears(parts[:2]) != group.forward
 
 
 def test_block_embedding_reproduces_a_q8_0_table_exactly():
@@ -109,7 +131,10 @@ def test_w8a8_runtime_generates_and_stores_int8(tokenizer):
     assert isinstance(layer.mlp.down_proj, Int8Linear) and not layer.mlp.down_proj.residual
     assert layer.self_attn.q_proj.residual and layer.mlp.up_proj.residual and not layer.self_attn.o_proj.residual
     assert isinstance(model.lm_head, Int8Head) and model.lm_head.table is model.get_input_embeddings()
-    assert fast_linear(model.model.layers[0].self_attn.q_proj) == model.model.layers[0].self_attn.q_proj.forward
+    attention = layer.self_attn
+    assert isinstance(attention.q_proj, llm_w8a8.Int8Part) and attention.k_proj.group is attention.q_proj.group
+    assert fast_linears([attention.q_proj, attention.k_proj, attention.v_proj]) == attention.q_proj.group.forward
+    assert fast_linear(attention.o_proj) == attention.o_proj.forward
     runtime = LLMRuntime(model, tokenizer, quantization=report)
     assert runtime.dtype == torch.float32 and runtime.device.type == "cpu"
     ids = runtime.chat_template([{"role": "user", "content": "Where is my parcel?"}])
