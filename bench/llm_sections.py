@@ -23,6 +23,7 @@ from bench.context import (
 )
 from bench.report import Figure, Stat, Target
 from modalities.llm_quant import PackedBfloat16Head, tensor_bytes
+from modalities.llm_w8a8 import Int8Head
 from modalities.sampling import SamplingParams
 
 PROMPT = [{"role": "user", "content": "Tell me about the history of Paris in a few paragraphs."}]
@@ -155,10 +156,12 @@ def section_decode(ctx: BenchContext) -> None:
 
 def bytes_read_per_token(runtime) -> int:
     """Weight bytes one decode step reads: all of them, except an input-embedding table that the
-    output head doesn't multiply with (int4's head runs on its own packed copy)."""
+    output head doesn't multiply with (int4's head runs on its own int8 or packed bfloat16 copy;
+    a lookup, and the int8 head's float32 top, read a few rows of the table)."""
     total = runtime.weight_bytes()
-    if isinstance(runtime.model.get_output_embeddings(), PackedBfloat16Head):
-        total -= tensor_bytes(runtime.model.get_input_embeddings().weight)
+    if isinstance(runtime.model.get_output_embeddings(), (PackedBfloat16Head, Int8Head)):
+        embedding = runtime.model.get_input_embeddings()
+        total -= sum(tensor_bytes(t) for t in (*embedding.parameters(), *embedding.buffers()))
     return total
 
 
@@ -214,7 +217,7 @@ def section_bandwidth(ctx: BenchContext) -> None:
                 note="" if quantization != "none" else
                 "bytes per token = the runtime's weight_bytes() (every weight read once per token; KV cache "
                 "and activations not counted), less an input-embedding table the head doesn't multiply with "
-                "(int4's head uses its packed copy; a lookup reads one row), so the bound is an upper limit "
+                "(int4's head multiplies with its own int8 copy; a lookup reads one row), so the bound is an upper limit "
                 "on decode speed",
             )
         )

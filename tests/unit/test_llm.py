@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from modalities import llm_w8a8
 from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.errors import MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
@@ -330,9 +331,19 @@ def test_quantized_runtime_generates_and_is_smaller(tokenizer, prompt_ids, mode)
     assert runtime.weight_bytes() < fp32_bytes
 
 
-@pytest.mark.parametrize(("mode", "stored"), [("int8", torch.float32), ("int4", torch.bfloat16)])
-def test_tied_head_stays_tied_and_unquantized(tokenizer, mode, stored):
-    """int8 keeps the tied head in float; int4 stores it in bfloat16, yet both answer in float32."""
+def no_fbgemm(monkeypatch) -> None:
+    """Pretend FBGEMM can't run here (as on CUDA): int4's tied head takes the bfloat16 route."""
+    def unavailable(device, dtype):
+        raise llm_w8a8.UnavailableW8A8("no FBGEMM in this test")
+
+    monkeypatch.setattr(llm_w8a8, "check_available", unavailable)
+
+
+@pytest.mark.parametrize(("mode", "fbgemm", "stored"), [("int8", True, torch.float32), ("int4", False, torch.bfloat16)])
+def test_tied_head_stays_tied_and_unquantized(tokenizer, monkeypatch, mode, fbgemm, stored):
+    """int8 keeps the tied head in float; int4 without FBGEMM stores it in bfloat16; both answer in float32."""
+    if not fbgemm:
+        no_fbgemm(monkeypatch)
     model = build_model(tokenizer)
     report = quantize_model(model, mode)
     assert list(report.skipped) == ["lm_head"] and "lm_head" not in report.quantized
@@ -342,6 +353,27 @@ def test_tied_head_stays_tied_and_unquantized(tokenizer, mode, stored):
     assert model.lm_head(torch.zeros(1, HIDDEN)).dtype == torch.float32
     assert LLMRuntime(model, tokenizer, quantization=report).dtype == torch.float32
     assert "model.layers.0.mlp.down_proj" in report.quantized
+
+
+def test_int4_tied_head_is_an_int8_table_on_cpu(tokenizer):
+    """With FBGEMM (CPU, float32) int4's tied embedding/head becomes one int8 block table and an int8
+    head over it whose top logits are float32's: exact where the table was int8 blocks already,
+    and a quarter of float32's bytes where the bfloat16 route held two half-size copies."""
+    model = build_model(tokenizer)
+    fp32_table = model.model.embed_tokens.weight.detach().clone()
+    report = quantize_model(model, "int4")
+    assert list(report.skipped) == ["lm_head"] and "int8" in report.skipped["lm_head"]
+    table, head = model.model.embed_tokens, model.lm_head
+    assert isinstance(table, llm_w8a8.Int8BlockEmbedding) and isinstance(head, llm_w8a8.Int8Head) and head.table is table
+    assert not model.config.tie_word_embeddings  # transformers must not tie a float weight back in
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(table(ids), fp32_table[ids], atol=fp32_table.abs().max().item() / 127)
+    x = torch.randn(4, HIDDEN)
+    with torch.inference_mode():
+        logits = head(x)
+    exact = x @ table.dequantized().T
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    assert table.qweight.dtype == torch.int8 and LLMRuntime(model, tokenizer, quantization=report).dtype == torch.float32
 
 
 def test_fast_linear_matches_the_module(tokenizer):
@@ -359,9 +391,11 @@ def test_fast_linear_matches_the_module(tokenizer):
         assert torch.equal(got, expected)
 
 
-def test_int4_head_runs_prepacked_and_keeps_the_tie(tokenizer):
-    """On CPU the tied bfloat16 head multiplies with a oneDNN-packed copy: the tie kept, the copy
-    counted in the weight memory, and the bfloat16 matmul's logits away from each row's top."""
+def test_int4_head_runs_prepacked_and_keeps_the_tie(tokenizer, monkeypatch):
+    """On CPU without FBGEMM the tied bfloat16 head multiplies with a oneDNN-packed copy: the tie
+    kept, the copy counted in the weight memory, and the bfloat16 matmul's logits away from each
+    row's top."""
+    no_fbgemm(monkeypatch)
     model = build_model(tokenizer)
     quantize_model(model, "int4")
     head, weight = model.lm_head, model.model.embed_tokens.weight
@@ -409,6 +443,7 @@ def test_packed_head_decides_near_ties_in_float32():
 def test_hooked_bfloat16_head_decides_near_ties_too(tokenizer, monkeypatch):
     """Where oneDNN can't pack (CUDA), the tied head is a hooked nn.Linear; it refines the same way."""
     monkeypatch.setattr(PackedBfloat16Head, "build", classmethod(lambda cls, weight, dtype: None))
+    no_fbgemm(monkeypatch)
     model = build_model(tokenizer)
     quantize_model(model, "int4")
     x, weight = near_tie_head_weight()
