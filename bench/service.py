@@ -43,17 +43,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_proxy_env: dict[str, str] = {}  # the HAProxy settings of the cluster start_service started ({}: Python proxy)
+
+
+def proxy_name() -> str:
+    return "HAProxy" if _proxy_env else "Ray's Python proxy"
+
+
 def start_service(port: int, config_path: Path = SERVE_CONFIG) -> tuple[str, dict]:
     """Start a local Ray cluster and the Chorus app from a Serve config; returns (base URL, app args)."""
     import ray
     from ray import serve
 
+    from serve import haproxy
     from serve.app import build_app
 
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+    with haproxy.starting_cluster() as proxy_env:  # as `chorus serve` starts it (CHORUS_HAPROXY=0: Python proxy)
+        _proxy_env.clear()
+        _proxy_env.update(proxy_env)
+        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="chorus", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -74,6 +85,9 @@ def stop_service() -> None:
 
     serve.shutdown()
     ray.shutdown()
+    from serve import haproxy
+
+    haproxy.cleanup(_proxy_env)
 
 
 def decoder_threads(service_args: dict) -> int:
@@ -189,7 +203,8 @@ def section_service(ctx: BenchContext) -> None:
     finally:
         stop_service()
         torch.set_num_threads(opts.threads)
-    note = (f"deploy/local.yaml app in this process over HTTP (SSE), decoder replica {threads} thread(s); direct = "
+    note = (f"deploy/local.yaml app in this process over HTTP (SSE) behind {proxy_name()}, decoder replica {threads} "
+            f"thread(s); direct = "
             f"LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens max, greedy; {repeats} "
             "requests each way, alternating")
     report.add(Figure("service", "TTFT, text-only, API", "s", Stat.of(samples["api"]["ttft"]), Stat.of(samples["direct"]["ttft"]),
@@ -214,8 +229,9 @@ def _add_hop_figures(report, api_ttft: list[float], direct_ttft: list[float], ti
                       Stat.of(direct_ttft), "engine direct",
                       note="Server-Timing `decoder`: request received → first token, in the decoder replica"))
     report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s", Stat.of([s["ingress"] - s["decoder"] for _, s in pairs]),
-                      note="Server-Timing `ingress` − `decoder`: the request body's fetch from the proxy (Serve pulls "
-                           "it by RPC), the ingress's own work, and the request/first-token hops between the two replicas"))
+                      note="Server-Timing `ingress` − `decoder`: the ingress's own work (behind Ray's Python proxy also "
+                           "the request body's fetch from the proxy, by RPC) and the request/first-token hops between "
+                           "the two replicas"))
     report.add(Figure("service", "Serve hops, client ↔ ingress", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
-                      note="client TTFT − Server-Timing `ingress`: HTTP, the proxy, its call into the ingress replica "
+                      note=f"client TTFT − Server-Timing `ingress`: HTTP through {proxy_name()} into the ingress replica "
                            "and the first chunk's way back"))

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from serve import haproxy
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEMO_AUDIO = REPO_ROOT / "samples" / "audio" / "where_is_my_order.wav"
 DEFAULT_SERVE_CONFIG = REPO_ROOT / "deploy" / "local.yaml"
@@ -126,8 +128,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     model = (config["applications"][0].get("args") or {}).get("served_model_name", "chorus")
     serve_bin = Path(sys.executable).with_name("serve")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    command = [str(serve_bin), "run", *_serve_run_address_args(), str(args.config)]
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
+    address_args = _serve_run_address_args()
+    # A cluster `serve run` starts itself serves through HAProxy (serve/haproxy.py); one it joins
+    # keeps the ingress it was started with.
+    proxy_env = haproxy.cluster_env() if address_args else {}
+    command = [str(serve_bin), "run", *address_args, str(args.config)]
+    proc = subprocess.Popen(command, env={**env, **proxy_env}, cwd=REPO_ROOT)
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -143,6 +149,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
+    finally:
+        haproxy.cleanup(proxy_env)
 
 
 def _serve_run_address_args() -> list[str]:

@@ -122,6 +122,9 @@ async def _respond(
     except MediaError as err:
         # Media errors name the form field when the route has one (transcriptions: `file`).
         response = _error_response(from_media_error(err, param=media_param))
+    except ClientDisconnected:
+        # Nobody will read this; 499 (nginx's "client closed request") keeps it out of the 5xx count.
+        response = _error_response(APIError(499, "the client closed the connection", code="client_closed_request"))
     except BackPressureError:
         # A deployment's queue is full: say so at once rather than queue without bound.
         response = _error_response(_overloaded("the service is overloaded; retry shortly"))
@@ -146,6 +149,36 @@ async def _respond(
         getattr(request.state, "key_id", "-"),
     )
     return response
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before the response was ready."""
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:
+    """`await work`, unless the client disconnects first: then `work` is cancelled and
+    `ClientDisconnected` raised. Behind Serve's Python proxy a disconnect also cancels this handler;
+    behind HAProxy (direct ingress) nothing else notices it, and a non-streaming generation would run
+    to its end for nobody. Streaming responses get the same watch from Starlette."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and watch.exception() is not None:  # the watch itself failed: just wait
+            await asyncio.wait({task})
+        if task.done():
+            return task.result()
+        raise ClientDisconnected
+    finally:
+        for pending in (task, watch):
+            if not pending.done():
+                pending.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body has been read, so `receive` waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _peeked(stream) -> tuple[Any, AsyncIterator[Any]]:
@@ -417,8 +450,10 @@ class Ingress:
                 headers=headers,
             )
         try:
-            completion = await self._collect(generation, completion_id, created, model, request.state.started)
-        except BaseException:  # the client left (cancelled), the deadline passed, or the decoder failed
+            completion = await _unless_client_leaves(
+                request, self._collect(generation, completion_id, created, model, request.state.started)
+            )
+        except BaseException:  # the client left, the deadline passed, or the decoder failed
             generation.cancel()
             raise
         return JSONResponse(completion)

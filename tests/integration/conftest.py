@@ -60,6 +60,7 @@ def serve_app():
 
     from modalities.llm_weights import prepare_llm
     from modalities.whisper_weights import prepare_whisper
+    from serve import haproxy
     from serve.app import build_app
 
     prepare_llm()
@@ -67,17 +68,22 @@ def serve_app():
     # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     metrics_port = free_port()
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
-    )
+    # HAProxy in front, as `chorus serve` runs it: a cluster-wide setting the raylet hands to Serve's
+    # actors, so it only has to be in the environment while the cluster starts (restored after, so
+    # clusters that tests start later get ports and files of their own).
+    with haproxy.starting_cluster() as proxy_env:
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
+        )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(test_config()), name="chorus", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url)
-    yield url, metrics_port
+    yield url, metrics_port, proxy_env
     serve.shutdown()
     ray.shutdown()
+    haproxy.cleanup(proxy_env)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +94,12 @@ def metrics_port(serve_app):
 @pytest.fixture(scope="session")
 def serve_url(serve_app):
     return serve_app[0]
+
+
+@pytest.fixture(scope="session")
+def proxy_env(serve_app):
+    """The HAProxy settings the shared cluster was started with ({} if it runs Ray's Python proxy)."""
+    return serve_app[2]
 
 
 def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:

@@ -18,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from serve import haproxy
+
 from .conftest import REPO, free_port
 
 BIN = Path(sys.executable).parent
@@ -49,6 +51,7 @@ def ray_head():
     """A head node of our own, stopped (with everything it started) when the test ends."""
     gcs_port, dashboard_port = free_port(), free_port()
     token = secrets.token_hex(32)
+    proxy_env = haproxy.cluster_env()  # as README "Deploying" starts a cluster
     # Ray ≥ 2.5x protects the dashboard (which `serve deploy` talks to) with a token; use our own.
     env = {
         **os.environ,
@@ -56,6 +59,7 @@ def ray_head():
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        **proxy_env,
     }
     head = subprocess.Popen(
         [
@@ -76,6 +80,7 @@ def ray_head():
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        haproxy.cleanup(proxy_env)
 
 
 def _replicas(address: str, env: dict[str, str], deployment: str) -> int:

