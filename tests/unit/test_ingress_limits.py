@@ -97,3 +97,64 @@ def test_an_abandoned_stream_cancels_its_generation() -> None:
         return calls
 
     assert asyncio.run(cancelled_mid_read()) == ["cancel"]
+
+
+def request_with(receive) -> Request:
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+    return Request(scope, receive)
+
+
+def test_a_client_leaving_cancels_the_work_and_answers_499() -> None:
+    """Behind HAProxy nothing else stops a non-streaming generation whose client has gone."""
+    cancelled = []
+
+    async def leaves_soon() -> dict:
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def generation() -> dict:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return {}
+
+    async def handler() -> JSONResponse:
+        return JSONResponse(await ingress._unless_client_leaves(request_with(leaves_soon), generation()))
+
+    response = asyncio.run(ingress._respond(request(), "/r", handler(), None, limits=LimitsConfig()))
+    assert response.status_code == 499 and cancelled
+    assert json.loads(response.body)["error"]["code"] == "client_closed_request"
+
+
+def test_work_that_finishes_first_is_answered_and_the_watch_stops() -> None:
+    watching = []
+
+    async def stays() -> dict:
+        watching.append(True)
+        await asyncio.sleep(5)
+        return {"type": "http.disconnect"}
+
+    async def work() -> str:
+        await asyncio.sleep(0.01)
+        return "done"
+
+    async def main() -> tuple[str, int]:
+        result = await ingress._unless_client_leaves(request_with(stays), work())
+        await asyncio.sleep(0)
+        return result, len([t for t in asyncio.all_tasks() if not t.done()])
+
+    result, still_running = asyncio.run(main())
+    assert result == "done" and watching and still_running == 1  # only main itself
+
+
+def test_a_failing_watch_does_not_end_the_work() -> None:
+    async def broken() -> dict:
+        raise RuntimeError("receive failed")
+
+    async def work() -> str:
+        await asyncio.sleep(0.05)
+        return "done"
+
+    assert asyncio.run(ingress._unless_client_leaves(request_with(broken), work())) == "done"
