@@ -204,9 +204,8 @@ def section_service(ctx: BenchContext) -> None:
         stop_service()
         torch.set_num_threads(opts.threads)
     note = (f"deploy/local.yaml app in this process over HTTP (SSE) behind {proxy_name()}, decoder replica {threads} "
-            f"thread(s); direct = "
-            f"LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens max, greedy; {repeats} "
-            "requests each way, alternating")
+            f"thread(s); direct = LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens max, "
+            f"greedy; {repeats} requests each way, alternating")
     report.add(Figure("service", "TTFT, text-only, API", "s", Stat.of(samples["api"]["ttft"]), Stat.of(samples["direct"]["ttft"]),
                       "engine direct", Target("<=", MAX_API_TO_DIRECT_TTFT), note=note))
     if samples["api"]["itl"] and samples["direct"]["itl"]:

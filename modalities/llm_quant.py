@@ -110,7 +110,7 @@ def quantize_model(
         return report
     _quantize_int4({name: m for name, m in linears.items() if name not in report.skipped}, report)
     if tied_head is not None:
-        if _int8_tied_head(model):
+        if _int8_tied_head(model, tied_head):
             head_name = next(name for name, module in linears.items() if module is tied_head)
             report.skipped[head_name] = TIED_HEAD_INT4_INT8_REASON
         else:
@@ -118,7 +118,7 @@ def quantize_model(
     return report
 
 
-def _int8_tied_head(model: nn.Module) -> bool:
+def _int8_tied_head(model: nn.Module, head: nn.Module) -> bool:
     """On CPU with FBGEMM and float32 activations: the tied embedding/head as one int8 block table
     (`Int8BlockEmbedding`, exact for a GGUF Q8_0 table) and an `Int8Head` over it. Against the
     bfloat16 table plus its oneDNN-packed copy (57 + 57 MB for SmolLM2) it holds 31 MB and reads
@@ -130,18 +130,19 @@ def _int8_tied_head(model: nn.Module) -> bool:
         llm_w8a8.check_available(embedding.weight.device, embedding.weight.dtype)
     except llm_w8a8.UnavailableW8A8:
         return False
-    _int8_table_and_head(model, None)
+    _int8_table_and_head(model, head)
     return True
 
 
 def _int8_table_and_head(model: nn.Module, head: nn.Module | None) -> None:
-    """The input embedding as an `Int8BlockEmbedding`, the output head (the tied one when `head` is
-    None or shares the embedding's weight, else `head`'s own table) as an `Int8Head` over it."""
+    """The input embedding as an `Int8BlockEmbedding`; `head` (if any) as an `Int8Head` over that
+    table when tied to it, else over a table of its own."""
     embedding = model.get_input_embeddings()
     table = Int8BlockEmbedding(embedding.weight)
     model.set_input_embeddings(table)
-    untied = head is not None and head.weight is not embedding.weight
-    model.set_output_embeddings(Int8Head(Int8BlockEmbedding(head.weight) if untied else table))
+    if head is not None:
+        tied = head.weight is embedding.weight
+        model.set_output_embeddings(Int8Head(table if tied else Int8BlockEmbedding(head.weight)))
     if hasattr(model.config, "tie_word_embeddings"):
         model.config.tie_word_embeddings = False  # nothing left to tie; keep transformers from re-tying
 
@@ -304,8 +305,9 @@ def _hook_count(module: nn.Module) -> tuple[int, int]:
 
 
 def fast_linears(modules: Sequence[nn.Module]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """`fast_linear` for layers that read the same input, as one callable returning their outputs;
-    W8A8 layers split the input into int8 parts once for all of them."""
+    """`fast_linear` for layers that read the same input, as one callable returning their outputs:
+    the parts of one W8A8 `Int8Group` run as its single GEMM; separate `Int8Linear`s (a layout
+    `fuse_groups` doesn't know) split the input into int8 parts once for all of them."""
     fasts = [fast_linear(m) for m in modules]
     group = getattr(modules[0], "group", None)
     if (
@@ -410,9 +412,7 @@ def _quantize_w8a8(model: nn.Module, calibration: Sequence[Sequence[int]] | None
         raise UnsupportedQuantization(f"w8a8: {name}: {e}") from e
     if head is not None:
         report.quantized.append(next(n for n, m in model.named_modules() if m is head))
-        _int8_table_and_head(model, head)
-    else:
-        model.set_input_embeddings(Int8BlockEmbedding(embedding.weight))
+    _int8_table_and_head(model, head)
     with torch.inference_mode():
         model(input_ids=torch.zeros(1, llm_w8a8.PROBE_ROWS, dtype=torch.long), use_cache=False)
 

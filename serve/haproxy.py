@@ -102,6 +102,7 @@ def cluster_env() -> dict[str, str]:
     # longer than 97 characters (pytest's tmp_path is too long).
     state = Path(tempfile.mkdtemp(prefix="chorus-hap-", dir="/tmp" if Path("/tmp").is_dir() else None))
     if len(str(state)) > MAX_STATE_DIR_CHARS:
+        state.rmdir()
         raise RuntimeError(f"HAProxy state directory {state} is too long for its admin socket path")
     base = _free_direct_ingress_base()
     return {
