@@ -61,7 +61,7 @@ def start_service(port: int, config_path: Path = SERVE_CONFIG) -> tuple[str, dic
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    with haproxy.starting_cluster() as proxy_env:  # as `chorus serve` starts it (CHORUS_HAPROXY=0: Python proxy)
+    with haproxy.starting_cluster() as proxy_env:  # as `chorus serve` starts it (CHORUS_HAPROXY=1: HAProxy)
         _proxy_env.clear()
         _proxy_env.update(proxy_env)
         ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)

@@ -129,8 +129,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve_bin = Path(sys.executable).with_name("serve")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     address_args = _serve_run_address_args()
-    # A cluster `serve run` starts itself serves through HAProxy (serve/haproxy.py); one it joins
-    # keeps the ingress it was started with.
+    # With CHORUS_HAPROXY=1 a cluster `serve run` starts itself serves through HAProxy
+    # (serve/haproxy.py); one it joins keeps the ingress it was started with.
     proxy_env = haproxy.cluster_env() if address_args else {}
     command = [str(serve_bin), "run", *address_args, str(args.config)]
     proc = subprocess.Popen(command, env={**env, **proxy_env}, cwd=REPO_ROOT)

@@ -16,7 +16,12 @@ host would fail to start, overwrite the first one's config, or share ports bound
 (seen in the integration suite: a request to one cluster answered 401 by the other, whose backup
 proxy held the same port): `cluster_env` gives each cluster its own.
 
-`CHORUS_HAPROXY=0` keeps Ray's Python proxy; an explicit `RAY_SERVE_ENABLE_HA_PROXY` is left as set.
+Opt-in (`CHORUS_HAPROXY=1`): behind HAProxy a client that abandons a *non-streaming* request does
+not stop its generation. HAProxy keeps the server side open after the client's close, so neither
+Serve nor the ingress's own watch (`serve/ingress.py`, `_unless_client_leaves`) sees a disconnect;
+the integration test `test_non_streaming_disconnect_cancels_generation` catches it (the generation
+ran its ~32 s to the end). Streaming requests are cancelled. An explicit `RAY_SERVE_ENABLE_HA_PROXY`
+is left as set.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ STATE_BASE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
 MAX_SOCKET_PATH_CHARS = 97  # HAProxy's limit for a unix socket path
 NODE_ID_CHARS = 56  # Ray puts each node's HAProxy files in a directory named by its node id
 MAX_STATE_DIR_CHARS = MAX_SOCKET_PATH_CHARS - len(f"/{'0' * NODE_ID_CHARS}/admin.sock")  # 29
-OPT_OUT = "CHORUS_HAPROXY"
+OPT_IN = "CHORUS_HAPROXY"
 # Behind HAProxy each ingress replica serves HTTP (and gRPC) on a port of its own, allocated per
 # cluster from a fixed range (30000-31000 / 40000-41000); Ray binds with port reuse (seen for the
 # backup proxy's port), so a second cluster on the host could share the first one's ports.
@@ -62,8 +67,8 @@ def available() -> bool:
 
 
 def wanted() -> bool:
-    """HAProxy unless the user opted out (`CHORUS_HAPROXY=0`) or set Ray's switch themselves."""
-    return os.environ.get(OPT_OUT, "1") != "0" and ENABLE not in os.environ and available()
+    """HAProxy when the user opted in (`CHORUS_HAPROXY=1`) and didn't set Ray's switch themselves."""
+    return os.environ.get(OPT_IN, "0") == "1" and ENABLE not in os.environ and available()
 
 
 def _port_free(port: int) -> bool:
@@ -92,11 +97,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cluster_env() -> dict[str, str]:
+def cluster_env(enabled: bool | None = None) -> dict[str, str]:
     """Environment for a new Ray cluster that serves through HAProxy, with ports and files of its
     own (in a new directory; `cleanup` removes it once the cluster is down); empty when HAProxy is
-    not wanted (the cluster then uses Ray's Python proxy)."""
-    if not wanted():
+    not wanted (the cluster then uses Ray's Python proxy). `enabled` overrides `wanted()`."""
+    if not (wanted() if enabled is None else enabled and available()):
         return {}
     # Short on purpose: Ray adds a 56-character node id, and HAProxy refuses an admin socket path
     # longer than 97 characters (pytest's tmp_path is too long).

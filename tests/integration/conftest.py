@@ -68,9 +68,8 @@ def serve_app():
     # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     metrics_port = free_port()
-    # HAProxy in front, as `chorus serve` runs it: a cluster-wide setting the raylet hands to Serve's
-    # actors, so it only has to be in the environment while the cluster starts (restored after, so
-    # clusters that tests start later get ports and files of their own).
+    # The ingress `chorus serve` uses by default (Ray's Python proxy; HAProxy with CHORUS_HAPROXY=1,
+    # a cluster-wide setting only needed while the cluster starts, restored after).
     with haproxy.starting_cluster() as proxy_env:
         ray.init(
             address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port

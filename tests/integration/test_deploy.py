@@ -21,6 +21,7 @@ import yaml
 from serve import haproxy
 
 from .conftest import REPO, free_port
+from .test_haproxy import assert_haproxy_fronts
 
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 300
@@ -51,7 +52,7 @@ def ray_head():
     """A head node of our own, stopped (with everything it started) when the test ends."""
     gcs_port, dashboard_port = free_port(), free_port()
     token = secrets.token_hex(32)
-    proxy_env = haproxy.cluster_env()  # as README "Deploying" starts a cluster
+    proxy_env = haproxy.cluster_env(enabled=True)  # HAProxy in front (README "Deploying", opt-in)
     # Ray ≥ 2.5x protects the dashboard (which `serve deploy` talks to) with a token; use our own.
     env = {
         **os.environ,
@@ -73,7 +74,7 @@ def ray_head():
     try:
         auth = {"Authorization": f"Bearer {token}"}
         _wait(lambda: httpx.get(f"{address}/api/version", headers=auth, timeout=5).status_code == 200, "the dashboard", 120)
-        yield address, env
+        yield address, env, proxy_env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops the cluster's processes on exit
         try:
@@ -90,7 +91,7 @@ def _replicas(address: str, env: dict[str, str], deployment: str) -> int:
 
 
 def test_serve_deploy_then_scale(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, proxy_env = ray_head
     config = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
@@ -106,6 +107,7 @@ def test_serve_deploy_then_scale(ray_head, tmp_path):
         timeout=120,
     )
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    assert_haproxy_fronts(proxy_env, port)
     assert _replicas(address, env, "AudioEncoder") == 1
 
     for entry in config["applications"][0]["deployments"]:

