@@ -43,6 +43,7 @@ from bench.service import (  # noqa: E402
     stop_service,
     ttft,
 )
+from bench.context import new_question  # noqa: E402
 from bench.encoders import byte_variants  # noqa: E402
 from modalities.espeak import synthesize, to_wav_bytes  # noqa: E402
 from modalities.llm import LLMConfig, LLMRuntime  # noqa: E402
@@ -60,9 +61,9 @@ def main() -> int:
     wav = to_wav_bytes(synthesize(SPOKEN, speed_wpm=175))
     seconds = (len(wav) - 44) / 2 / 16_000
 
-    def spoken_content(audio: bytes) -> list[dict]:
+    def spoken_content(audio: bytes, text: str) -> list[dict]:
         return [
-            {"type": "text", "text": PROMPT_TEXT},
+            {"type": "text", "text": text},
             {"type": "input_audio", "input_audio": {"data": base64.b64encode(audio).decode(), "format": "wav"}},
         ]
 
@@ -75,11 +76,15 @@ def main() -> int:
 
     rows = {}
     for name, spoken in (("text only", False), (f"{seconds:.1f} s speech + text", True)):
+        # Every request a new text (and new audio bytes): only the system prompt comes from the
+        # prefix caches, on both sides, as for any new chat.
         def run_direct() -> float:
-            return ttft(*direct_stamps(llm, TTFT_TOKENS, whisper_rt, next(fresh) if spoken else None))
+            text = new_question(PROMPT_TEXT if spoken else QUESTION)
+            return ttft(*direct_stamps(llm, text, TTFT_TOKENS, whisper_rt, next(fresh) if spoken else None))
 
         def run_api() -> float:
-            return ttft(*api_stamps(base, spoken_content(next(fresh)) if spoken else QUESTION, TTFT_TOKENS))
+            text = new_question(PROMPT_TEXT if spoken else QUESTION)
+            return ttft(*api_stamps(base, spoken_content(next(fresh), text) if spoken else text, TTFT_TOKENS))
 
         direct, api = [], []
         run_direct(), run_api()  # warm-up both paths

@@ -6,6 +6,7 @@ decode, bandwidth, quantization and concurrency sections measure the very same o
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -55,26 +56,37 @@ class BenchContext:
     options: BenchOptions
     report: Report = field(default_factory=Report)
     log: Callable[[str], None] = print
-    _runtimes: dict[tuple[str, str | None], LLMRuntime] = field(default_factory=dict)
+    _runtimes: dict[tuple, LLMRuntime] = field(default_factory=dict)
     load_s: dict[str, float] = field(default_factory=dict)
 
-    def runtime(self, quantization: str = "none", engine: str | None = None) -> LLMRuntime:
-        """The LLM runtime for this (quantization, engine), loaded on first use.
+    def runtime(self, quantization: str = "none", engine: str | None = None, **overrides) -> LLMRuntime:
+        """The LLM runtime for this (quantization, engine, other `LLMConfig` overrides), loaded on first use.
 
         Raises whatever loading raises (e.g. UnsupportedQuantization); sections turn that into a
         not-measured row.
         """
         engine = engine or default_engine()
-        key = (quantization, engine)
+        key = (quantization, engine, *sorted(overrides.items()))
         if key not in self._runtimes:
-            values = {"model": self.options.model, "quantization": quantization, "threads": self.options.threads}
+            values = {"model": self.options.model, "quantization": quantization, "threads": self.options.threads, **overrides}
             if engine is not None:
                 values[ENGINE_FIELD] = engine
             start = time.perf_counter()
             self._runtimes[key] = LLMRuntime.from_config(LLMConfig(**values))
-            self.load_s[f"{quantization}/{engine_label(engine)}"] = round(time.perf_counter() - start, 2)
+            name = "/".join([quantization, engine_label(engine), *(f"{k}={v}" for k, v in sorted(overrides.items()))])
+            self.load_s[name] = round(time.perf_counter() - start, 2)
         torch.set_num_threads(self.options.threads)
         return self._runtimes[key]
+
+
+_TICKETS = itertools.count(1)
+
+
+def new_question(question: str) -> str:
+    """`question` under a ticket number never used before in this process: a prompt that repeats no
+    earlier one past the chat template's system prompt, so the prefix cache reuses that (as for any
+    new chat) and nothing more."""
+    return f"Ticket {next(_TICKETS)}: {question}"
 
 
 def median_of(values: Sequence[float]) -> float:

@@ -19,6 +19,7 @@ from bench.context import (
     default_engine,
     engine_label,
     greedy,
+    new_question,
     stream_stamps,
 )
 from bench.report import Figure, Stat, Target
@@ -310,8 +311,13 @@ def section_quant(ctx: BenchContext) -> None:
 # --- 5. concurrency ------------------------------------------------------------------------------
 
 
-def _concurrent_round(runtime, ids: list[int], streams: int, new_tokens: int) -> dict:
-    """`streams` greedy streams started together from threads: aggregate tok/s and each TTFT."""
+def _concurrent_round(runtime, streams: int, new_tokens: int) -> dict:
+    """`streams` greedy streams started together from threads, each a new customer question (its
+    own prompt, never seen before: see `new_question`): aggregate tok/s and each TTFT."""
+    prompts = [
+        runtime.chat_template([{"role": "user", "content": new_question(AGREEMENT_PROMPTS[i % len(AGREEMENT_PROMPTS)])}])
+        for i in range(streams)
+    ]
     barrier = threading.Barrier(streams + 1)
     ttft: list[float] = [0.0] * streams
     ends: list[float] = [0.0] * streams
@@ -321,7 +327,7 @@ def _concurrent_round(runtime, ids: list[int], streams: int, new_tokens: int) ->
         try:
             barrier.wait()
             start = time.perf_counter()
-            for n, _ in enumerate(runtime.stream(input_ids=ids, params=greedy(new_tokens))):
+            for n, _ in enumerate(runtime.stream(input_ids=prompts[i], params=greedy(new_tokens))):
                 if n == 0:
                     ttft[i] = time.perf_counter() - start
             ends[i] = time.perf_counter()
@@ -337,7 +343,21 @@ def _concurrent_round(runtime, ids: list[int], streams: int, new_tokens: int) ->
         thread.join()
     if errors:
         raise errors[0]
-    return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft}
+    return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft,
+            "prompt_tokens": sum(map(len, prompts))}
+
+
+def _prefix_hits(runtime) -> tuple[int, int]:
+    """(prompt tokens, of which from the prefix cache) so far; (0, 0) without the batched engine."""
+    stats = runtime.engine_stats()
+    return (0, 0) if stats is None else (stats.prompt_tokens, stats.prefix_hit_tokens)
+
+
+def _prefix_note(share: float | None) -> str:
+    """How the streams' prompts were served, for the top concurrency row's note."""
+    cached = "the prefix cache off" if not share else f"{share} % of their positions from the prefix cache (the system prompt)"
+    return (f"every stream a new customer question, {cached}; aggregate = all tokens / time from the start to "
+            "the last token, prefills included")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -356,24 +376,32 @@ def section_concurrency(ctx: BenchContext) -> None:
     levels = (1, 2) if opts.quick else CONCURRENCY_LEVELS
     ids = _prompt_ids(ctx)
     curve: dict[str, list[dict]] = {}
+    prefix_share: dict[str, float] = {}
     rows = ["| engine | streams | aggregate tok/s (median) | TTFT p50 | TTFT p99 |", "| --- | --- | --- | --- | --- |"]
     # fp32 through every engine (the eager loop is the no-batching reference), then the served CPU
-    # default (int4) and the throughput mode (w8a8) through the default engine.
-    runs = [("none", engine) for engine in available_engines()] + [
-        (quantization, default_engine()) for quantization in (SERVED_QUANTIZATION, THROUGHPUT_QUANTIZATION)
-    ]
-    for quantization, engine in runs:
+    # default (int4) and the throughput mode (w8a8) through the default engine; the served default
+    # once more without the prefix cache, to show what the cache is worth.
+    runs = [("none", engine, {}) for engine in available_engines()] + [
+        (quantization, default_engine(), {}) for quantization in (SERVED_QUANTIZATION, THROUGHPUT_QUANTIZATION)
+    ] + [(SERVED_QUANTIZATION, default_engine(), {"prefix_cache_mib": 0})]
+    for quantization, engine, overrides in runs:
         label = engine_label(engine) if quantization == "none" else f"{quantization}, {engine_label(engine)}"
+        label += ", prefix cache off" if overrides else ""
         try:
-            runtime = ctx.runtime(quantization, engine)
+            runtime = ctx.runtime(quantization, engine, **overrides)
         except Exception as e:  # noqa: BLE001
             report.add(Figure("concurrency", f"aggregate tok/s, {label}", "tok/s", None, note=f"{type(e).__name__}: {e}"))
             continue
         stream_stamps(runtime, ids, WARMUP_TOKENS)
+        _concurrent_round(runtime, 1, WARMUP_TOKENS)  # the system prompt's blocks, as a running service has them
+        prompted, hits = _prefix_hits(runtime)
         results: dict[int, list[dict]] = {n: [] for n in levels}
         for _ in range(repeats):
             for streams in levels:
-                results[streams].append(_concurrent_round(runtime, ids, streams, new_tokens))
+                results[streams].append(_concurrent_round(runtime, streams, new_tokens))
+        prompted_after, hits_after = _prefix_hits(runtime)
+        if prompted_after > prompted:
+            prefix_share[label] = round(100 * (hits_after - hits) / (prompted_after - prompted), 1)
         points = []
         for streams in levels:
             aggregate = [r["aggregate_tok_s"] for r in results[streams]]
@@ -389,7 +417,8 @@ def section_concurrency(ctx: BenchContext) -> None:
         for streams in levels[1:]:
             report.add(Figure("concurrency", f"aggregate tok/s, {streams} streams, {label}", "tok/s",
                               Stat.of([r["aggregate_tok_s"] for r in results[streams]]), single, "1 stream",
-                              Target(">=", MIN_CONCURRENCY_SCALING) if streams == CONCURRENCY_LEVELS[-1] else None))
+                              Target(">=", MIN_CONCURRENCY_SCALING) if streams == CONCURRENCY_LEVELS[-1] else None,
+                              note=_prefix_note(prefix_share.get(label)) if streams == top else ""))
         top_ttfts = [t for r in results[top] for t in r["ttft_s"]]
         one_ttfts = [t for r in results[levels[0]] for t in r["ttft_s"]]
         report.add(Figure("concurrency", f"TTFT p50, {top} streams, {label}", "s",
@@ -398,5 +427,8 @@ def section_concurrency(ctx: BenchContext) -> None:
                           Stat.exact(_percentile(top_ttfts, 99)), Stat.exact(_percentile(one_ttfts, 99)), "1 stream"))
     report.sections["concurrency"] = {
         "new_tokens": new_tokens, "repeats": repeats, "curve": curve, "markdown": "\n".join(rows),
-        "how": "each stream a thread calling LLMRuntime.stream on one shared runtime, started together",
+        "how": "each stream a thread calling LLMRuntime.stream on one shared runtime, started together; each "
+               "stream a new customer question (a new ticket number), so only the chat template's system prompt "
+               "can come from the prefix cache",
+        "prefix_cache_hit_pct": prefix_share,
     }

@@ -79,6 +79,12 @@ class FeatureCache:
             self._hits += 1
             return entry[0]
 
+    def touch(self, key: str) -> None:
+        """Mark `key` as just used (if present), without counting a hit."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+
     def put(self, key: str, value: Any) -> None:
         size = nbytes(value)
         if size > self.max_bytes:  # also covers a disabled cache

@@ -14,6 +14,10 @@ without tensor-subclass dispatch or cast hooks; anything else is called as a mod
 all), Llama's RMSNorm is one `F.rms_norm`. Unsupported architectures
 are refused with a `ValueError` (use the eager loop for those).
 
+Prefix caching (`llm_prefix.PrefixCache`, on when given memory): a joining prompt's longest
+prefix seen before (the system prompt, a chat's earlier turns) has its K/V copied into its row from
+the cache, and only the rest is prefilled; its new full blocks are kept for the prompts after it.
+
 KV cache (`SlotCache`): per layer, K and V are `[rows, kv_heads, capacity, head_dim]`. Active
 requests always occupy rows `0..B-1` (a leaving request's row is refilled by moving the last one),
 so a step attends over plain slices, no gather. Rows and capacity grow by doubling (capacity up to
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalities.llm_prefix import PrefixCache
 from modalities.llm_quant import compute_dtype, fast_linear, fast_linears, module_device
 from modalities.sampling import SamplingParams, make_generator, sample_next_token
 
@@ -72,6 +77,9 @@ class EngineStats:
     cache_capacity: int  # positions per row currently allocated (0 when idle)
     steps: int  # batched decode steps run
     completed: int  # requests that finished, were cancelled or failed
+    prompt_tokens: int  # prompt positions prefilled or taken from the prefix cache
+    prefix_hit_tokens: int  # of those, taken from the prefix cache (0 with the cache off)
+    prefix_cache_bytes: int  # K/V held by the prefix cache now
     alive: bool  # False once the engine thread has died or the engine was closed (requests then fail)
 
 
@@ -122,52 +130,64 @@ class LlamaForward:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def prefill(self, prompts: list[torch.Tensor], cache: "SlotCache", first_row: int) -> torch.Tensor:
-        """Run whole prompts (each `[1, L_i, H]`) packed into one sequence; prompt i's K/V go to cache
-        row `first_row + i` at positions 0..L_i-1.
+    def prefill(
+        self, prompts: list[torch.Tensor], cache: "SlotCache", first_row: int, cached: list[int] | None = None
+    ) -> torch.Tensor:
+        """Run prompts (each `[1, L_i, H]`) packed into one sequence; prompt i's K/V go to cache row
+        `first_row + i` at positions `cached[i]..cached[i]+L_i-1`, after the `cached[i]` positions
+        of its prefix already in that row (the prefix cache put them there; default: none).
 
         Packing shares each weight read between the prompts (the linears see one `[N, H]` matrix);
-        attention runs per prompt with the plain causal kernel, so prompts never see each other, and
-        a prompt's attention is the one it gets alone. (A block-diagonal mask over the packed
-        sequence did the same in one call at 3.5x the time for 8 x 42 tokens: the kernel computes
-        every masked block.) Returns `[k, V]` logits for the position after each prompt (only those
-        positions reach the head).
+        attention runs per prompt, so prompts never see each other, and a prompt's attention is the
+        one it gets alone: the plain causal kernel without a cached prefix, else its new positions
+        against the row's cached and new K/V under a causal mask. (A block-diagonal mask over the
+        packed sequence did the same in one call at 3.5x the time for 8 x 42 tokens: the kernel
+        computes every masked block.) Returns `[k, V]` logits for the position after each prompt
+        (only those positions reach the head).
         """
         lengths = [p.shape[1] for p in prompts]
+        cached = cached or [0] * len(prompts)
         total = sum(lengths)
         device = prompts[0].device
         x = torch.cat(prompts, dim=1) if len(prompts) > 1 else prompts[0]
-        positions = torch.cat([torch.arange(n, device=device) for n in lengths]).unsqueeze(0)
+        positions = torch.cat([torch.arange(c, c + n, device=device) for c, n in zip(cached, lengths)]).unsqueeze(0)
         cos, sin = _rope_tables(*self.rotary_emb(x, positions))  # [1, 1, N, D]: broadcast over heads
         starts = [sum(lengths[:i]) for i in range(len(prompts))]
-        spans = list(zip(starts, lengths))
+        spans = [
+            _Span(start, length, first_row + i, past, _prefix_mask(past, length, device) if past else None)
+            for i, (start, length, past) in enumerate(zip(starts, lengths, cached))
+        ]
         for index, (ln1, qkv, o_proj, ln2, mlp) in enumerate(self.layers):
             q, k, v = qkv(ln1(x))
             q = _rope(q.view(1, total, self.num_heads, self.head_dim).transpose(1, 2), cos, sin)
             k = _rope(k.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             v = v.view(1, total, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            for offset, (start, length) in enumerate(spans):
-                cache.keys[index][first_row + offset, :, :length] = k[0, :, start : start + length]
-                cache.values[index][first_row + offset, :, :length] = v[0, :, start : start + length]
-            attn = self._causal_attention(q, k, v, spans)
+            keys, values = cache.keys[index], cache.values[index]
+            for span in spans:
+                keys[span.row, :, span.past : span.end] = k[0, :, span.start : span.start + span.length]
+                values[span.row, :, span.past : span.end] = v[0, :, span.start : span.start + span.length]
+            parts = [self._attention(q, k, v, keys, values, span) for span in spans]
+            attn = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
             x = x + o_proj(attn.transpose(1, 2).reshape(1, total, -1))
             x = x + mlp(ln2(x))
         last = torch.tensor([start + length - 1 for start, length in zip(starts, lengths)], device=device)
         return self.lm_head(self.norm(x[0, last]))
 
-    def _causal_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]]
+    def _attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, span: "_Span"
     ) -> torch.Tensor:
-        """Causal attention within each `(start, length)` span of the packed `[1, heads, N, D]` q/k/v."""
-        def one(start: int, length: int) -> torch.Tensor:
-            end = start + length
+        """One prompt's causal attention: its slice of the packed `[1, heads, N, D]` q/k/v, or, after
+        a cached prefix, its queries against its cache row (prefix and new positions, masked)."""
+        query = q[:, :, span.start : span.start + span.length]
+        if not span.past:
+            end = span.start + span.length
             return F.scaled_dot_product_attention(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True, scale=self.scale, enable_gqa=True
+                query, k[:, :, span.start : end], v[:, :, span.start : end], is_causal=True, scale=self.scale, enable_gqa=True
             )
-
-        if len(spans) == 1:
-            return one(*spans[0])
-        return torch.cat([one(start, length) for start, length in spans], dim=2)
+        row = slice(span.row, span.row + 1)
+        return F.scaled_dot_product_attention(
+            query, keys[row, :, : span.end], values[row, :, : span.end], attn_mask=span.mask, scale=self.scale, enable_gqa=True
+        )
 
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: "SlotCache") -> torch.Tensor:
         """One token for each of the first B cache rows.
@@ -243,6 +263,27 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+@dataclass(frozen=True)
+class _Span:
+    """One prompt in a packed prefill: its new positions' place in the pack, its cache row, and the
+    length of its cached prefix (`past`) with the mask its queries attend under then."""
+
+    start: int
+    length: int
+    row: int
+    past: int
+    mask: torch.Tensor | None
+
+    @property
+    def end(self) -> int:
+        return self.past + self.length
+
+
+def _prefix_mask(past: int, length: int, device: torch.device) -> torch.Tensor:
+    """`[length, past + length]`: new position i (at past + i) sees positions 0..past + i."""
+    return torch.arange(past + length, device=device) <= torch.arange(past, past + length, device=device).unsqueeze(1)
+
+
 # --- the KV cache --------------------------------------------------------------------------------
 
 
@@ -299,6 +340,19 @@ class SlotCache:
             for tensor in store:
                 tensor[target, :, :length] = tensor[source, :, :length]
 
+    def read(self, row: int, start: int, end: int) -> torch.Tensor:
+        """Row `row`'s positions `start..end-1` for every layer: `[layers, 2, kv_heads, end-start, head_dim]` (a copy)."""
+        return torch.stack(
+            [torch.stack((k[row, :, start:end], v[row, :, start:end])) for k, v in zip(self.keys, self.values)]
+        )
+
+    def write(self, row: int, kv: torch.Tensor) -> None:
+        """Put `kv` (`read`'s layout, n positions) into row `row`'s positions 0..n-1."""
+        length = kv.shape[3]
+        for index, (k, v) in enumerate(zip(self.keys, self.values)):
+            k[row, :, :length] = kv[index, 0]
+            v[row, :, :length] = kv[index, 1]
+
     def release(self) -> None:
         self.keys, self.values = [], []
         self.rows = self.capacity = 0
@@ -319,6 +373,7 @@ class _Request:
 
     def __init__(self, embeds: torch.Tensor, params: SamplingParams, max_new_tokens: int, eos: frozenset[int]):
         self.embeds = embeds
+        self.prefix_keys: list[str] | None = None  # the prompt's block keys while it is prefilled
         self.params = params
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos
@@ -393,6 +448,7 @@ class BatchedEngine:
 
     max_context: longest prompt + generation a slot holds (default: the model's max_position_embeddings).
     min_capacity: first cache length per row, doubled as needed up to max_context.
+    prefix_cache_bytes: memory for K/V of prompt prefixes kept for reuse (`llm_prefix`); 0: none.
     on_step: called on the engine thread after every batched decode step with the current stats
     (tests use it to observe and pace the schedule). It must not call back into `run`; an exception
     from it ends the engine thread like any bug in the loop would.
@@ -405,6 +461,7 @@ class BatchedEngine:
         max_slots: int = DEFAULT_MAX_SLOTS,
         max_context: int | None = None,
         min_capacity: int = MIN_CAPACITY,
+        prefix_cache_bytes: int = 0,
         on_step: Callable[[EngineStats], None] | None = None,
     ) -> None:
         if max_slots < 1:
@@ -423,6 +480,7 @@ class BatchedEngine:
             device=device,
             min_capacity=min(min_capacity, self.max_context),
         )
+        self.prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._on_step = on_step
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
@@ -432,6 +490,8 @@ class BatchedEngine:
         self._stopping = False
         self._steps = 0
         self._completed = 0
+        self._prompt_tokens = 0
+        self._prefix_hit_tokens = 0
 
     # --- DecodeLoop ----------------------------------------------------------------------------
 
@@ -485,6 +545,9 @@ class BatchedEngine:
             cache_capacity=self.cache.capacity,
             steps=self._steps,
             completed=self._completed,
+            prompt_tokens=self._prompt_tokens,
+            prefix_hit_tokens=self._prefix_hit_tokens,
+            prefix_cache_bytes=0 if self.prefix is None else self.prefix.bytes,
             alive=self._failure is None and not self._stopping,
         )
 
@@ -575,7 +638,10 @@ class BatchedEngine:
         first_row = len(self._active)
         try:
             self.cache.reserve(first_row + len(pack), max(r.embeds.shape[1] for r in pack))
-            logits = self.forward.prefill([r.embeds for r in pack], self.cache, first_row)
+            cached = [self._reuse_prefix(request, first_row + i) for i, request in enumerate(pack)]
+            logits = self.forward.prefill([r.embeds[:, n:] for r, n in zip(pack, cached)], self.cache, first_row, cached)
+            for row, (request, past) in enumerate(zip(pack, cached)):
+                self._keep_prefix(request, first_row + row, past)
             tokens = []
             for row, request in enumerate(pack):
                 request.generator = make_generator(request.params, logits.device)
@@ -587,12 +653,34 @@ class BatchedEngine:
                     request.finish(e)
                 self._completed += len(pack)
             return
-        for request, token in zip(pack, tokens):
+        for request, token, past in zip(pack, tokens, cached):
             request.length = request.embeds.shape[1]
             request.embeds = None  # in the cache now; a long multimodal prompt need not stay around
+            request.prefix_keys = None
             request.emit(token)
         with self._lock:
             self._active.extend(pack)
+            self._prompt_tokens += sum(r.length for r in pack)
+            self._prefix_hit_tokens += sum(cached)
+
+    def _reuse_prefix(self, request: _Request, row: int) -> int:
+        """Copy the request's longest cached prefix into its cache row; returns its length (0: none)."""
+        if self.prefix is None:
+            return 0
+        request.prefix_keys = self.prefix.keys(request.embeds)
+        blocks = self.prefix.lookup(request.prefix_keys, request.embeds.shape[1])
+        if not blocks:
+            return 0
+        self.cache.write(row, blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=3))
+        return len(blocks) * self.prefix.block_tokens
+
+    def _keep_prefix(self, request: _Request, row: int, past: int) -> None:
+        """Offer the prompt's full blocks past the reused prefix to the prefix cache."""
+        if self.prefix is None or len(request.prefix_keys) * self.prefix.block_tokens <= past:
+            return
+        first = past // self.prefix.block_tokens
+        kv = self.cache.read(row, past, len(request.prefix_keys) * self.prefix.block_tokens)
+        self.prefix.store(request.prefix_keys, first, kv)
 
     def _step(self) -> bool:
         """Decode one token for every active row; returns False if there was nothing to do."""

@@ -79,3 +79,20 @@ def test_w8a8_keeps_the_packaged_embedding_exactly_and_answers(model_dir, fp32):
     assert len(w8a8.quantization.smoothed) == 6 * fp32.model.config.num_hidden_layers
     completion = w8a8.generate(input_ids=w8a8.chat_template(QUESTION), params=GREEDY)
     assert "Paris" in completion.text
+
+
+def test_prefix_cache_hits_give_the_answers_a_full_prefill_gives(fp32):
+    """Greedy answers with the system prompt (and a repeated question) taken from the prefix cache
+    are the answers of an engine that prefills everything."""
+    from modalities.llm_engine import BatchedEngine
+
+    uncached = LLMRuntime(fp32.model, fp32.tokenizer, decode_loop=BatchedEngine(fp32.model, prefix_cache_bytes=0))
+    questions = ["Where is my parcel?", "How do I return a pair of shoes?", "Where is my parcel?"]
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+    before = fp32.engine_stats().prefix_hit_tokens
+    for question in questions:
+        ids = fp32.chat_template([{"role": "user", "content": question}])
+        assert fp32.generate(input_ids=ids, params=params).token_ids == uncached.generate(input_ids=ids, params=params).token_ids
+    assert fp32.engine_stats().prefix_hit_tokens - before >= 2 * 24  # at least the system prompt, twice
+    assert uncached.engine_stats().prefix_hit_tokens == 0
+    uncached.decode_loop.close()

@@ -101,6 +101,28 @@ def test_multi_turn_history_counts(client):
     assert resp.choices[0].message.content
 
 
+def test_a_chat_turn_reuses_the_earlier_turns_from_the_prefix_cache(client, serve_url):
+    """The OpenAI API re-sends the history every turn: the decoder takes what it has seen from its
+    prefix cache (its /health counters say so) and answers as it would have computed it."""
+
+    def hits() -> int:
+        return httpx.get(f"{serve_url}/health", timeout=30).json()["deployments"]["llm_decoder"]["engine_stats"][
+            "prefix_hit_tokens"
+        ]
+
+    history = [
+        {"role": "system", "content": "You are Chorus, the parcel service's assistant. Answer in one sentence."},
+        {"role": "user", "content": "My parcel 4471 is late. Where is it?"},
+    ]
+    first = client.chat.completions.create(model="chorus", messages=history, max_tokens=12, temperature=0)
+    before = hits()
+    again = client.chat.completions.create(model="chorus", messages=history, max_tokens=12, temperature=0)
+    reused = hits() - before
+    assert again.choices[0].message.content == first.choices[0].message.content
+    prompt = first.usage.prompt_tokens
+    assert prompt - 8 <= reused < prompt, (reused, prompt)  # every full block but the one holding the last position
+
+
 def test_seed_reproducible(client):
     kwargs = dict(temperature=1.0, seed=1234, max_tokens=10)
     a = ask(client, "Tell me a word.", **kwargs).choices[0].message.content

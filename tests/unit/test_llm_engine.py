@@ -209,9 +209,9 @@ def test_joining_prompts_are_prefilled_in_packs_within_the_token_budget(model, p
     packs: list[list[int]] = []
     prefill = engine.forward.prefill
 
-    def spy(embeds, cache, first_row):
+    def spy(embeds, cache, first_row, cached=None):
         packs.append([e.shape[1] for e in embeds])
-        return prefill(embeds, cache, first_row)
+        return prefill(embeds, cache, first_row, cached)
 
     monkeypatch.setattr(engine.forward, "prefill", spy)
     first = engine.run(prompts[0], GREEDY, NEW_TOKENS, NO_EOS)
