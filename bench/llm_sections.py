@@ -45,6 +45,21 @@ AGREEMENT_PROMPTS = (
     "My phone screen is cracked. What should I do?",
     "Summarize the plot of Romeo and Juliet.",
 )
+# A customer-service deployment's system prompt: the part of every chat the prefix cache keeps.
+SUPPORT_POLICY = (
+    "You are the support assistant of Northwind Parcels, a delivery company. Answer in two or three "
+    "short sentences, politely, in the customer's language. Policies: a parcel counts as late when it "
+    "is more than two working days past its estimated delivery date; late parcels get a tracking "
+    "investigation, and after ten working days a refund of the shipping fee or a free resend, as the "
+    "customer prefers. Damaged parcels: ask for a photo of the box and of the contents within seven "
+    "days of delivery, then offer a replacement or a full refund. Returns are free within thirty days "
+    "for unused items in their original packaging; the customer prints a label from their account "
+    "page. Never promise a delivery date the tracking system does not show. Never ask for a full card "
+    "number or a password. Addresses can be changed until the parcel leaves the depot; after that, "
+    "offer a hold at a pickup point. If the customer is upset, apologise once and move to a concrete "
+    "next step. If you do not know, say so and offer to open a ticket for a human agent, who answers "
+    "within one working day. Opening hours of the phone line: Monday to Friday, 8:00 to 18:00."
+)
 COPY_BYTES = 256 * 2**20  # far beyond any CPU cache: the copy runs at memory speed
 QUICK_COPY_BYTES = 64 * 2**20
 COPIES_PER_SAMPLE = 3
@@ -353,6 +368,40 @@ def _prefix_hits(runtime) -> tuple[int, int]:
     return (0, 0) if stats is None else (stats.prompt_tokens, stats.prefix_hit_tokens)
 
 
+def _system_prompt_ttft(ctx: BenchContext, repeats: int) -> dict:
+    """TTFT of a new question after a long system prompt (SUPPORT_POLICY), the served default with
+    the prefix cache on vs off, alternating; the first request of each warms up (and fills the cache)."""
+    engine = default_engine()
+    try:
+        cached = ctx.runtime(SERVED_QUANTIZATION, engine)
+        uncached = ctx.runtime(SERVED_QUANTIZATION, engine, prefix_cache_mib=0)
+    except Exception as e:  # noqa: BLE001
+        ctx.report.add(Figure("concurrency", "TTFT after a long system prompt", "s", None, note=f"{type(e).__name__}: {e}"))
+        return {}
+
+    def ttft(runtime) -> tuple[float, int]:
+        messages = [{"role": "system", "content": SUPPORT_POLICY}, {"role": "user", "content": new_question(AGREEMENT_PROMPTS[0])}]
+        ids = runtime.chat_template(messages)
+        start = time.perf_counter()
+        for _ in runtime.stream(input_ids=ids, params=greedy(1)):
+            return time.perf_counter() - start, len(ids)
+        raise RuntimeError("the stream ended without a token")
+
+    ttft(cached), ttft(uncached)
+    samples: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(repeats):
+        for name, runtime in (("on", cached), ("off", uncached)):
+            seconds, length = ttft(runtime)
+            samples[name].append(seconds)
+    ctx.report.add(Figure(
+        "concurrency", f"TTFT, 1 stream, {length}-token prompt after a long system prompt, {SERVED_QUANTIZATION}", "s",
+        Stat.of(samples["on"]), Stat.of(samples["off"]), "prefix cache off",
+        note="a new question after a customer-service system prompt (bench/llm_sections.py SUPPORT_POLICY); the "
+             "prefix cache (on by default) reuses the system prompt's K/V, the question is prefilled",
+    ))
+    return {"prompt_tokens": length, "ttft_s": samples}
+
+
 def _prefix_note(share: float | None) -> str:
     """How the streams' prompts were served, for the top concurrency row's note."""
     cached = "the prefix cache off" if not share else f"{share} % of their positions from the prefix cache (the system prompt)"
@@ -425,8 +474,10 @@ def section_concurrency(ctx: BenchContext) -> None:
                           Stat.exact(_percentile(top_ttfts, 50)), Stat.exact(_percentile(one_ttfts, 50)), "1 stream"))
         report.add(Figure("concurrency", f"TTFT p99, {top} streams, {label}", "s",
                           Stat.exact(_percentile(top_ttfts, 99)), Stat.exact(_percentile(one_ttfts, 99)), "1 stream"))
+    system_prompt = _system_prompt_ttft(ctx, 2 if opts.quick else 2 * opts.repeats)
     report.sections["concurrency"] = {
         "new_tokens": new_tokens, "repeats": repeats, "curve": curve, "markdown": "\n".join(rows),
+        "system_prompt_ttft": system_prompt,
         "how": "each stream a thread calling LLMRuntime.stream on one shared runtime, started together; each "
                "stream a new customer question (a new ticket number), so only the chat template's system prompt "
                "can come from the prefix cache",
