@@ -404,7 +404,12 @@ def _system_prompt_ttft(ctx: BenchContext, repeats: int) -> dict:
 
 def _prefix_note(share: float | None) -> str:
     """How the streams' prompts were served, for the top concurrency row's note."""
-    cached = "the prefix cache off" if not share else f"{share} % of their positions from the prefix cache (the system prompt)"
+    if share is None:
+        cached = "no prefix cache (the eager loop)"
+    elif not share:
+        cached = "the prefix cache off"
+    else:
+        cached = f"{share} % of their positions from the prefix cache (the system prompt)"
     return (f"every stream a new customer question, {cached}; aggregate = all tokens / time from the start to "
             "the last token, prefills included")
 
@@ -449,8 +454,8 @@ def section_concurrency(ctx: BenchContext) -> None:
             for streams in levels:
                 results[streams].append(_concurrent_round(runtime, streams, new_tokens))
         prompted_after, hits_after = _prefix_hits(runtime)
-        if prompted_after > prompted:
-            prefix_share[label] = round(100 * (hits_after - hits) / (prompted_after - prompted), 1)
+        if runtime.engine_stats() is not None:  # the eager loop has no prefix cache
+            prefix_share[label] = round(100 * (hits_after - hits) / max(prompted_after - prompted, 1), 1)
         points = []
         for streams in levels:
             aggregate = [r["aggregate_tok_s"] for r in results[streams]]
