@@ -358,8 +358,7 @@ def _concurrent_round(runtime, streams: int, new_tokens: int) -> dict:
         thread.join()
     if errors:
         raise errors[0]
-    return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft,
-            "prompt_tokens": sum(map(len, prompts))}
+    return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft}
 
 
 def _prefix_hits(runtime) -> tuple[int, int]:

@@ -653,7 +653,7 @@ class BatchedEngine:
                     request.finish(e)
                 self._completed += len(pack)
             return
-        for request, token, past in zip(pack, tokens, cached):
+        for request, token in zip(pack, tokens):
             request.length = request.embeds.shape[1]
             request.embeds = None  # in the cache now; a long multimodal prompt need not stay around
             request.prefix_keys = None

@@ -21,6 +21,7 @@ prefixes that other chains share.
 from __future__ import annotations
 
 import hashlib
+
 import torch
 
 from modalities.feature_cache import FeatureCache
