@@ -155,3 +155,20 @@ def test_prefill_after_a_cached_prefix_gives_the_logits_and_kv_of_a_full_prefill
         rest = forward.prefill([prompt[:, past:]], cache, 1, [past])
     torch.testing.assert_close(rest, whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache.read(1, 0, length), cache.read(0, 0, length), rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_too_small_for_every_prefix_evicts_and_still_gives_the_same_tokens(model, chats, engines):
+    """Three blocks of room for prompts that want up to six: blocks are evicted while others are
+    reused, and every answer is still the full prefill's."""
+    layers, kv_heads, head_dim = model.config.num_hidden_layers, model.config.num_key_value_heads, 16
+    block_bytes = layers * 2 * kv_heads * BLOCK * head_dim * 4
+    engines.append(BatchedEngine(model, max_slots=2, prefix_cache_bytes=3 * block_bytes))
+    engine = engines[0]
+    assert model.config.hidden_size // model.config.num_attention_heads == head_dim
+    order = [chats[3], chats[0], chats[3], chats[2], chats[1], chats[3]]
+    expected = eager_tokens(model, order)
+    streams = [engine.run(p, GREEDY, NEW_TOKENS, NO_EOS) for p in order]  # 2 slots: the rest queue
+    assert [list(s) for s in streams] == expected
+    stats = engine.stats()
+    assert 0 < stats.prefix_cache_bytes <= 3 * block_bytes
+    assert stats.prefix_hit_tokens > 0
