@@ -22,6 +22,7 @@ from bench.context import (
     new_question,
     stream_stamps,
 )
+from bench.llama_cpp_ref import NOT_INSTALLED, LlamaCppBatch, LlamaCppDecoder
 from bench.report import Figure, Stat, Target
 from modalities.llm_quant import PackedBfloat16Head, tensor_bytes
 from modalities.llm_w8a8 import Int8Head
@@ -67,8 +68,6 @@ CONCURRENCY_LEVELS = (1, 2, 4, 8)
 MIN_CONCURRENCY_SCALING = 4.0
 SERVED_QUANTIZATION = "int4"  # deploy/local.yaml's llm.quantization (the CPU default)
 THROUGHPUT_QUANTIZATION = "w8a8"  # int8 x int8 GEMMs: the mode for many streams and long prompts
-LLAMA_CPP_CONTEXT = 512
-NOT_INSTALLED = "llama.cpp not installed: pip install -e '.[bench]'"
 
 
 def _prompt_ids(ctx: BenchContext) -> list[int]:
@@ -76,31 +75,6 @@ def _prompt_ids(ctx: BenchContext) -> list[int]:
 
 
 # --- 1. decode vs llama.cpp ----------------------------------------------------------------------
-
-
-class LlamaCppDecoder:
-    """llama-cpp-python on the Q4_1 GGUF the packaged weights come from, fed our token ids."""
-
-    def __init__(self, threads: int) -> None:
-        from llama_cpp import Llama
-
-        from modalities.llm_weights import packaged_gguf_path
-
-        self.path = packaged_gguf_path()
-        self.llm = Llama(
-            model_path=str(self.path), n_threads=threads, n_threads_batch=threads, n_ctx=LLAMA_CPP_CONTEXT, verbose=False
-        )
-
-    def stamps(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:
-        """Arrival time of each greedy token (EOS ignored, as ours), and the tokens."""
-        self.llm.reset()  # no prefix reuse between repeats: same work as ours every time
-        stamps, tokens = [], []
-        for token in self.llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            stamps.append(time.perf_counter())
-            tokens.append(int(token))
-            if len(tokens) == new_tokens:
-                break
-        return stamps, tokens
 
 
 def section_decode(ctx: BenchContext) -> None:
@@ -329,10 +303,7 @@ def section_quant(ctx: BenchContext) -> None:
 def _concurrent_round(runtime, streams: int, new_tokens: int) -> dict:
     """`streams` greedy streams started together from threads, each a new customer question (its
     own prompt, never seen before: see `new_question`): aggregate tok/s and each TTFT."""
-    prompts = [
-        runtime.chat_template([{"role": "user", "content": new_question(AGREEMENT_PROMPTS[i % len(AGREEMENT_PROMPTS)])}])
-        for i in range(streams)
-    ]
+    prompts = _new_questions(runtime, streams)
     barrier = threading.Barrier(streams + 1)
     ttft: list[float] = [0.0] * streams
     ends: list[float] = [0.0] * streams
@@ -359,6 +330,57 @@ def _concurrent_round(runtime, streams: int, new_tokens: int) -> dict:
     if errors:
         raise errors[0]
     return {"aggregate_tok_s": streams * new_tokens / (max(ends) - start), "ttft_s": ttft}
+
+
+def _new_questions(runtime, count: int) -> list[list[int]]:
+    """`count` customer questions never asked before (`new_question`), as chat-template token ids."""
+    return [
+        runtime.chat_template([{"role": "user", "content": new_question(AGREEMENT_PROMPTS[i % len(AGREEMENT_PROMPTS)])}])
+        for i in range(count)
+    ]
+
+
+def _llama_cpp_batching(ctx: BenchContext, levels: tuple[int, ...], repeats: int, new_tokens: int,
+                        curve: dict[str, list[dict]], rows: list[str]) -> dict:
+    """llama.cpp decoding 1..N new questions together in one batch per step (how its server batches
+    its slots), same token ids, same threads: its own scaling, and our served default against it."""
+    report = ctx.report
+    try:
+        llama = LlamaCppBatch(ctx.options.threads, max(levels))
+    except ImportError:
+        report.add(Figure("concurrency", "aggregate tok/s, llama.cpp sequences in one batch", "tok/s", None,
+                          note=f"reference not measured: {NOT_INSTALLED}"))
+        return {}
+    except Exception as e:  # noqa: BLE001
+        report.add(Figure("concurrency", "aggregate tok/s, llama.cpp sequences in one batch", "tok/s", None,
+                          note=f"llama.cpp failed: {type(e).__name__}: {e}"))
+        return {}
+    runtime = ctx.runtime(SERVED_QUANTIZATION)  # only its chat template: the token ids ours get
+    results: dict[int, list[float]] = {n: [] for n in levels}
+    try:
+        llama.run(_new_questions(runtime, 2), WARMUP_TOKENS)
+        for _ in range(repeats):
+            for n in levels:
+                seconds, _ = llama.run(_new_questions(runtime, n), new_tokens)
+                results[n].append(n * new_tokens / seconds)
+    finally:
+        llama.close()
+    single, top = Stat.of(results[levels[0]]), levels[-1]
+    for n in levels:
+        rows.append(f"| llama.cpp, one batch | {n} | {Stat.of(results[n]).median:.1f} | – | – |")
+    for n in levels[1:]:
+        report.add(Figure("concurrency", f"aggregate tok/s, {n} sequences, llama.cpp (one batch)", "tok/s",
+                          Stat.of(results[n]), single, "1 sequence",
+                          note="llama.cpp Q4_1, every sequence's next token in one llama_decode per step, the prompts "
+                               "prefilled together, no prefix reuse" if n == top else ""))
+    for label, why in ((f"{SERVED_QUANTIZATION}, {engine_label(default_engine())}", "the prefix cache on, as served"),
+                       (f"{SERVED_QUANTIZATION}, {engine_label(default_engine())}, prefix cache off", "every prompt prefilled in full, as llama.cpp's")):
+        ours = next((p for p in curve.get(label, []) if p["streams"] == top), None)
+        if ours is not None:
+            report.add(Figure("concurrency", f"aggregate tok/s, {top} streams, {label}, vs llama.cpp", "tok/s",
+                              Stat.of(ours["aggregate_samples"]), Stat.of(results[top]),
+                              f"llama.cpp, {top} sequences in one batch", note=f"ours: {why}"))
+    return {"aggregate_tok_s": {str(n): v for n, v in results.items()}}
 
 
 def _prefix_hits(runtime) -> tuple[int, int]:
@@ -478,10 +500,12 @@ def section_concurrency(ctx: BenchContext) -> None:
                           Stat.exact(_percentile(top_ttfts, 50)), Stat.exact(_percentile(one_ttfts, 50)), "1 stream"))
         report.add(Figure("concurrency", f"TTFT p99, {top} streams, {label}", "s",
                           Stat.exact(_percentile(top_ttfts, 99)), Stat.exact(_percentile(one_ttfts, 99)), "1 stream"))
+    llama_cpp = _llama_cpp_batching(ctx, levels, repeats, new_tokens, curve, rows)
     system_prompt = _system_prompt_ttft(ctx, 2 if opts.quick else 2 * opts.repeats)
     report.sections["concurrency"] = {
         "new_tokens": new_tokens, "repeats": repeats, "curve": curve, "markdown": "\n".join(rows),
         "system_prompt_ttft": system_prompt,
+        "llama_cpp_batch": llama_cpp,
         "how": "each stream a thread calling LLMRuntime.stream on one shared runtime, started together; each "
                "stream a new customer question (a new ticket number), so only the chat template's system prompt "
                "can come from the prefix cache",
