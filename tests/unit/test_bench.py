@@ -150,3 +150,24 @@ def test_quick_bandwidth_and_quant_sections_on_a_tiny_llama(tmp_path, tiny_llm_d
     assert written["env"]["sections"] == ["bandwidth", "quant"] and written["env"]["quick"] is True
     assert len(written["figures"]) == len(report.figures)
     assert "| figure | ours | reference | ratio | target | met? |" in (tmp_path / "report.md").read_text()
+
+
+def test_llama_cpp_batching_without_llama_cpp_is_a_not_measured_row(monkeypatch):
+    """Where the optional `bench` extra is missing, the reference row says so instead of failing."""
+    import sys
+
+    from bench.context import BenchContext, BenchOptions
+    from bench.llm_sections import _llama_cpp_batching
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp → ImportError
+    ctx = BenchContext(BenchOptions(quick=True))
+    assert _llama_cpp_batching(ctx, (1, 2), 1, 4, {}, []) == {}
+    (row,) = ctx.report.figures
+    assert row.ours is None and "llama.cpp not installed" in row.note
+
+
+def test_new_questions_never_repeat_past_the_system_prompt():
+    from bench.context import new_question
+
+    first, second = new_question("Where is my parcel?"), new_question("Where is my parcel?")
+    assert first != second and first.endswith("Where is my parcel?")
