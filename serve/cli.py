@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEMO_AUDIO = REPO_ROOT / "samples" / "audio" / "where_is_my_order.wav"
 DEFAULT_SERVE_CONFIG = REPO_ROOT / "deploy" / "local.yaml"
 READY_TIMEOUT_S = 600.0
+STOP_GRACE_S = 30.0  # how long `serve run` may take to shut down after Ctrl-C / SIGTERM
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -110,13 +111,12 @@ Chorus is up at {base}  (OpenAI-compatible; model id "{model}")
   curl {base}/v1/audio/transcriptions -F model=whisper-1 -F file=@samples/audio/where_is_my_order.wav
   .venv/bin/python samples/openai_audio.py        # the official openai client, speech in
 
-Ctrl-C stops it.
+Ctrl-C (or a SIGTERM to this process) stops it.
 """
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """`serve run` the config in the foreground; once healthy, print how to try it."""
-    import signal
     import subprocess
     import urllib.request
 
@@ -133,24 +133,68 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # (serve/haproxy.py); one it joins keeps the ingress it was started with.
     proxy_env = haproxy.cluster_env() if address_args else {}
     command = [str(serve_bin), "run", *address_args, str(args.config)]
-    proc = subprocess.Popen(command, env={**env, **proxy_env}, cwd=REPO_ROOT)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+                if resp.status == 200:
+                    print(_try_it(base, model), flush=True)
+                    return True
+        except OSError:
+            pass
+        return False
+
     try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        print(_try_it(base, model), flush=True)
-                        break
-            except OSError:
-                pass
-            time.sleep(2.0)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        proc = subprocess.Popen(command, env={**env, **proxy_env}, cwd=REPO_ROOT, preexec_fn=_default_sigint)
+        return _supervise(proc, ready)
     finally:
         haproxy.cleanup(proxy_env)
+
+
+def _default_sigint() -> None:
+    """In the `serve run` child: Ctrl-C's default action back, even where this process ignores it
+    (a shell starts background jobs with SIGINT ignored, and children inherit that), so that the
+    SIGINT `_stop` sends always reaches Serve's shutdown."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _supervise(proc, ready=None, poll_s: float = 2.0) -> int:
+    """Wait for the `serve run` child in the foreground, calling `ready()` every `poll_s` until it
+    says True. Ctrl-C or SIGTERM (`kill`, a process manager) stop the child as Ctrl-C stops it
+    (`_stop`); without the SIGTERM handler the child and the Ray cluster it started outlived us."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while ready is not None and proc.poll() is None and time.monotonic() < deadline and not ready():
+            time.sleep(poll_s)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return _stop(proc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(proc, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGINT (Serve shuts its applications down and stops the cluster it started), then SIGTERM if
+    it is still running after `grace_s`; the child's exit status."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        return proc.wait()
 
 
 def _serve_run_address_args() -> list[str]:

