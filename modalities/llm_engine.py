@@ -56,7 +56,9 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 # rows at different positions); "dynamic" and friends rescale with the longest sequence seen.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
 # Joining prompts are prefilled together up to this many tokens (a longer prompt goes alone): packing
-# shares weight reads, but the packed attention mask is [N, N], so N stays modest.
+# shares weight reads; the budget bounds a pack's activations and how long running streams wait for
+# it. Prompts count in full, their cached prefixes included (a conservative bound: the prefix cache
+# is consulted when the pack runs).
 PREFILL_TOKEN_BUDGET = 1024
 POLL_S = 1.0  # how often a waiting iterator checks that the engine thread is still alive
 IDLE_EXIT_S = 60.0  # an idle engine thread ends after this long (it keeps the model alive)
