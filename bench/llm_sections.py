@@ -373,8 +373,9 @@ def _llama_cpp_batching(ctx: BenchContext, levels: tuple[int, ...], repeats: int
                           Stat.of(results[n]), single, "1 sequence",
                           note="llama.cpp Q4_1, every sequence's next token in one llama_decode per step, the prompts "
                                "prefilled together, no prefix reuse" if n == top else ""))
-    for label, why in ((f"{SERVED_QUANTIZATION}, {engine_label(default_engine())}", "the prefix cache on, as served"),
-                       (f"{SERVED_QUANTIZATION}, {engine_label(default_engine())}, prefix cache off", "every prompt prefilled in full, as llama.cpp's")):
+    for overrides, why in (({}, "the prefix cache on, as served"),
+                           ({"prefix_cache_mib": 0}, "every prompt prefilled in full, as llama.cpp's")):
+        label = _run_label(SERVED_QUANTIZATION, default_engine(), overrides)
         ours = next((p for p in curve.get(label, []) if p["streams"] == top), None)
         if ours is not None:
             report.add(Figure("concurrency", f"aggregate tok/s, {top} streams, {label}, vs llama.cpp", "tok/s",
@@ -383,10 +384,16 @@ def _llama_cpp_batching(ctx: BenchContext, levels: tuple[int, ...], repeats: int
     return {"aggregate_tok_s": {str(n): v for n, v in results.items()}}
 
 
-def _prefix_hits(runtime) -> tuple[int, int]:
-    """(prompt tokens, of which from the prefix cache) so far; (0, 0) without the batched engine."""
+def _prefix_hits(runtime) -> tuple[int, int] | None:
+    """(prompt tokens, of which from the prefix cache) so far; None for the eager loop (no cache)."""
     stats = runtime.engine_stats()
-    return (0, 0) if stats is None else (stats.prompt_tokens, stats.prefix_hit_tokens)
+    return None if stats is None else (stats.prompt_tokens, stats.prefix_hit_tokens)
+
+
+def _run_label(quantization: str, engine: str | None, overrides: dict) -> str:
+    """A concurrency run's name in the report: 'batched', 'int4, batched', '..., prefix cache off'."""
+    label = engine_label(engine) if quantization == "none" else f"{quantization}, {engine_label(engine)}"
+    return label + (", prefix cache off" if overrides.get("prefix_cache_mib") == 0 else "")
 
 
 def _system_prompt_ttft(ctx: BenchContext, repeats: int) -> dict:
@@ -460,8 +467,7 @@ def section_concurrency(ctx: BenchContext) -> None:
         (quantization, default_engine(), {}) for quantization in (SERVED_QUANTIZATION, THROUGHPUT_QUANTIZATION)
     ] + [(SERVED_QUANTIZATION, default_engine(), {"prefix_cache_mib": 0})]
     for quantization, engine, overrides in runs:
-        label = engine_label(engine) if quantization == "none" else f"{quantization}, {engine_label(engine)}"
-        label += ", prefix cache off" if overrides else ""
+        label = _run_label(quantization, engine, overrides)
         try:
             runtime = ctx.runtime(quantization, engine, **overrides)
         except Exception as e:  # noqa: BLE001
@@ -469,14 +475,14 @@ def section_concurrency(ctx: BenchContext) -> None:
             continue
         stream_stamps(runtime, ids, WARMUP_TOKENS)
         _concurrent_round(runtime, 1, WARMUP_TOKENS)  # the system prompt's blocks, as a running service has them
-        prompted, hits = _prefix_hits(runtime)
+        before = _prefix_hits(runtime)
         results: dict[int, list[dict]] = {n: [] for n in levels}
         for _ in range(repeats):
             for streams in levels:
                 results[streams].append(_concurrent_round(runtime, streams, new_tokens))
-        prompted_after, hits_after = _prefix_hits(runtime)
-        if runtime.engine_stats() is not None:  # the eager loop has no prefix cache
-            prefix_share[label] = round(100 * (hits_after - hits) / max(prompted_after - prompted, 1), 1)
+        after = _prefix_hits(runtime)
+        if before is not None and after is not None:
+            prefix_share[label] = round(100 * (after[1] - before[1]) / max(after[0] - before[0], 1), 1)
         points = []
         for streams in levels:
             aggregate = [r["aggregate_tok_s"] for r in results[streams]]

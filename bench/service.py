@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bench.context import BenchContext, new_question
 from bench.report import Figure, Stat, Target
 from fusion.prompt import MediaItem, Message, build_prompt
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
+from serve.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = REPO / "deploy" / "local.yaml"
@@ -35,12 +35,6 @@ REQUEST_TIMEOUT_S = 120
 # Request pairs (direct, API) at least: one request's TTFT is a ~0.15 s figure that a neighbour's
 # burst moves by 10 %, so a median of 3 swung the ratio 1.05-1.26x between runs; pairs cost ~1.5 s.
 MIN_PAIRS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _proxy_env: dict[str, str] = {}  # the HAProxy settings of the cluster start_service started ({}: Python proxy)

@@ -31,11 +31,12 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from serve.ports import free_port, port_free
 
 ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
 STATE_BASE = "RAY_SERVE_HAPROXY_SERVER_STATE_BASE"
@@ -71,30 +72,15 @@ def wanted() -> bool:
     return os.environ.get(OPT_IN, "0") == "1" and ENABLE not in os.environ and available()
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_direct_ingress_base() -> int:
     """The start of a port block no other cluster's replicas use (they take its lowest ports first)."""
     bases = list(DIRECT_INGRESS_BASES)
     random.shuffle(bases)
     for base in bases:
         lowest = [*range(base, base + 10), *range(base + DIRECT_INGRESS_BLOCK, base + DIRECT_INGRESS_BLOCK + 10)]
-        if all(_port_free(port) for port in lowest):
+        if all(port_free(port) for port in lowest):
             return base
     raise RuntimeError("no free port block for Serve's direct-ingress replicas")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cluster_env(enabled: bool | None = None) -> dict[str, str]:
@@ -112,12 +98,12 @@ def cluster_env(enabled: bool | None = None) -> dict[str, str]:
     base = _free_direct_ingress_base()
     return {
         ENABLE: "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         # Serve's Python proxy stays as HAProxy's backup server (it answers while no replica is
         # registered yet) on a fixed port, bound with port reuse: shared, it took the other cluster's.
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
         STATE_BASE: str(state),

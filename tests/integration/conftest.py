@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from serve.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_IN_FLIGHT = 24
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_config() -> dict:

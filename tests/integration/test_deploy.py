@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from serve import haproxy
+from serve.ports import free_port
 
-from .conftest import REPO, free_port
+from .conftest import REPO
 from .test_haproxy import assert_haproxy_fronts
 
 BIN = Path(sys.executable).parent

@@ -13,6 +13,7 @@ import pytest
 
 import serve.cli as cli
 from serve import haproxy
+from serve.ports import free_port
 
 
 def test_respects_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +108,7 @@ def test_cleanup_ends_an_haproxy_left_running_and_removes_the_files(monkeypatch:
     config.parent.mkdir()
     config.write_text(
         "defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
-        f"frontend chorus\n  bind 127.0.0.1:{haproxy._free_port()}\n  http-request return status 200\n"
+        f"frontend chorus\n  bind 127.0.0.1:{free_port()}\n  http-request return status 200\n"
     )
     stray = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
     try:
