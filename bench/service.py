@@ -217,19 +217,23 @@ def section_service(ctx: BenchContext) -> None:
 
 def _add_hop_figures(report, api_ttft: list[float], direct_ttft: list[float], timings: list[dict[str, float]]) -> None:
     """Split the API's TTFT with the responses' `Server-Timing`: the decoder replica's own time to
-    first token (against the engine called directly: the same work in another process), the two
-    hops between ingress and decoder, and the HTTP proxy's hops (client ↔ ingress)."""
-    pairs = [(t, s) for t, s in zip(api_ttft, timings) if "ingress" in s and "decoder" in s]
+    first token (against the engine called directly: the same work in another process), the
+    ingress's own work before it calls the decoder, the round trip between ingress and decoder, and
+    the HTTP proxy's hops (client ↔ ingress)."""
+    pairs = [(t, s) for t, s in zip(api_ttft, timings) if {"ingress", "prep", "decoder"} <= s.keys()]
     if not pairs:
         report.add(Figure("service", "TTFT inside the decoder replica", "s", None, note="no Server-Timing header"))
         return
     report.add(Figure("service", "TTFT inside the decoder replica", "s", Stat.of([s["decoder"] for _, s in pairs]),
                       Stat.of(direct_ttft), "engine direct",
                       note="Server-Timing `decoder`: request received → first token, in the decoder replica"))
-    report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s", Stat.of([s["ingress"] - s["decoder"] for _, s in pairs]),
-                      note="Server-Timing `ingress` − `decoder`: the ingress's own work (behind Ray's Python proxy also "
-                           "the request body's fetch from the proxy, by RPC) and the request/first-token hops between "
-                           "the two replicas"))
+    report.add(Figure("service", "ingress work before the decoder call", "s", Stat.of([s["prep"] for _, s in pairs]),
+                      note="Server-Timing `prep`: request in → decoder called (reading and validating the body, "
+                           "the prompt; behind Ray's Python proxy also the body's fetch from the proxy, by RPC)"))
+    report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s",
+                      Stat.of([s["ingress"] - s["prep"] - s["decoder"] for _, s in pairs]),
+                      note="Server-Timing `ingress` − `prep` − `decoder`: the request's way to the decoder and the "
+                           "first token's way back (gRPC between the replicas)"))
     report.add(Figure("service", "Serve hops, client ↔ ingress", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
                       note=f"client TTFT − Server-Timing `ingress`: HTTP through {proxy_name()} into the ingress replica "
                            "and the first chunk's way back"))

@@ -84,8 +84,8 @@ def test_raw_sse_framing(serve_url):
     first = json.loads(events[0])
     assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
     # Where the time to first token went: the decoder's share is inside the ingress's.
-    assert set(timing) == {"ingress", "decoder"}
-    assert 0 < timing["decoder"] < timing["ingress"] < 60
+    assert set(timing) == {"ingress", "prep", "decoder"}
+    assert 0 < timing["prep"] and 0 < timing["decoder"] and timing["prep"] + timing["decoder"] < timing["ingress"] < 60
 
 
 def test_multi_turn_history_counts(client):

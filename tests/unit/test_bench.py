@@ -14,7 +14,8 @@ import yaml
 
 from bench.harness import SECTION_NAMES, parse_only, run_bench
 from bench.llm_sections import SERVED_QUANTIZATION
-from bench.service import parse_server_timing
+from bench.report import Report
+from bench.service import _add_hop_figures, parse_server_timing
 from bench.report import NOT_MEASURED, Figure, Report, Stat, Target, format_number, markdown_table
 from serve.cli import build_parser
 from tests.unit.test_llm import build_model, build_tokenizer
@@ -116,6 +117,20 @@ def test_server_timing_header_parses_to_seconds():
     header = 'ingress;dur=21.5;desc="ingress: request to first token", decoder;dur=150.0;desc="a, b"'
     assert parse_server_timing(header) == {"ingress": 0.0215, "decoder": 0.150}
     assert parse_server_timing(None) == {} and parse_server_timing("cache;desc=hit") == {}
+
+
+def test_hop_figures_split_the_api_ttft():
+    report = Report()
+    timings = [{"ingress": 0.100, "prep": 0.002, "decoder": 0.095}, {"ingress": 0.120, "prep": 0.004, "decoder": 0.110}]
+    _add_hop_figures(report, [0.104, 0.130], [0.094, 0.108], timings)
+    split = {f.name: f.ours.median for f in report.figures}
+    assert split["ingress work before the decoder call"] == pytest.approx(0.003)
+    assert split["Serve hops, ingress ↔ decoder"] == pytest.approx(0.0045)  # 3 and 6 ms
+    assert split["Serve hops, client ↔ ingress"] == pytest.approx(0.007)  # 4 and 10 ms
+    assert split["TTFT inside the decoder replica"] == pytest.approx(0.1025)
+    old = Report()  # a header without `prep` (an older ingress): no split rather than a wrong one
+    _add_hop_figures(old, [0.104], [0.094], [{"ingress": 0.100, "decoder": 0.095}])
+    assert [f.ours for f in old.figures] == [None]
 
 
 def test_concurrency_measures_the_served_cpu_default():

@@ -62,7 +62,11 @@ def test_serve_options_autoscaling_replaces_replicas():
     )
     options = config.deployments.llm_decoder.to_serve_options()
     assert "num_replicas" not in options and options["autoscaling_config"]["max_replicas"] == 3
-    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert options["ray_actor_options"] == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.0,
+        "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}},
+    }
 
 
 def test_shared_configs_require_keys():
