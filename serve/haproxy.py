@@ -144,11 +144,11 @@ def _haproxy_pids(marker: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def starting_cluster() -> Iterator[dict[str, str]]:
+def starting_cluster(enabled: bool | None = None) -> Iterator[dict[str, str]]:
     """Around `ray.init` of a local cluster in this process: `os.environ` carries `cluster_env()`
     (yielded) while the cluster starts, and is restored after, so a cluster started later in the
-    same process gets ports and files of its own."""
-    env = cluster_env()
+    same process gets ports and files of its own. `enabled` overrides `wanted()`."""
+    env = cluster_env(enabled)
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:

@@ -122,14 +122,14 @@ def test_server_timing_header_parses_to_seconds():
 def test_hop_figures_split_the_api_ttft():
     report = Report()
     timings = [{"ingress": 0.100, "prep": 0.002, "decoder": 0.095}, {"ingress": 0.120, "prep": 0.004, "decoder": 0.110}]
-    _add_hop_figures(report, [0.104, 0.130], [0.094, 0.108], timings)
+    _add_hop_figures(report, [0.104, 0.130], [0.094, 0.108], timings, "HAProxy")
     split = {f.name: f.ours.median for f in report.figures}
-    assert split["ingress work before the decoder call"] == pytest.approx(0.003)
-    assert split["Serve hops, ingress ↔ decoder"] == pytest.approx(0.0045)  # 3 and 6 ms
-    assert split["Serve hops, client ↔ ingress"] == pytest.approx(0.007)  # 4 and 10 ms
-    assert split["TTFT inside the decoder replica"] == pytest.approx(0.1025)
+    assert split["ingress work before the decoder call, HAProxy"] == pytest.approx(0.003)
+    assert split["Serve hops, ingress ↔ decoder, HAProxy"] == pytest.approx(0.0045)  # 3 and 6 ms
+    assert split["Serve hops, client ↔ ingress, HAProxy"] == pytest.approx(0.007)  # 4 and 10 ms
+    assert split["TTFT inside the decoder replica, HAProxy"] == pytest.approx(0.1025)
     old = Report()  # a header without `prep` (an older ingress): no split rather than a wrong one
-    _add_hop_figures(old, [0.104], [0.094], [{"ingress": 0.100, "decoder": 0.095}])
+    _add_hop_figures(old, [0.104], [0.094], [{"ingress": 0.100, "decoder": 0.095}], "HAProxy")
     assert [f.ours for f in old.figures] == [None]
 
 
