@@ -51,6 +51,12 @@ OPT_IN = "CHORUS_HAPROXY"
 # between Ray's worker ports (10002-19999) and Linux's ephemeral ports (32768 and up).
 DIRECT_INGRESS_BASES = range(20000, 32000, 200)
 DIRECT_INGRESS_BLOCK = 100
+# An ingress replica being stopped keeps serving this long so that the load balancer in front can
+# take it out of rotation first. Ray's default, 30 s, is sized for cloud load balancers; the local
+# HAProxy reloads within a second of the controller's update. At 30 s every shutdown waited 35 s
+# (Serve's "Controller failed to shut down within 30.0s"), and `chorus serve` terminates a `serve
+# run` still stopping after 30 s (`cli.STOP_GRACE_S`), mid-drain.
+DRAINING_PERIOD_S = 3
 
 
 def available() -> bool:
@@ -112,6 +118,7 @@ def cluster_env(enabled: bool | None = None) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + DIRECT_INGRESS_BLOCK),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 2 * DIRECT_INGRESS_BLOCK),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S),
     }
 
 

@@ -68,6 +68,9 @@ def test_each_cluster_gets_its_own_haproxy_ports_and_files(monkeypatch: pytest.M
         assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(f"{state}/")
         # HAProxy refuses longer socket paths; Ray puts the socket in a node-id directory under ours.
         assert len(f"{state}/{'0' * haproxy.NODE_ID_CHARS}/admin.sock") <= haproxy.MAX_SOCKET_PATH_CHARS
+        # A stopping ingress drains (plus Serve's 5 s buffer) well within the time `chorus serve`
+        # gives `serve run` before it terminates it; Ray's default drain (30 s) did not.
+        assert float(first["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) + 5 < cli.STOP_GRACE_S / 2
     finally:
         haproxy.cleanup(first)
         haproxy.cleanup(second)
