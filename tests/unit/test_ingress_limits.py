@@ -158,3 +158,41 @@ def test_a_failing_watch_does_not_end_the_work() -> None:
         return "done"
 
     assert asyncio.run(ingress._unless_client_leaves(request_with(broken), work())) == "done"
+
+
+def test_a_streams_access_line_is_written_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """The access line of a stream waits for its end (a log record costs ~1 ms in a replica, which
+    would stand between the first token and the client), and still reports the time to the first
+    byte, not the stream's length; a plain response logs at once."""
+    from fastapi.responses import StreamingResponse
+
+    async def pieces():
+        yield b"data: 1\n\n"
+        await asyncio.sleep(0.3)
+        yield b"data: [DONE]\n\n"
+
+    async def handler() -> StreamingResponse:
+        return StreamingResponse(pieces(), media_type="text/event-stream")
+
+    async def run() -> list[str]:
+        response = await ingress._respond(request(), "/s", handler(), None, limits=LimitsConfig())
+        logged_before = [r.getMessage() for r in caplog.records if "/s 200" in r.getMessage()]
+        assert ingress._in_flight["/s"] == 1  # still in flight until the stream ends
+        body = [piece async for piece in response.body_iterator]
+        assert body[-1] == b"data: [DONE]\n\n" and ingress._in_flight["/s"] == 0
+        return logged_before
+
+    with caplog.at_level("INFO", logger=ingress.log.name):
+        logged_before = asyncio.run(run())
+        lines = [r.getMessage() for r in caplog.records if "/s 200" in r.getMessage()]
+    assert logged_before == [] and len(lines) == 1
+    assert float(lines[0].split()[3].removesuffix("ms")) < 200  # time to the first byte, not the 300-ms stream
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger=ingress.log.name):
+        asyncio.run(ingress._respond(request(), "/p", _plain(), None, limits=LimitsConfig()))
+    assert [r.getMessage() for r in caplog.records if "/p 200" in r.getMessage()]
+
+
+async def _plain() -> JSONResponse:
+    return JSONResponse({"ok": True})
