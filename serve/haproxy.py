@@ -6,7 +6,7 @@ straight to an ingress replica's own HTTP server: the request no longer passes t
 proxy's event loop both ways, and the replica no longer fetches the body back from the proxy by RPC.
 Measured with `chorus bench --only service`, which runs behind both (README "Benchmarks"): the
 way to the first token and back outside the runtimes ~15 -> ~7.5 ms, API TTFT over the engine's
-own 1.17-1.23x -> 1.03-1.12x.
+own 1.17-1.30x -> 1.03-1.12x.
 
 The switch is cluster-wide: it must be in the environment of the process that starts the Ray
 cluster (the raylet hands it to Serve's controller and proxy actors); a cluster started elsewhere
