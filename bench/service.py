@@ -1,7 +1,8 @@
 """Service overhead: TTFT and inter-token latency through the HTTP API vs the runtimes called directly.
 
 "API" is a real Serve app built from deploy/local.yaml, started in this process on a free port and
-streamed over HTTP; "direct" is `LLMRuntime.stream` (and, for speech, `WhisperRuntime.transcribe`)
+streamed over HTTP (`section_service`: behind Ray's Python proxy, then behind HAProxy; the
+stand-alone script: as `CHORUS_HAPROXY` says); "direct" is `LLMRuntime.stream` (and, for speech, `WhisperRuntime.transcribe`)
 in this process with the thread count the decoder replica uses. Requests alternate between the two
 paths so machine-load drift hits both alike. `bench/api_ttft.py` is the stand-alone script over the
 same functions (it adds a spoken request).
