@@ -21,10 +21,12 @@ from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, Stop
 from modalities.errors import MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm_quant import (
+    GEMV_PRONE_MIN_BYTES,
     REFINE_ABSOLUTE_BAND,
     REFINE_RELATIVE_BAND,
     PackedBfloat16Head,
     UnsupportedQuantization,
+    _gemv_prone,
     fast_linear,
     quantize_model,
     weight_bytes,
@@ -464,6 +466,27 @@ def test_fast_linear_defers_to_foreign_hooks(tokenizer):
     assert fast_linear(layer) is layer  # a hook we didn't put there must still run
     plain = torch.nn.Linear(4, 4)
     assert fast_linear(plain) is plain
+
+
+def test_fast_linear_pads_two_or_three_rows_of_a_large_float32_layer():
+    """A large float32 layer (the size of a real vocabulary head) gets 2-3 rows padded to 4 (one
+    blocked GEMM instead of a matrix-vector pass per row); every row's result stays the layer's, for
+    any row count and leading shape. Small, hooked or non-float32 layers are left as they are."""
+    torch.manual_seed(0)
+    large = torch.nn.Linear(512, GEMV_PRONE_MIN_BYTES // (512 * 4), bias=True)
+    fast = fast_linear(large)
+    assert fast is not large
+    with torch.inference_mode():
+        for shape in ((1, 512), (2, 512), (3, 512), (4, 512), (5, 512), (3, 1, 512), (1, 2, 512)):
+            x = torch.randn(*shape)
+            got, expected = fast(x), large(x)
+            assert got.shape == expected.shape == (*shape[:-1], large.out_features)
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    small = torch.nn.Linear(512, 64)
+    assert not _gemv_prone(small) and fast_linear(small) is small
+    assert not _gemv_prone(large.to(torch.bfloat16))
+    large.register_forward_hook(lambda _, args, output: output * 2)
+    assert fast_linear(large) is large  # a foreign hook must still run
 
 
 def test_int4_uses_groups_of_32(tokenizer):
