@@ -326,7 +326,8 @@ def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable computing `module(x)` for a linear layer, skipping per-call Python machinery where
     this module knows it is safe: an int4 CPU layer calls the tinygemm kernel directly (no tensor-
     subclass dispatch, no hooks: ~20 vs ~37 us per decode-step call), a bfloat16-island linear calls
-    `F.linear` with the casts inline. Anything else is the module itself.
+    `F.linear` with the casts inline, a large plain float32 layer pads 2-3 rows to 4 (`_padded_linear`).
+    Anything else is the module itself.
     """
     if isinstance(module, (Int8Linear, Int8Part)) and _hook_count(module) == (0, 0):
         return module.forward
