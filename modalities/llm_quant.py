@@ -359,8 +359,9 @@ def fast_linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 # torch's CPU float32 matmul multiplies 2 or 3 rows as one matrix-vector product per row, each
 # reading the whole weight again; from 4 rows on it runs a blocked GEMM that reads it once. For
 # SmolLM2's 49,152 x 576 head (113 MB), 1 thread: 10.1 ms at 1 row, 22.8 at 2, 34.6 at 3, 16.6 at
-# 4, 18.9 at 8. A large plain float32 layer therefore gets 2 or 3 rows padded to 4. Small layers
-# stay as they are (1536 x 576: 0.14 ms at 2 rows, 0.18 at 4).
+# 4, 18.9 at 8. A large plain float32 layer therefore gets 2 or 3 rows padded to 4. Smaller layers
+# stay as they are: padding all of them gained nothing in a decode step (a 4-row float32 step costs
+# what a 2-row one does, each re-reading its weights: a one-pass GEMM would need prepacked copies).
 GEMM_MIN_ROWS = 4
 GEMV_PRONE_MIN_BYTES = 32 << 20
 
