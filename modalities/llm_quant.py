@@ -373,8 +373,7 @@ def _gemv_prone(module: nn.Module) -> bool:
     return (
         type(module) is nn.Linear
         and _hook_count(module) == (0, 0)
-        and type(weight) is nn.Parameter
-        and not is_traceable_wrapper_subclass(weight)
+        and type(weight) is nn.Parameter  # a quantized weight's type is its tensor subclass
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and weight.numel() * weight.element_size() >= GEMV_PRONE_MIN_BYTES
