@@ -45,9 +45,9 @@ from bench.service import (  # noqa: E402
 )
 from bench.context import new_question  # noqa: E402
 from bench.encoders import byte_variants  # noqa: E402
-from modalities.espeak import synthesize, to_wav_bytes  # noqa: E402
-from modalities.llm import LLMConfig, LLMRuntime  # noqa: E402
-from modalities.speech import WhisperConfig, WhisperRuntime  # noqa: E402
+from modalities.speech.espeak import synthesize, to_wav_bytes  # noqa: E402
+from modalities.llm.runtime import LLMConfig, LLMRuntime  # noqa: E402
+from modalities.audio.whisper import WhisperConfig, WhisperRuntime  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api_ttft.json"
 TTFT_TOKENS = 8

@@ -24,7 +24,7 @@ class LlamaCppDecoder:
     def __init__(self, threads: int) -> None:
         from llama_cpp import Llama
 
-        from modalities.llm_weights import packaged_gguf_path
+        from modalities.llm.weights import packaged_gguf_path
 
         self.path = packaged_gguf_path()
         self.llm = Llama(
@@ -50,7 +50,7 @@ class LlamaCppBatch:
         import llama_cpp
         from llama_cpp._utils import suppress_stdout_stderr
 
-        from modalities.llm_weights import packaged_gguf_path
+        from modalities.llm.weights import packaged_gguf_path
 
         self._api = api = llama_cpp
         self.path = packaged_gguf_path()

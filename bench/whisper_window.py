@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modalities import whisper_weights  # noqa: E402
-from modalities.espeak import SAMPLE_VOICES, sample_corpus  # noqa: E402
-from modalities.speech import WhisperConfig, WhisperRuntime  # noqa: E402
+from modalities.audio import weights as whisper_weights  # noqa: E402
+from modalities.speech.espeak import SAMPLE_VOICES, sample_corpus  # noqa: E402
+from modalities.audio.whisper import WhisperConfig, WhisperRuntime  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "whisper_window.json"
 ENCODER_CLIP_SECONDS = 5.0

@@ -69,7 +69,7 @@ def llm_identity(model: str) -> ModelIdentity:
     are hashed here (seconds for a small model).
     """
     from modalities import paths
-    from modalities.llm_weights import SIDECAR
+    from modalities.llm.weights import SIDECAR
 
     if model == "packaged":
         directory = paths.packaged_llm_dir()
@@ -90,7 +90,7 @@ def llm_identity(model: str) -> ModelIdentity:
 def whisper_identity(model: str) -> ModelIdentity:
     """Identity of a `WhisperConfig.model` value: "packaged", a `.pt` path, or a whisper model name."""
     from modalities import paths
-    from modalities.whisper_weights import sidecar_path
+    from modalities.audio.weights import sidecar_path
 
     if model == "packaged":
         checkpoint = paths.packaged_whisper_path()

@@ -214,7 +214,7 @@ def build_speech_data(
     """Write the corpus under `config.out_dir`; resumes from existing shards. Returns the directory.
 
     `llm_factory()` → (model, tokenizer) for LLM-written sentences (None: templates only);
-    `synthesize(text, voice=, speed_wpm=, pitch=)` → float32 16 kHz audio (modalities.espeak).
+    `synthesize(text, voice=, speed_wpm=, pitch=)` → float32 16 kHz audio (modalities.speech.espeak).
     """
     from safetensors.torch import save_file
     from tqdm import tqdm

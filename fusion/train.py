@@ -470,7 +470,7 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
     features) or an image set (its CLIP's features), save `out_dir/projector` (float32) and, with
     `ship_to`, an fp16 copy there."""
     from fusion.checkpoint import ModelIdentity, llm_identity, save_projector, whisper_identity
-    from modalities.llm import LLMConfig, LLMRuntime
+    from modalities.llm.runtime import LLMConfig, LLMRuntime
 
     torch.set_num_threads(config.threads)
     runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads, device=config.device))

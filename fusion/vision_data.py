@@ -345,7 +345,7 @@ def attribute_hits(scene: Scene, caption: str) -> dict[str, bool]:
 
 def clip_config(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The `ClipConfig` this set's features come from."""
-    from modalities.vision import ClipConfig
+    from modalities.vision.clip import ClipConfig
 
     return ClipConfig(
         model_name=config.clip_model,
@@ -359,7 +359,7 @@ def clip_config(config: VisionDataConfig, threads: int | None = None, device: st
 
 def build_clip(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The frozen CLIP runtime; random-init weights are made under `clip_seed`, so they are reproducible."""
-    from modalities.vision import ClipRuntime
+    from modalities.vision.clip import ClipRuntime
 
     state = torch.random.get_rng_state()
     torch.manual_seed(config.clip_seed)
@@ -382,7 +382,7 @@ def build_vision_data(
 ) -> Path:
     """Write the set under `config.out_dir`; resumes from complete shards. Returns the directory.
 
-    `clip_runtime`: a `modalities.vision.ClipRuntime` (or anything with `encode_images(images) →
+    `clip_runtime`: a `modalities.vision.clip.ClipRuntime` (or anything with `encode_images(images) →
     (patches, pooled)`); `encoder_identity`: what the recipe records as the encoder (the
     `ModelIdentity` fields), so projector checkpoints can name it."""
     from safetensors.torch import save_file

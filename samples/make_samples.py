@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from modalities.espeak import synthesize, to_wav_bytes
+from modalities.speech.espeak import synthesize, to_wav_bytes
 
 HERE = Path(__file__).resolve().parent
 

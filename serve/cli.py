@@ -34,8 +34,8 @@ STOP_GRACE_S = 30.0  # how long `serve run` may take to shut down after Ctrl-C /
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
-    from modalities.llm_weights import prepare_llm
-    from modalities.whisper_weights import prepare_whisper
+    from modalities.llm.weights import prepare_llm
+    from modalities.audio.weights import prepare_whisper
 
     steps = {"whisper": prepare_whisper, "llm": prepare_llm}
     for name, prepare in steps.items():
@@ -64,9 +64,9 @@ def _cmd_models_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """A real round trip without Serve: Whisper transcribes a spoken sample, the LLM answers it."""
-    from modalities.audio import decode_audio
-    from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
-    from modalities.speech import WhisperConfig, WhisperRuntime
+    from modalities.audio.decode import decode_audio
+    from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
+    from modalities.audio.whisper import WhisperConfig, WhisperRuntime
 
     audio_path = Path(args.audio)
     t0 = time.perf_counter()
@@ -252,9 +252,9 @@ def _cmd_make_speech_data(args: argparse.Namespace) -> int:
     import torch
 
     from fusion.speech_data import SpeechDataConfig, build_speech_data
-    from modalities.espeak import synthesize
-    from modalities.llm import LLMConfig, LLMRuntime
-    from modalities.speech import WhisperConfig, WhisperRuntime
+    from modalities.speech.espeak import synthesize
+    from modalities.llm.runtime import LLMConfig, LLMRuntime
+    from modalities.audio.whisper import WhisperConfig, WhisperRuntime
 
     config = _config_from_args(SpeechDataConfig, args, out_dir=args.out)
     torch.set_num_threads(args.threads)

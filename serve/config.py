@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fusion.prompt import FusionMode
-from modalities.llm import LLMConfig
-from modalities.speech import WhisperConfig
-from modalities.vision import ClipConfig
+from modalities.llm.runtime import LLMConfig
+from modalities.audio.whisper import WhisperConfig
+from modalities.vision.clip import ClipConfig
 
 from .auth import AuthConfig
 from .fetch import RemoteMediaConfig

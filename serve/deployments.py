@@ -23,12 +23,12 @@ from ray import serve
 
 from fusion.projectors import build_projector
 from fusion.prompt import PromptPlan, splice
-from modalities.audio import SAMPLE_RATE
+from modalities.audio.decode import SAMPLE_RATE
 from modalities.errors import MediaError
 from modalities.feature_cache import FeatureCache, media_key
-from modalities.llm import LLMRuntime, SamplingParams
-from modalities.speech import WhisperRuntime
-from modalities.vision import ClipRuntime
+from modalities.llm.runtime import LLMRuntime, SamplingParams
+from modalities.audio.whisper import WhisperRuntime
+from modalities.vision.clip import ClipRuntime
 
 from . import metrics
 from .config import ChorusConfig

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import ValidationError
 
 from modalities.errors import MediaError
-from modalities.llm import SamplingParams
+from modalities.llm.runtime import SamplingParams
 
 from . import metrics, openapi, router
 from .auth import KeyStore, RateLimiter, retry_after_header

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modalities.sampling import SEED_RANGE
+from modalities.llm.sampling import SEED_RANGE
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 FusionMode = Literal["embed", "transcript", "both"]

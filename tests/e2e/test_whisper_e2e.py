@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 import whisper
 
-from modalities import whisper_weights
-from modalities.espeak import sample_corpus, synthesize, to_wav_bytes
-from modalities.speech import WhisperConfig, WhisperRuntime
+from modalities.audio import weights as whisper_weights
+from modalities.speech.espeak import sample_corpus, synthesize, to_wav_bytes
+from modalities.audio.whisper import WhisperConfig, WhisperRuntime
 
 pytestmark = pytest.mark.slow
 

@@ -53,8 +53,8 @@ def serve_app():
     import ray
     from ray import serve
 
-    from modalities.llm_weights import prepare_llm
-    from modalities.whisper_weights import prepare_whisper
+    from modalities.llm.weights import prepare_llm
+    from modalities.audio.weights import prepare_whisper
     from serve import haproxy
     from serve.app import build_app
 

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 import whisper.audio
 
-from modalities.audio import (
+from modalities.audio.decode import (
     SAMPLE_RATE,
     WINDOW_MEL_FRAMES,
     AudioLimits,

@@ -16,9 +16,9 @@ import pytest
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from modalities import whisper_weights
-from modalities.ctranslate2 import CT2FormatError, parse_ct2, read_ct2
-from modalities.whisper_weights import WhisperWeightsError, check_strict, ct2_to_whisper
+from modalities.audio import weights as whisper_weights
+from modalities.audio.ctranslate2 import CT2FormatError, parse_ct2, read_ct2
+from modalities.audio.weights import WhisperWeightsError, check_strict, ct2_to_whisper
 
 TYPE_IDS = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4, "bfloat16": 5}
 

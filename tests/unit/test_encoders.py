@@ -12,8 +12,8 @@ import torch
 
 from modalities.errors import MediaError
 from modalities.feature_cache import FeatureCache, media_key, nbytes
-from modalities.speech import Segment, Transcript, WhisperRuntime
-from modalities.vision import ClipRuntime
+from modalities.audio.whisper import Segment, Transcript, WhisperRuntime
+from modalities.vision.clip import ClipRuntime
 from serve.deployments import AudioEncoder, VisionEncoder
 from tests.helpers.media import encoded
 from tests.unit.test_speech import noise, tiny_whisper

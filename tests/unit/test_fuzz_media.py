@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from modalities.audio import SAMPLE_RATE, AudioLimits, decode_audio
+from modalities.audio.decode import SAMPLE_RATE, AudioLimits, decode_audio
 from modalities.errors import MediaError
-from modalities.image import ImageLimits, decode_image
+from modalities.vision.decode import ImageLimits, decode_image
 from tests.helpers.media import encoded
 from tests.helpers.memory import peak_bytes
 

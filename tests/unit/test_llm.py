@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from modalities import llm_w8a8
-from modalities.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
+from modalities.llm.quant import w8a8 as llm_w8a8
+from modalities.llm.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.errors import MediaError
-from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
-from modalities.llm_quant import (
+from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
+from modalities.llm.quant.core import (
     GEMV_PRONE_MIN_BYTES,
     REFINE_ABSOLUTE_BAND,
     REFINE_RELATIVE_BAND,
@@ -31,7 +31,7 @@ from modalities.llm_quant import (
     quantize_model,
     weight_bytes,
 )
-from modalities.llm_weights import SMOLLM2_CHAT_TEMPLATE
+from modalities.llm.weights import SMOLLM2_CHAT_TEMPLATE
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -571,7 +571,7 @@ def test_max_context_beyond_the_model_is_refused(tokenizer):
 def test_sampler_survives_denormal_temperature_and_top_p():
     """Found by schemathesis through the API: logits / 3e-295 overflowed to inf (NaN probabilities)
     and a denormal top_p masked every token. The sampler itself now serves both."""
-    from modalities.sampling import SamplingParams, make_generator, sample_next_token
+    from modalities.llm.sampling import SamplingParams, make_generator, sample_next_token
 
     logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
     tiny_t = SamplingParams(temperature=3.156953962359937e-295, seed=1)

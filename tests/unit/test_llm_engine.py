@@ -15,13 +15,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modalities.llm import LLMConfig, LLMRuntime
-from modalities.llm_decode import EagerDecodeLoop
-from modalities import llm_engine
-from modalities.llm_engine import BatchedEngine, EngineError, EngineStats
-from modalities.llm_quant import quantize_model
-from modalities.llm_w8a8 import calibration_ids
-from modalities.sampling import SamplingParams
+from modalities.llm.runtime import LLMConfig, LLMRuntime
+from modalities.llm.decode import EagerDecodeLoop
+from modalities.llm.engine import batched as llm_engine
+from modalities.llm.engine.batched import BatchedEngine, EngineError, EngineStats
+from modalities.llm.quant.core import quantize_model
+from modalities.llm.quant.w8a8 import calibration_ids
+from modalities.llm.sampling import SamplingParams
 from tests.unit.test_llm import PROMPT, VOCAB_SIZE, build_model, build_tokenizer
 
 WEIGHT_SCALE = 10.0  # random init at 1x decodes one token over and over; 10x gives varied greedy text

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modalities.llm import LLMConfig, build_decode_loop
-from modalities.llm_engine import BatchedEngine, SlotCache
-from modalities.llm_prefix import PrefixCache
+from modalities.llm.runtime import LLMConfig, build_decode_loop
+from modalities.llm.engine.batched import BatchedEngine, SlotCache
+from modalities.llm.engine.prefix import PrefixCache
 from tests.unit.test_llm import VOCAB_SIZE
 from tests.unit.test_llm_engine import GREEDY, NEW_TOKENS, NO_EOS, Pacer, eager_tokens
 from tests.unit.test_llm_engine import model, tokenizer  # noqa: F401 - the same fixtures (the lively tiny Llama)

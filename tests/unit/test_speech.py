@@ -14,9 +14,9 @@ import torch
 import whisper.decoding
 from whisper.model import ModelDimensions, Whisper
 
-from modalities.audio import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES, log_mel
+from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES, log_mel
 from modalities.errors import MediaError
-from modalities.speech import (
+from modalities.audio.whisper import (
     TOKEN_CAP_SLACK,
     Transcript,
     WhisperConfig,
@@ -226,7 +226,7 @@ def test_from_config_loads_a_local_checkpoint(tmp_path: Path, model: Whisper) ->
 
 
 def test_runtime_decode_applies_its_limits(model: Whisper) -> None:
-    from modalities.espeak import to_wav_bytes
+    from modalities.speech.espeak import to_wav_bytes
 
     rt = runtime(model, limits={"max_duration_s": 1.0})
     assert len(rt.decode(to_wav_bytes(noise(0.5)))) == SAMPLE_RATE // 2
@@ -235,7 +235,7 @@ def test_runtime_decode_applies_its_limits(model: Whisper) -> None:
 
 
 def test_clean_segments_drops_silence_loops_and_repeats() -> None:
-    from modalities.speech import clean_segments
+    from modalities.audio.whisper import clean_segments
 
     audio = np.concatenate([noise(2.0), np.zeros(SAMPLE_RATE, np.float32)])  # 2 s sound, 1 s silence
 

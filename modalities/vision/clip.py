@@ -33,7 +33,7 @@ from torch import nn
 
 from modalities.devices import TorchDevice
 from modalities.errors import MediaError
-from modalities.image import ImageLimits, decode_image
+from modalities.vision.decode import ImageLimits, decode_image
 
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"

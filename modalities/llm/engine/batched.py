@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.llm_prefix import PrefixCache
-from modalities.llm_quant import compute_dtype, fast_linear, fast_linears, module_device
-from modalities.sampling import SamplingParams, make_generator, sample_next_token
+from modalities.llm.engine.prefix import PrefixCache
+from modalities.llm.quant.core import compute_dtype, fast_linear, fast_linears, module_device
+from modalities.llm.sampling import SamplingParams, make_generator, sample_next_token
 
 __all__ = ["BatchedEngine", "EngineError", "EngineStats", "LlamaForward", "SlotCache", "TokenStream"]
 

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from modalities import llm_w8a8
-from modalities.llm_w8a8 import Int8BlockEmbedding, Int8Group, Int8Head, Int8Linear, Int8Part
+from modalities.llm.quant import w8a8 as llm_w8a8
+from modalities.llm.quant.w8a8 import Int8BlockEmbedding, Int8Group, Int8Head, Int8Linear, Int8Part
 
 Quantization = Literal["none", "int8", "int4", "w8a8"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")

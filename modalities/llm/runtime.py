@@ -28,13 +28,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from modalities.detokenize import IncrementalDetokenizer, StopStringFilter
+from modalities.llm.detokenize import IncrementalDetokenizer, StopStringFilter
 from modalities.devices import TorchDevice
 from modalities.errors import MediaError
-from modalities.llm_decode import DecodeLoop, EagerDecodeLoop
-from modalities.llm_engine import DEFAULT_MAX_SLOTS, BatchedEngine, EngineStats
-from modalities import llm_w8a8
-from modalities.llm_quant import (
+from modalities.llm.decode import DecodeLoop, EagerDecodeLoop
+from modalities.llm.engine.batched import DEFAULT_MAX_SLOTS, BatchedEngine, EngineStats
+from modalities.llm.quant import w8a8 as llm_w8a8
+from modalities.llm.quant.core import (
     Quantization,
     QuantizationReport,
     compute_dtype,
@@ -42,7 +42,7 @@ from modalities.llm_quant import (
     quantize_model,
     weight_bytes,
 )
-from modalities.sampling import SamplingParams
+from modalities.llm.sampling import SamplingParams
 
 __all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
 
@@ -322,7 +322,7 @@ def build_decode_loop(model: nn.Module, config: LLMConfig) -> DecodeLoop:
 def resolve_model_source(model: str) -> str:
     """'packaged' → the prepared SmolLM2 directory (converted now if needed); a path must exist."""
     if model == PACKAGED:
-        from modalities.llm_weights import prepare_llm
+        from modalities.llm.weights import prepare_llm
 
         return str(prepare_llm())
     path = Path(model).expanduser()
