@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import serve.cli as cli
+from serve.cli import serve_cmd as cli
 from serve import haproxy
 from serve.ports import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_respects_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +145,7 @@ except KeyboardInterrupt:
 SUPERVISOR = """
 import subprocess, sys
 sys.path.insert(0, sys.argv[1])
-from serve import cli
+from serve.cli import serve_cmd as cli
 child = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[3]], preexec_fn=cli._default_sigint)
 print(child.pid, flush=True)
 sys.exit(cli._supervise(child))
@@ -158,7 +160,7 @@ def test_sigterm_stops_serve_run_gracefully_even_from_a_background_job(tmp_path)
 
     marker = tmp_path / "stopped"
     supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(Path(cli.__file__).resolve().parents[1]), GRACEFUL_CHILD, str(marker)],
+        [sys.executable, "-c", SUPERVISOR, str(REPO_ROOT), GRACEFUL_CHILD, str(marker)],
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),

@@ -1,0 +1,130 @@
+"""`chorus train-projector`, `eval-projector`, `eval-agreement`: train a projector on a feature set
+(encoder and LLM frozen) and measure it (see fusion.train, fusion.evaluate, fusion.agreement)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from serve.cli.common import add_command, add_device, add_report_flags, add_seed, add_threads, config_from_args, default_fusion_dir
+from serve.cli.data import SPEECH_SET, VISION_SET
+
+MODALITIES = ("audio", "image")
+PACKAGED_CHECKPOINT = "packaged"  # fusion.checkpoint.PACKAGED (importing it would import torch): the shipped audio projector
+
+
+def add_parser(subparsers) -> None:
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_agreement(subparsers)
+
+
+def _add_train(subparsers) -> None:
+    train = add_command(
+        subparsers, "train-projector", "train an audio or image projector (encoder, LLM frozen)", _cmd_train_projector,
+        description="Train a projector on a speech corpus or image set against the packaged LLM, encoder and LLM "
+        "frozen; an interrupted run resumes from its --out directory.",
+    )
+    train.add_argument("--data", default=None, help=f"speech corpus or image set (default: ~/.cache/chorus/fusion/{SPEECH_SET})")
+    train.add_argument("--modality", choices=list(MODALITIES), default=None, help="default: what --data holds")
+    train.add_argument("--out", default=None, help="run directory (default: ~/.cache/chorus/fusion/runs/<modality>)")
+    train.add_argument("--ship-to", default=None, help="also write the final fp16 projector to this directory")
+    train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (serve assumes 4)")
+    train.add_argument("--steps", type=int, default=1000, help="optimizer steps in total (a resumed run continues the count)")
+    train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
+    train.add_argument("--distill", action="store_true", help="add KL to the LLM reading the transcript as text")
+    train.add_argument("--no-norm-match", action="store_true", help="skip scaling outputs to the embedding norm")
+    train.add_argument("--eval-every", type=int, default=200, help="held-out loss every this many steps")
+    train.add_argument("--checkpoint-every", type=int, default=50, help="save the train state (for resume) every this many steps")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this long")
+    add_threads(train, 2)
+    add_device(train, "the LLM and projector")
+    add_seed(train, "the projector's initial weights and the batch order")
+
+
+def _add_eval(subparsers) -> None:
+    ev = add_command(
+        subparsers, "eval-projector", "measure a projector: audio WER, image captions", _cmd_eval_projector,
+        description='Measure a projector checkpoint. Audio: "repeat" word error rate with the projector (embed), '
+        "with Whisper's transcript, and untrained; image: caption cross-entropy and attribute accuracy, trained "
+        "vs untrained.",
+    )
+    ev.add_argument("--checkpoint", required=True, help="projector checkpoint directory")
+    ev.add_argument("--data", default=None, help=f"speech corpus / image set (default: {SPEECH_SET}; the image set it was trained on)")
+    add_report_flags(ev, limit=40, unit="clips / images")
+    ev.add_argument("--modes", default="embed,transcript,untrained", help="audio: comma-separated")
+    ev.add_argument("--baseline", default=None, help="merge the modes of an earlier --report JSON (same clips)")
+    add_threads(ev, 2)
+    add_device(ev, "image projectors; the audio eval runs on CPU")
+
+
+def _add_agreement(subparsers) -> None:
+    agree = add_command(
+        subparsers, "eval-agreement", "audio projector: embed vs transcript answers (word F1)", _cmd_eval_agreement,
+        description='"Answer the request": how closely the LLM\'s answers to spoken requests match (word F1) when it '
+        "hears them through the audio projector and when it reads Whisper's transcript.",
+    )
+    agree.add_argument("--checkpoint", default=PACKAGED_CHECKPOINT,
+                       help=f"audio projector checkpoint directory, or '{PACKAGED_CHECKPOINT}'")
+    agree.add_argument("--data", default=None, help=f"speech corpus (default: {SPEECH_SET} in the cache)")
+    add_report_flags(agree, limit=20, unit="clips")
+    add_threads(agree, 1)
+
+
+def _modality(args: argparse.Namespace) -> str:
+    """--modality, else what the --data directory holds (an image set or a speech corpus)."""
+    from fusion.vision_data import is_vision_data
+
+    if args.modality:
+        return args.modality
+    return "image" if args.data and is_vision_data(args.data) else "audio"
+
+
+def _invocation() -> str:
+    """The command line as typed, for the checkpoint's record of how it was trained."""
+    return "chorus " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("chorus") else " ".join(sys.argv)
+
+
+def _cmd_train_projector(args: argparse.Namespace) -> int:
+    from fusion.train import TrainConfig, train_projector_cli
+
+    modality = _modality(args)
+    data = args.data or default_fusion_dir(VISION_SET if modality == "image" else SPEECH_SET)
+    out = args.out or default_fusion_dir(f"runs/{modality}")
+    config = config_from_args(
+        TrainConfig, args, data_dir=data, out_dir=out, modality=modality, match_embedding_norm=not args.no_norm_match
+    )
+    train_projector_cli(config, command=_invocation(), ship_to=args.ship_to)
+    return 0
+
+
+def _cmd_eval_projector(args: argparse.Namespace) -> int:
+    from fusion.checkpoint import read_metadata
+    from fusion.evaluate import evaluate_cli, evaluate_vision_cli
+
+    if read_metadata(args.checkpoint).get("modality") == "image":
+        data = args.data or read_metadata(args.checkpoint)["data"]["config"]["out_dir"]
+        evaluate_vision_cli(args.checkpoint, data, args.limit, args.write_metadata, args.threads, args.report, args.device)
+        return 0
+    evaluate_cli(
+        checkpoint=args.checkpoint,
+        data_dir=args.data or default_fusion_dir(SPEECH_SET),
+        limit=args.limit,
+        modes=args.modes.split(","),
+        write_metadata=args.write_metadata,
+        threads=args.threads,
+        report=args.report,
+        baseline=args.baseline,
+    )
+    return 0
+
+
+def _cmd_eval_agreement(args: argparse.Namespace) -> int:
+    from fusion.agreement import evaluate_agreement_cli
+    from fusion.checkpoint import PACKAGED, PACKAGED_AUDIO_PROJECTOR
+
+    checkpoint = str(PACKAGED_AUDIO_PROJECTOR) if args.checkpoint == PACKAGED else args.checkpoint
+    data = args.data or default_fusion_dir(SPEECH_SET)
+    evaluate_agreement_cli(checkpoint, data, args.limit, args.threads, args.report, args.write_metadata)
+    return 0
