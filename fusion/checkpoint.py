@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fusion.projectors import build_projector
-from modalities.paths import sha256_file
+from modalities.paths import PACKAGED, sha256_file
 
 FORMAT = "chorus-projector"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def llm_identity(model: str) -> ModelIdentity:
     from modalities import paths
     from modalities.llm.weights import SIDECAR
 
-    if model == "packaged":
+    if model == PACKAGED:
         directory = paths.packaged_llm_dir()
     else:
         directory = Path(model).expanduser()
@@ -92,7 +92,7 @@ def whisper_identity(model: str) -> ModelIdentity:
     from modalities import paths
     from modalities.audio.weights import sidecar_path
 
-    if model == "packaged":
+    if model == PACKAGED:
         checkpoint = paths.packaged_whisper_path()
         name = paths.PACKAGED_WHISPER_NAME
     else:
@@ -242,7 +242,6 @@ def load_projector(
     return module.to(dtype).eval().requires_grad_(False), record
 
 
-PACKAGED = "packaged"
 # The audio projector shipped in the repo for the packaged Whisper-base × SmolLM2-135M-Instruct.
 PACKAGED_AUDIO_PROJECTOR = Path(__file__).resolve().parent / "checkpoints" / "whisper-base__smollm2-135m-instruct"
 

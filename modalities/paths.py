@@ -15,6 +15,10 @@ DEFAULT_CACHE = Path.home() / ".cache" / "chorus"
 
 HASH_CHUNK_BYTES = 8 << 20
 
+# The model value (`LLMConfig.model`, `WhisperConfig.model`, a projector checkpoint) that means "the
+# weights this project ships", prepared into the cache on first use.
+PACKAGED = "packaged"
+
 # Names of the directories `chorus models prepare` writes for the packaged weights.
 PACKAGED_LLM_NAME = "smollm2-135m-instruct"
 PACKAGED_WHISPER_NAME = "whisper-base"

@@ -1,4 +1,4 @@
-"""Audio bytes -> 16 kHz mono float32 -> Whisper log-mel.
+"""Audio bytes -> 16 kHz mono float32 (torch-free; `modalities.audio.mel` takes it on to Whisper's log-mel).
 
 Decoding is defensive because the bytes come from clients: the encoded size is capped, the header
 (`soundfile.info`) is checked before any sample is read, and samples are then read in fixed-size
@@ -17,8 +17,6 @@ import struct
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
-import whisper.audio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modalities.errors import MediaError
@@ -31,12 +29,6 @@ FRAMES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_FRAME  # 50 encoder feature frame
 WINDOW_SECONDS = 30  # Whisper's fixed input window
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE  # 480_000
 WINDOW_MEL_FRAMES = WINDOW_SECONDS * MEL_FRAMES_PER_SECOND  # 3000
-assert (SAMPLE_RATE, HOP_LENGTH, WINDOW_SAMPLES, WINDOW_MEL_FRAMES) == (
-    whisper.audio.SAMPLE_RATE,
-    whisper.audio.HOP_LENGTH,
-    whisper.audio.N_SAMPLES,
-    whisper.audio.N_FRAMES,
-), "openai-whisper's audio constants changed"
 
 # Container formats accepted, as `soundfile.info(...).format` names them (MP3 needs libsndfile>=1.1).
 ALLOWED_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG", "MP3"})
@@ -190,19 +182,3 @@ def resample(audio: np.ndarray, source_rate: int) -> np.ndarray:
 def feature_frames(num_samples: int) -> int:
     """Encoder feature frames covering `num_samples` at 16 kHz: ceil(n / 320)."""
     return math.ceil(num_samples / SAMPLES_PER_FRAME)
-
-
-def log_mel(audio: np.ndarray | torch.Tensor, n_mels: int, n_frames: int = WINDOW_MEL_FRAMES) -> torch.Tensor:
-    """Whisper log-mel of one mono 16 kHz clip, [n_mels, n_frames] (n_frames <= 3000).
-
-    Computed on the clip followed by a window of zeros, exactly as whisper does, then cut to
-    `n_frames`: frames past the clip are the same "silence" whisper's padded window would hold.
-    Normalisation uses the clip's own maximum, so a clip's mel never depends on its batch-mates.
-    """
-    if not 0 < n_frames <= WINDOW_MEL_FRAMES:
-        raise ValueError(f"n_frames must be in 1..{WINDOW_MEL_FRAMES}, got {n_frames}")
-    audio = torch.as_tensor(audio, dtype=torch.float32)
-    if audio.shape[0] > WINDOW_SAMPLES:
-        raise ValueError(f"log_mel takes at most one {WINDOW_SECONDS}-s window; got {audio.shape[0]} samples")
-    mel = whisper.audio.log_mel_spectrogram(audio, n_mels=n_mels, padding=WINDOW_SAMPLES)
-    return mel[:, :n_frames]

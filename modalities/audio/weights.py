@@ -50,8 +50,8 @@ import torch
 from whisper.model import ModelDimensions, Whisper
 
 from modalities import paths
-from modalities.paths import sha256_file
 from modalities.audio.ctranslate2 import CT2Model, read_ct2
+from modalities.paths import sha256_file
 
 log = logging.getLogger(__name__)
 

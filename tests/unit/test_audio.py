@@ -18,9 +18,9 @@ from modalities.audio.decode import (
     AudioLimits,
     decode_audio,
     feature_frames,
-    log_mel,
     resample,
 )
+from modalities.audio.mel import log_mel
 from modalities.errors import MediaError
 from tests.helpers.media import wav_header
 from tests.helpers.memory import peak_bytes

@@ -14,16 +14,12 @@ import torch
 import whisper.decoding
 from whisper.model import ModelDimensions, Whisper
 
-from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES, log_mel
+from modalities.audio.config import WhisperConfig
+from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES
+from modalities.audio.mel import log_mel
+from modalities.audio.whisper import TOKEN_CAP_SLACK, Transcript, WhisperRuntime, encode_mel
+from modalities.audio.whisper_names import normalize_language
 from modalities.errors import MediaError
-from modalities.audio.whisper import (
-    TOKEN_CAP_SLACK,
-    Transcript,
-    WhisperConfig,
-    WhisperRuntime,
-    encode_mel,
-    normalize_language,
-)
 
 # n_vocab 51865 = the multilingual tokenizer whisper's decoding builds from the dims.
 TINY = ModelDimensions(
@@ -211,6 +207,9 @@ def test_config_validation() -> None:
         WhisperConfig(adaptive_margin_s=-1)
     with pytest.raises(pydantic.ValidationError):
         WhisperConfig(limits={"max_duration_s": 10, "bogus": 1})
+    assert WhisperConfig(device="auto").device == "auto" and WhisperConfig(device="cuda:1").device == "cuda:1"
+    with pytest.raises(pydantic.ValidationError, match="torch device"):
+        WhisperConfig(device="gpu")
     for field in WhisperConfig.model_fields.values():
         assert field.description
 

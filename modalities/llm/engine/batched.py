@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modalities.llm.config import DEFAULT_MAX_SLOTS, SUPPORTED_ARCHITECTURES
 from modalities.llm.engine.prefix import PrefixCache
 from modalities.llm.quant.core import compute_dtype, fast_linear, fast_linears, module_device
 from modalities.llm.sampling import SamplingParams, make_generator, sample_next_token
@@ -49,9 +50,7 @@ __all__ = ["BatchedEngine", "EngineError", "EngineStats", "LlamaForward", "SlotC
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SLOTS = 8
 MIN_CAPACITY = 256  # first cache length per row; doubled as sequences grow (never the full context upfront)
-SUPPORTED_MODEL_TYPES = ("llama",)
 # RoPE variants whose inverse frequencies do not depend on the sequence length (so one table serves
 # rows at different positions); "dynamic" and friends rescale with the longest sequence seen.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
@@ -94,9 +93,9 @@ class LlamaForward:
     def __init__(self, model: nn.Module) -> None:
         config = model.config
         model_type = getattr(config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
-                f"the batched engine supports model types {SUPPORTED_MODEL_TYPES}, not {model_type!r}; "
+                f"the batched engine supports model types {SUPPORTED_ARCHITECTURES}, not {model_type!r}; "
                 "use engine 'eager' for this model"
             )
         body = getattr(model, "model", None)

@@ -37,18 +37,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from modalities.llm.config import QUANTIZATIONS, Quantization
 from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.w8a8 import Int8BlockEmbedding, Int8Group, Int8Head, Int8Linear, Int8Part
-
-Quantization = Literal["none", "int8", "int4", "w8a8"]
-QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")
 
 # The int4 group size (the tinygemm kernels accept 32, 64 and 128): the smallest, most accurate one
 # (see the module docstring); a layer whose in_features it doesn't divide stays float.

