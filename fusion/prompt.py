@@ -13,19 +13,17 @@ Two separate steps (Ultravox keeps them apart; so do we):
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-import torch
+from fusion.registry import FUSION_MODES, FusionMode, spec  # noqa: F401 - FUSION_MODES re-exported
 
-MediaKind = Literal["audio", "image"]
-FusionMode = Literal["embed", "transcript", "both"]
-FUSION_MODES: tuple[FusionMode, ...] = ("embed", "transcript", "both")
+if TYPE_CHECKING:  # torch only where embeddings are spliced: planning stays light
+    import torch
 
-# Short text delimiters around projected media tokens, so the LLM sees where media starts and ends.
-DELIMITERS: dict[MediaKind, tuple[str, str]] = {"audio": ("<audio>", "</audio>"), "image": ("<image>", "</image>")}
-_SENTINEL = "\x00chorus-media-{}\x00"
-_SENTINEL_RE = re.compile("\x00chorus-media-(\\d+)\x00")
+MediaKind = str  # a key of `fusion.registry.MODALITIES`
 
 
 @dataclass(frozen=True)
@@ -78,34 +76,68 @@ class ChatTokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
-def _media_text(item: MediaItem, mode: FusionMode) -> str:
-    opening, closing = DELIMITERS[item.kind]
-    if item.kind == "image" or mode == "embed":
-        return f"{opening}{_SENTINEL.format(item.index)}{closing}"
+def _media_text(item: MediaItem, mode: FusionMode, sentinel: str) -> str:
+    media = spec(item.kind)
+    opening, closing = media.delimiters
+    slot = f"{opening}{sentinel.format(item.index)}{closing}"
+    if not media.wants_text(mode):
+        return slot
     if item.transcript is None:
         raise ValueError(f"{item.kind} item {item.index} needs a transcript in {mode!r} mode")
-    if mode == "transcript":
+    if not media.wants_features(mode):
         return item.transcript
-    return f"{opening}{_SENTINEL.format(item.index)}{closing} (transcript: {item.transcript})"
+    return f"{slot} (transcript: {item.transcript})"
 
 
-def build_prompt(messages: Sequence[Message], tokenizer: ChatTokenizer, audio_mode: FusionMode) -> PromptPlan:
+def resolve_modes(
+    audio_mode: FusionMode | None = None, modes: Mapping[str, FusionMode] | None = None
+) -> dict[str, FusionMode]:
+    """The fusion mode per modality: `modes`, with `audio_mode` as a shorthand for its audio entry,
+    and each kind's registry default where neither says; a mode the kind does not support raises."""
+    chosen = dict(modes or {})
+    if audio_mode is not None:
+        chosen["audio"] = audio_mode
+    resolved: dict[str, FusionMode] = {}
+    for kind, mode in chosen.items():
+        if mode not in spec(kind).modes:
+            raise ValueError(f"unknown fusion mode {mode!r} for {kind}; known: {', '.join(spec(kind).modes)}")
+        resolved[kind] = mode
+    return resolved
+
+
+def build_prompt(
+    messages: Sequence[Message],
+    tokenizer: ChatTokenizer,
+    audio_mode: FusionMode | None = None,
+    *,
+    modes: Mapping[str, FusionMode] | None = None,
+) -> PromptPlan:
     """Render `messages` with the tokenizer's chat template (generation prompt added) into a plan.
 
-    Images always become embedding slots; audio follows `audio_mode`.
+    Each media item follows its kind's mode (`modes`, `audio_mode` for audio, else the registry's
+    default): embedding slots, its encoder's text, or both.
     """
-    if audio_mode not in FUSION_MODES:
-        raise ValueError(f"unknown fusion mode {audio_mode!r}; known: {', '.join(FUSION_MODES)}")
+    chosen = resolve_modes(audio_mode, modes)
+    # A fresh random sentinel per prompt: text the client wrote cannot contain it, so no typed
+    # marker can move or repeat a media slot.
+    nonce = secrets.token_hex(8)
+    sentinel = f"\x00chorus-media-{nonce}-{{}}\x00"
+    sentinel_re = re.compile(f"\x00chorus-media-{nonce}-(\\d+)\x00")
     conversation = []
     for message in messages:
-        text = "".join(part if isinstance(part, str) else _media_text(part, audio_mode) for part in message.parts)
+        text = "".join(
+            part
+            if isinstance(part, str)
+            else _media_text(part, chosen.get(part.kind, spec(part.kind).default_mode), sentinel)
+            for part in message.parts
+        )
         conversation.append({"role": message.role, "content": text})
     rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     kinds = {part.index: part.kind for m in messages for part in m.parts if isinstance(part, MediaItem)}
 
     plan = PromptPlan()
     cursor = 0
-    for match in _SENTINEL_RE.finditer(rendered):
+    for match in sentinel_re.finditer(rendered):
         if match.start() > cursor:
             plan.pieces.append(tokenizer.encode(rendered[cursor : match.start()], add_special_tokens=False))
         index = int(match.group(1))
@@ -128,6 +160,8 @@ def splice(
     Returns `inputs_embeds [1, L, H]`, `attention_mask [1, L]` (all ones) and the number of soft
     tokens per media index.
     """
+    import torch
+
     text_pieces = [p for p in plan.pieces if isinstance(p, list)]
     assert len(text_pieces) == len(text_embeds), f"{len(text_pieces)} text pieces, {len(text_embeds)} embeddings"
     slot_indices = {slot.index for slot in plan.slots}

@@ -1,8 +1,10 @@
 """The application builder: one validated config → the Ray Serve application.
 
 `serve run deploy/local.yaml` / `serve deploy deploy/local.yaml` call `build_app(args)` with the
-YAML's `args`. Deployment classes stay plain; this is the only place they become deployments
-(ray.llm's builder does the same).
+YAML's `args`. Deployment classes stay plain; this is the only place they become deployments (ray.llm's
+builder does the same). The ingress class is the one exception in shape, not in place: Ray needs its
+FastAPI wrapper at module level (`serve/http/ingress.py`), and it is made a deployment here too.
+One encoder deployment per modality the config enables, from the modality registry.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .auth import KeyStore
-from .config import ChorusConfig
-from .deployments import AudioEncoder, LLMDecoder, VisionEncoder
-from .ingress import IngressDeployment
+from .admission import KeyStore
+from .config import DECODER, INGRESS, ChorusConfig, DeploymentOptions
+from .deployments import deployment_class
+from .http.ingress import IngressDeployment
+
+
+def _deployment(cls: type, name: str, options: DeploymentOptions) -> Any:
+    return serve.deployment(cls, name=name, **options.to_serve_options())
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -24,13 +30,9 @@ def build_app(args: dict[str, Any]) -> Application:
     KeyStore(config.auth)  # a config that requires API keys and has none fails here, before any replica starts
     payload = config.model_dump(mode="json")
     opts = config.deployments
-
-    def deployment(cls, name: str, options):
-        return serve.deployment(cls, name=name, **options.to_serve_options())
-
-    audio = deployment(AudioEncoder, "AudioEncoder", opts.audio_encoder).bind(payload)
-    vision = None
-    if config.vision is not None:
-        vision = deployment(VisionEncoder, "VisionEncoder", opts.vision_encoder).bind(payload)
-    llm = deployment(LLMDecoder, "LLMDecoder", opts.llm_decoder).bind(payload)
-    return deployment(IngressDeployment, "Ingress", opts.ingress).bind(payload, audio, vision, llm)
+    encoders = {
+        media.kind: _deployment(deployment_class(media.deployment), media.deployment, opts.encoder(media)).bind(payload)
+        for media in config.enabled_modalities()
+    }
+    llm = _deployment(deployment_class(DECODER), DECODER, opts.llm_decoder).bind(payload)
+    return _deployment(IngressDeployment, INGRESS, opts.ingress).bind(payload, encoders, llm)

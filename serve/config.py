@@ -14,15 +14,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fusion.prompt import FusionMode
-from modalities.llm.runtime import LLMConfig
-from modalities.audio.whisper import WhisperConfig
-from modalities.vision.clip import ClipConfig
+from fusion.registry import MODALITIES, FusionMode, ModalitySpec
+from modalities.audio.config import WhisperConfig
+from modalities.llm.config import LLMConfig
+from modalities.paths import PACKAGED, PACKAGED_WHISPER_NAME
+from modalities.vision.config import ClipConfig
 
-from .auth import AuthConfig
-from .fetch import RemoteMediaConfig
+from .admission.auth import AuthConfig
+from .services.fetch import RemoteMediaConfig
 
-DEPLOYMENT_NAMES = ("Ingress", "AudioEncoder", "VisionEncoder", "LLMDecoder")
+INGRESS, DECODER = "Ingress", "LLMDecoder"
+DEPLOYMENT_NAMES = (INGRESS, *(media.deployment for media in MODALITIES.values()), DECODER)
 
 
 class _Strict(BaseModel):
@@ -104,6 +106,10 @@ class Deployments(_Strict):
     vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
     llm_decoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
+    def encoder(self, media: ModalitySpec) -> DeploymentOptions:
+        """The options of the deployment that encodes `media`."""
+        return {"audio": self.audio_encoder, "image": self.vision_encoder}[media.kind]
+
 
 class FusionConfig(_Strict):
     audio_mode: FusionMode = Field(
@@ -118,6 +124,14 @@ class FusionConfig(_Strict):
     allow_random_projectors: bool = Field(
         False, description="Tests only: build untrained projectors when no checkpoint is set"
     )
+
+    def mode(self, media: ModalitySpec) -> FusionMode:
+        """The configured fusion mode of `media` (its registry default where the config has none)."""
+        return self.audio_mode if media.kind == "audio" else media.default_mode
+
+    def projector(self, media: ModalitySpec) -> str | None:
+        """The projector checkpoint configured for `media`, if any."""
+        return {"audio": self.audio_projector, "image": self.vision_projector}.get(media.kind)
 
 
 class LimitsConfig(_Strict):
@@ -196,6 +210,14 @@ class ChorusConfig(_Strict):
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls.model_validate(data)
 
+    def encoder_config(self, media: ModalitySpec) -> WhisperConfig | ClipConfig | None:
+        """The encoder config of `media`; None where this deployment does not take it."""
+        return getattr(self, media.config_field)
+
+    def enabled_modalities(self) -> list[ModalitySpec]:
+        """The registry's modalities this deployment has an encoder for."""
+        return [media for media in MODALITIES.values() if self.encoder_config(media) is not None]
+
     def whisper_model_name(self) -> str:
         model = self.whisper.model
-        return "whisper-base" if model == "packaged" else Path(str(model)).stem
+        return PACKAGED_WHISPER_NAME if model == PACKAGED else Path(str(model)).stem

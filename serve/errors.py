@@ -1,74 +1,102 @@
-"""Errors as OpenAI answers them: `{"error": {"message", "type", "param", "code"}}`.
+"""Domain errors: what the services raise when they refuse or cannot serve a request.
 
-Runtimes raise `MediaError` for the client's mistakes; this module is the one place that maps
-exceptions to HTTP status codes. Messages are short and never echo request bodies.
+No HTTP here: each class says *what* went wrong, with OpenAI's error-body fields (`message`,
+`type`, `param`, `code`); `serve/http/errors.py` is the one place that maps a class to a status.
+Messages are short and never echo request bodies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from modalities.errors import MediaError
-
-from .protocol import ErrorDetail, ErrorResponse
+from modalities.errors import InputError
+from serve.protocol.errors import ErrorDetail, ErrorResponse
 
 INVALID_REQUEST = "invalid_request_error"
-NOT_FOUND = "not_found_error"
 SERVER_ERROR = "server_error"
 
 
-class APIError(Exception):
-    """An error with its HTTP status and OpenAI error body fields."""
+class ServiceError(Exception):
+    """A request the service refuses (the client's mistake) or cannot serve right now."""
+
+    type = INVALID_REQUEST
 
     def __init__(
         self,
-        status: int,
         message: str,
         *,
-        type: str = INVALID_REQUEST,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.type = type
         self.param = param
         self.code = code
-        self.headers = headers or {}
+        self.retry_after = retry_after  # seconds, as the Retry-After header carries them
 
     def body(self) -> dict[str, Any]:
+        """OpenAI's error body for this error."""
         detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
         return ErrorResponse(error=detail).model_dump()
 
 
-def from_media_error(err: MediaError, param: str | None = None) -> APIError:
-    """400 for a runtime's `MediaError`; `param` (the request field the media came in) wins over the
-    runtime's own name for it."""
-    return APIError(400, err.message, param=param or err.param, code=err.code)
+class InvalidRequest(ServiceError):
+    """The request is malformed or asks for something this deployment does not do."""
 
 
-def model_not_found(model: str) -> APIError:
-    return APIError(
-        404,
+class Unauthenticated(ServiceError):
+    """No API key, or one the deployment does not know."""
+
+
+class RateLimited(ServiceError):
+    """The key's request budget is spent for now."""
+
+    type = "requests"
+
+
+class NotFound(ServiceError):
+    """The model (or another named resource) does not exist here."""
+
+
+class PayloadTooLarge(ServiceError):
+    """The body is over the configured byte limit."""
+
+
+class Overloaded(ServiceError):
+    """Too much work in flight; retry shortly."""
+
+    type = SERVER_ERROR
+
+
+class DeadlineExceeded(ServiceError):
+    """The request did not finish within its deadline."""
+
+    type = SERVER_ERROR
+
+
+class ClientGone(ServiceError):
+    """The client closed its connection before the answer was ready."""
+
+
+class Internal(ServiceError):
+    """Our own fault; the message says no more than that."""
+
+    type = SERVER_ERROR
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
+
+
+def from_input_error(err: InputError, param: str | None = None) -> InvalidRequest:
+    """A runtime's `InputError` (bad media, a prompt over the context) as a refused request; `param`
+    (the request field the input came in) wins over the runtime's own name for it."""
+    return InvalidRequest(err.message, param=param or err.param, code=err.code)
+
+
+def model_not_found(model: str) -> NotFound:
+    return NotFound(
         f"The model '{model[:100]}' does not exist or you do not have access to it.",
-        type=INVALID_REQUEST,
         param="model",
         code="model_not_found",
     )
-
-
-def validation_error(errors: list[dict[str, Any]]) -> APIError:
-    """Turn pydantic/FastAPI validation errors into one 400 naming the first offending field."""
-    first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    # Drop discriminator/type tags pydantic inserts into union locations (e.g. 'text', 'function-after').
-    param = ".".join(part for part in loc if not part.startswith("function-")) or None
-    msg = str(first.get("msg", "invalid request"))
-    if first.get("type") == "json_invalid":
-        return APIError(400, "We could not parse the JSON body of your request.", code="invalid_json")
-    if first.get("type") == "extra_forbidden":
-        msg = "unsupported parameter"
-    message = f"{param}: {msg}" if param else msg
-    return APIError(400, message[:300], param=param, code="invalid_value")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.auth import AuthConfig, KeyStore, RateLimiter, digest, retry_after_header
+from serve.admission.auth import AuthConfig, KeyStore, RateLimiter, digest, retry_after_header
 
 
 def test_open_without_keys():

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serve.errors import APIError
-from serve.fetch import RemoteMediaConfig, RemoteMediaFetcher, blocked_reason
-from serve.router import decode_image_url
+from serve.errors import InvalidRequest
+from serve.services.fetch import RemoteMediaConfig, RemoteMediaFetcher, blocked_reason
+from serve.services.media import decode_image_url
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2
 ALLOWED = [
@@ -30,11 +30,11 @@ def fetcher(**overrides) -> RemoteMediaFetcher:
     return RemoteMediaFetcher(RemoteMediaConfig(**{**options, **overrides}), **kwargs)
 
 
-def refused(f: RemoteMediaFetcher, url: str) -> APIError:
-    with pytest.raises(APIError) as info:
+def refused(f: RemoteMediaFetcher, url: str) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
         asyncio.run(f.fetch_image(url, "messages.0.content.0.image_url.url"))
     err = info.value
-    assert err.status == 400 and err.param == "messages.0.content.0.image_url.url"
+    assert err.param == "messages.0.content.0.image_url.url"
     assert url not in err.message  # never echoes the URL
     return err
 
@@ -170,7 +170,7 @@ def test_blocked_reason(address, blocked):
 
 
 def test_router_refuses_remote_urls_without_a_fetcher():
-    with pytest.raises(APIError) as info:
+    with pytest.raises(InvalidRequest) as info:
         asyncio.run(decode_image_url("https://example.com/cat.png", "p", fetcher=None))
     assert info.value.code == "remote_url_disabled"
 
@@ -315,7 +315,7 @@ def _request_with_images(*urls: str):
 
 
 def test_extract_fetches_remote_images_in_order():
-    from serve.router import extract
+    from serve.services.media import extract
 
     async def resolver(host, port):
         return ["93.184.215.14"]
@@ -332,12 +332,12 @@ def test_extract_fetches_remote_images_in_order():
 
 
 def test_extract_refuses_by_policy_before_any_fetch():
-    from serve.router import extract
+    from serve.services.media import extract
 
     async def resolver(host, port):
         raise AssertionError("no lookup may happen when a later URL breaks the policy")
 
     request = _request_with_images("https://a.example.com/1.png", "https://evil.net/2.png")
-    with pytest.raises(APIError) as info:
+    with pytest.raises(InvalidRequest) as info:
         asyncio.run(extract(request, fetcher(resolver=resolver), max_media=4))
     assert info.value.code == "remote_host_not_allowed" and info.value.param == "messages.0.content.2.image_url.url"

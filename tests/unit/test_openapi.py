@@ -7,8 +7,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from serve.errors import APIError, model_not_found
-from serve.ingress import TRANSCRIPTION_FORMATS, app
+from serve.errors import PayloadTooLarge, model_not_found
+from serve.http.ingress import app
+from serve.protocol import TRANSCRIPTION_FORMATS
 from serve.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -174,7 +175,7 @@ def test_transcription_body_is_multipart(doc):
 def test_error_and_success_bodies_match_their_schemas(doc):
     error = validator(doc, {"$ref": "#/components/schemas/ErrorResponse"})
     error.validate(model_not_found("gpt-4o").body())
-    error.validate(APIError(413, "too big", code="request_too_large").body())
+    error.validate(PayloadTooLarge("too big", code="request_too_large").body())
     # OpenAI's shape: all four keys, always (null where unset)
     assert not error.is_valid({"error": {"message": "x", "type": "invalid_request_error"}})
     assert not error.is_valid({"detail": "Not Found"})

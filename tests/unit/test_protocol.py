@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from fusion.prompt import MediaItem
-from serve.errors import APIError, validation_error
+from serve.errors import InvalidRequest
+from serve.protocol.parse import validation_error
 from serve.protocol import ChatCompletionRequest
-from serve.router import decode_image_url, extract
+from serve.services.media import decode_image_url, extract
 
 
 def req(**kwargs):
@@ -42,7 +43,7 @@ def test_invalid_fields_name_their_param(kwargs, param):
     with pytest.raises(ValidationError) as info:
         req(**kwargs)
     err = validation_error(info.value.errors())
-    assert err.status == 400 and err.param == param
+    assert isinstance(err, InvalidRequest) and err.param == param
 
 
 def test_stop_string_becomes_list():
@@ -83,7 +84,7 @@ def test_extract_orders_media_and_maps_developer_role():
     messages, media = asyncio.run(extract(request, fetcher=None, max_media=4))
     assert messages[0].role == "system"
     assert messages[1].parts == ["look", MediaItem("image", 0), MediaItem("audio", 1)]
-    assert [m.kind for m in media] == ["image", "audio"] and media[1].data == b"RIFFxxxx"
+    assert [m.spec.kind for m in media] == ["image", "audio"] and media[1].data == b"RIFFxxxx"
     assert media[0].param == "messages.1.content.1"
 
 
@@ -91,7 +92,7 @@ def test_too_many_media_items():
     png = "data:image/png;base64," + base64.b64encode(b"x").decode()
     parts = [{"type": "image_url", "image_url": {"url": png}}] * 3
     request = ChatCompletionRequest.model_validate({"model": "chorus", "messages": [{"role": "user", "content": parts}]})
-    with pytest.raises(APIError) as info:
+    with pytest.raises(InvalidRequest) as info:
         asyncio.run(extract(request, fetcher=None, max_media=2))
     assert info.value.code == "too_many_media" and info.value.param == "messages.0.content.2"
 
@@ -107,6 +108,6 @@ def test_too_many_media_items():
     ],
 )
 def test_bad_image_urls(url, code):
-    with pytest.raises(APIError) as info:
+    with pytest.raises(InvalidRequest) as info:
         asyncio.run(decode_image_url(url, "p", fetcher=None))
-    assert info.value.code == code and info.value.status == 400
+    assert info.value.code == code

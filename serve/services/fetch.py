@@ -13,7 +13,7 @@ vector (cloud metadata at 169.254.169.254, admin ports on loopback, internal ser
   content-encoding (a decompression bomb), a byte cap enforced while streaming, one deadline for
   resolution + connect + headers + body, and an image content type.
 
-Every refusal is a 400 `APIError` with an OpenAI error body; messages name at most the host.
+Every refusal is an `InvalidRequest` (a 400 with an OpenAI error body); messages name at most the host.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import APIError
+from serve.errors import InvalidRequest
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -128,8 +128,8 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _refuse(message: str, param: str, code: str) -> APIError:
-    return APIError(400, message, param=param, code=code)
+def _refuse(message: str, param: str, code: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
 
 
 class RemoteMediaFetcher:
@@ -225,7 +225,7 @@ class RemoteMediaFetcher:
         return checked[0]
 
     async def fetch_image(self, url: str, param: str) -> bytes:
-        """The image bytes at `url`, or a 400 `APIError` saying which rule refused it."""
+        """The image bytes at `url`, or an `InvalidRequest` saying which rule refused it."""
         scheme, host, port, target = self.check_url(url, param)
         try:
             async with asyncio.timeout(self.config.timeout_s):
@@ -274,7 +274,7 @@ class RemoteMediaFetcher:
                 "remote_fetch_failed",
             ) from err
 
-    def _too_large(self, param: str) -> APIError:
+    def _too_large(self, param: str) -> InvalidRequest:
         return _refuse(f"the remote image exceeds {self.config.max_bytes} bytes", param, "remote_media_too_large")
 
     def _check_response(self, response: httpx.Response, param: str) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from .protocol import MAX_STOP_SEQUENCES, ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from modalities.llm.params import MAX_STOP_SEQUENCES
+from serve.protocol import TRANSCRIPTION_FORMATS, ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 
 REF_TEMPLATE = "#/components/schemas/{model}"
-TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 SECURITY_SCHEMES = {
     "bearerAuth": {
         "type": "http",

@@ -1,28 +1,24 @@
-"""OpenAI-shaped request and response models (pydantic), in OpenAI's field order.
+"""Chat Completions: OpenAI's request, response and chunk shapes (pydantic), in OpenAI's field order.
 
 Requests validate themselves at the boundary; anything outside what we serve is refused with a
 precise message (`extra="forbid"`), never silently ignored. Our own extensions live under the one
-`chorus` key. Requests convert themselves to generation parameters (`to_sampling`).
+`chorus` key.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from modalities.llm.sampling import SEED_RANGE
+from fusion.registry import FusionMode
+from modalities.llm.params import MAX_STOP_SEQUENCES, SEED_RANGE
 
-MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-FusionMode = Literal["embed", "transcript", "both"]
+from .common import Strict as _Strict
+
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- content parts ---------------------------------------------------------------------------
@@ -160,10 +156,6 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def now() -> int:
-    return int(time.time())
-
-
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -210,26 +202,3 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "chorus"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail

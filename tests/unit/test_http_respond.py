@@ -1,4 +1,4 @@
-"""The ingress's admission limit and request deadline, on `_respond` directly (no Ray needed)."""
+"""The ingress's admission limit and request deadline, on `respond` directly (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-import serve.ingress as ingress
+import serve.http.respond as ingress
+from serve.admission import InFlight
+from serve.admission.limits import OVERLOAD_RETRY_AFTER_S
 from serve.config import LimitsConfig
 
 
@@ -19,7 +21,7 @@ def request() -> Request:
 
 @pytest.fixture(autouse=True)
 def clean_counters(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingress, "_in_flight", {})
+    monkeypatch.setattr(ingress, "in_flight", InFlight())
 
 
 def test_deadline_gives_504_with_openai_body() -> None:
@@ -30,10 +32,10 @@ def test_deadline_gives_504_with_openai_body() -> None:
         await asyncio.sleep(5)
         return JSONResponse({})
 
-    response = asyncio.run(ingress._respond(request(), "/r", slow(), None, limits=LimitsConfig(request_timeout_s=0.05)))
+    response = asyncio.run(ingress.respond(request(), "/r", slow(), None, limits=LimitsConfig(request_timeout_s=0.05)))
     assert response.status_code == 504 and started
     assert json.loads(response.body)["error"]["code"] == "timeout"
-    assert ingress._in_flight["/r"] == 0  # counted out again
+    assert ingress.in_flight.counts["/r"] == 0  # counted out again
 
 
 def test_admission_limit_refuses_before_the_handler_runs() -> None:
@@ -44,14 +46,14 @@ def test_admission_limit_refuses_before_the_handler_runs() -> None:
         return JSONResponse({"ok": True})
 
     limits = LimitsConfig(max_in_flight=2)
-    ingress._in_flight.update({"/a": 1, "/b": 1})  # two requests in flight, on any routes
-    response = asyncio.run(ingress._respond(request(), "/a", handler(), None, limits=limits))
+    ingress.in_flight.counts.update({"/a": 1, "/b": 1})  # two requests in flight, on any routes
+    response = asyncio.run(ingress.respond(request(), "/a", handler(), None, limits=limits))
     assert response.status_code == 503 and not ran
-    assert response.headers["retry-after"] == str(ingress.OVERLOAD_RETRY_AFTER_S)
+    assert response.headers["retry-after"] == str(OVERLOAD_RETRY_AFTER_S)
     assert json.loads(response.body)["error"]["code"] == "overloaded"
 
-    ingress._in_flight["/b"] = 0  # one slot free again
-    response = asyncio.run(ingress._respond(request(), "/a", handler(), None, limits=limits))
+    ingress.in_flight.counts["/b"] = 0  # one slot free again
+    response = asyncio.run(ingress.respond(request(), "/a", handler(), None, limits=limits))
     assert response.status_code == 200 and ran
 
 
@@ -65,7 +67,7 @@ def test_an_abandoned_stream_cancels_its_generation() -> None:
 
     async def run(read: int | None) -> list[str]:
         calls: list[str] = []
-        body = ingress._cancel_unless_read_to_end(pieces(), lambda: calls.append("cancel"))
+        body = ingress.cancel_unless_read_to_end(pieces(), lambda: calls.append("cancel"))
         got = 0
         async for _ in body:
             got += 1
@@ -86,7 +88,7 @@ def test_an_abandoned_stream_cancels_its_generation() -> None:
             yield b"never"
 
         async def consume():
-            async for _ in ingress._cancel_unless_read_to_end(slow(), lambda: calls.append("cancel")):
+            async for _ in ingress.cancel_unless_read_to_end(slow(), lambda: calls.append("cancel")):
                 pass
 
         task = asyncio.create_task(consume())
@@ -121,9 +123,9 @@ def test_a_client_leaving_cancels_the_work_and_answers_499() -> None:
         return {}
 
     async def handler() -> JSONResponse:
-        return JSONResponse(await ingress._unless_client_leaves(request_with(leaves_soon), generation()))
+        return JSONResponse(await ingress.unless_client_leaves(request_with(leaves_soon), generation()))
 
-    response = asyncio.run(ingress._respond(request(), "/r", handler(), None, limits=LimitsConfig()))
+    response = asyncio.run(ingress.respond(request(), "/r", handler(), None, limits=LimitsConfig()))
     assert response.status_code == 499 and cancelled
     assert json.loads(response.body)["error"]["code"] == "client_closed_request"
 
@@ -141,7 +143,7 @@ def test_work_that_finishes_first_is_answered_and_the_watch_stops() -> None:
         return "done"
 
     async def main() -> tuple[str, int]:
-        result = await ingress._unless_client_leaves(request_with(stays), work())
+        result = await ingress.unless_client_leaves(request_with(stays), work())
         await asyncio.sleep(0)
         return result, len([t for t in asyncio.all_tasks() if not t.done()])
 
@@ -157,7 +159,7 @@ def test_a_failing_watch_does_not_end_the_work() -> None:
         await asyncio.sleep(0.05)
         return "done"
 
-    assert asyncio.run(ingress._unless_client_leaves(request_with(broken), work())) == "done"
+    assert asyncio.run(ingress.unless_client_leaves(request_with(broken), work())) == "done"
 
 
 def test_a_streams_access_line_is_written_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
@@ -175,11 +177,11 @@ def test_a_streams_access_line_is_written_when_it_ends(caplog: pytest.LogCapture
         return StreamingResponse(pieces(), media_type="text/event-stream")
 
     async def run() -> list[str]:
-        response = await ingress._respond(request(), "/s", handler(), None, limits=LimitsConfig())
+        response = await ingress.respond(request(), "/s", handler(), None, limits=LimitsConfig())
         logged_before = [r.getMessage() for r in caplog.records if "/s 200" in r.getMessage()]
-        assert ingress._in_flight["/s"] == 1  # still in flight until the stream ends
+        assert ingress.in_flight.counts["/s"] == 1  # still in flight until the stream ends
         body = [piece async for piece in response.body_iterator]
-        assert body[-1] == b"data: [DONE]\n\n" and ingress._in_flight["/s"] == 0
+        assert body[-1] == b"data: [DONE]\n\n" and ingress.in_flight.counts["/s"] == 0
         return logged_before
 
     with caplog.at_level("INFO", logger=ingress.log.name):
@@ -190,7 +192,7 @@ def test_a_streams_access_line_is_written_when_it_ends(caplog: pytest.LogCapture
 
     caplog.clear()
     with caplog.at_level("INFO", logger=ingress.log.name):
-        asyncio.run(ingress._respond(request(), "/p", _plain(), None, limits=LimitsConfig()))
+        asyncio.run(ingress.respond(request(), "/p", _plain(), None, limits=LimitsConfig()))
     assert [r.getMessage() for r in caplog.records if "/p 200" in r.getMessage()]
 
 

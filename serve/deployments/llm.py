@@ -1,0 +1,172 @@
+"""The decoder deployment: the quantized LLM plus the projectors.
+
+A `DecodeRequest` (the conversation, modes, encoder features) comes in; the decoder renders the
+prompt with its own tokenizer and chat template, projects each embedded media item into the LLM's
+token space, splices, and streams tokens back. Prompt rendering lives here, next to the tokenizer,
+so the ingress never loads one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from fusion.projectors import build_projector
+from fusion.prompt import PromptPlan, build_prompt, splice
+from fusion.registry import MODALITIES, ModalitySpec, spec
+from modalities.audio.config import WhisperConfig
+from modalities.errors import InputError, MediaError
+from modalities.llm.params import SamplingParams
+from modalities.llm.runtime import LLMRuntime
+from serve.config import ChorusConfig
+
+from .common import with_threads
+from .contracts import DecodeEvent, DecodeRequest
+
+CONTEXT_EXCEEDED = "context_length_exceeded"
+
+
+class LLMDecoder:
+    """The quantized LLM plus the projectors: a conversation + media features in, tokens out."""
+
+    def __init__(self, config: dict[str, Any], runtime_factory: Callable[..., LLMRuntime] | None = None):
+        self.config = ChorusConfig.model_validate(config)
+        factory = runtime_factory or LLMRuntime.from_config
+        self.runtime = factory(with_threads(self.config.llm))
+        self.projectors = self._load_projectors()
+        self.active_streams = 0
+
+    def _encoder_identity(self, media: ModalitySpec):
+        """The encoder a `media` projector must have been trained against, where its weights can be
+        identified (the vision encoder's cannot yet: no real CLIP weights exist here)."""
+        from fusion.checkpoint import whisper_identity
+
+        encoder = self.config.encoder_config(media)
+        return whisper_identity(encoder.model) if isinstance(encoder, WhisperConfig) else None
+
+    def _load_projectors(self) -> dict[str, torch.nn.Module]:
+        """Each configured projector checkpoint, checked against this LLM and its encoder."""
+        paths = {kind: self.config.fusion.projector(media) for kind, media in MODALITIES.items()}
+        paths = {kind: path for kind, path in paths.items() if path}
+        if not paths:
+            return {}
+        from fusion.checkpoint import llm_identity, load_projector
+
+        llm = llm_identity(self.config.llm.model)
+        projectors: dict[str, torch.nn.Module] = {}
+        for kind, path in paths.items():
+            projectors[kind], _metadata = load_projector(
+                path, llm_hidden_size=self.runtime.hidden_size, llm=llm, encoder=self._encoder_identity(spec(kind))
+            )
+        return projectors
+
+    def _projector(self, kind: str, in_dim: int) -> torch.nn.Module:
+        projector = self.projectors.get(kind)
+        if projector is None and self.config.fusion.allow_random_projectors:
+            # Untrained projector, explicitly allowed by config (tests): dims come from the features.
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(0)
+            key = spec(kind).default_projector
+            projector = self.projectors[kind] = build_projector(key, in_dim, self.runtime.hidden_size).eval()
+            torch.random.set_rng_state(generator_state)
+        if projector is None:
+            raise MediaError(f"no {kind} projector is configured on this deployment", code="unsupported_media")
+        return projector
+
+    def _plan(self, request: DecodeRequest) -> tuple[PromptPlan, SamplingParams, int]:
+        """The prompt plan, the sampling parameters capped to the context left, and the prompt's
+        length in tokens (text tokens plus each media item's soft tokens, as its projector makes them).
+        Raises `InputError` when the prompt does not fit the context window."""
+        plan = build_prompt(request.messages, self.runtime.tokenizer, modes=request.modes)
+        prompt_tokens = plan.num_text_tokens
+        for slot in plan.slots:
+            frames, width = request.media[slot.index].shape
+            prompt_tokens += self._projector(slot.kind, width).num_output_tokens(frames)
+        max_context = self.runtime.max_context
+        requested = request.requested_max_tokens or 0
+        if prompt_tokens + requested > max_context or prompt_tokens >= max_context:
+            raise InputError(
+                f"This model's maximum context length is {max_context} tokens. However, you requested "
+                f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                param="messages",
+                code=CONTEXT_EXCEEDED,
+            )
+        params = dataclasses.replace(request.params, max_tokens=min(request.params.max_tokens, max_context - prompt_tokens))
+        return plan, params, prompt_tokens
+
+    def _inputs(self, plan: PromptPlan, request: DecodeRequest) -> torch.Tensor:
+        text_pieces = [p for p in plan.pieces if isinstance(p, list)]
+        text_embeds = [self.runtime.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_pieces]
+        media: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            for slot in plan.slots:
+                features = torch.from_numpy(request.media[slot.index]).float().unsqueeze(0)
+                projector = self._projector(slot.kind, features.shape[-1])
+                dtype = text_embeds[0].dtype if text_embeds else torch.float32
+                media[slot.index] = projector(features)[0].to(dtype)
+        inputs_embeds, _mask, _counts = splice(plan, text_embeds, media)
+        return inputs_embeds
+
+    def _prepare(self, request: DecodeRequest) -> tuple[torch.Tensor, SamplingParams]:
+        plan, params, _prompt_tokens = self._plan(request)
+        return self._inputs(plan, request), params
+
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
+        """Stream decode events; the last one carries finish_reason and usage."""
+        received = time.perf_counter()
+        if request.media:  # projectors run: off the event loop
+            inputs_embeds, params = await asyncio.to_thread(self._prepare, request)
+        else:  # text only: tokenizing and an embedding lookup, cheaper than the thread hop (TTFT)
+            inputs_embeds, params = self._prepare(request)
+        prompt_tokens = inputs_embeds.shape[1]
+        stream = self.runtime.stream(inputs_embeds=inputs_embeds, params=params)
+        sentinel = object()
+        completion_tokens = 0
+        # One thread per stream: steps of concurrent streams interleave token by token, and the
+        # close below is queued behind a step still in flight (a generator can't be closed while
+        # it runs), so a client that goes away frees its KV cache right after the current step.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        loop = asyncio.get_running_loop()
+        self.active_streams += 1
+        try:
+            while True:
+                event = await loop.run_in_executor(executor, next, stream, sentinel)
+                if event is sentinel:
+                    return
+                completion_tokens += 1
+                first_token_s = time.perf_counter() - received if completion_tokens == 1 else None
+                yield DecodeEvent(event.text, event.finish_reason, prompt_tokens, completion_tokens, first_token_s)
+                if event.finish_reason is not None:
+                    return
+        finally:
+            self.active_streams -= 1
+            executor.submit(stream.close)
+            executor.shutdown(wait=False)
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead decode engine fails it, so Serve replaces the replica."""
+        stats = self.runtime.engine_stats()
+        if stats is not None and not stats.alive:
+            raise RuntimeError("the decode engine thread has died")
+
+    def info(self) -> dict[str, Any]:
+        stats = self.runtime.engine_stats()
+        return {
+            "status": "ok" if stats is None or stats.alive else "unhealthy",
+            "engine": self.config.llm.engine,
+            "engine_stats": None if stats is None else dataclasses.asdict(stats),
+            "model": self.config.llm.model,
+            "quantization": self.config.llm.quantization,
+            "weight_bytes": self.runtime.weight_bytes(),
+            "max_context": self.runtime.max_context,
+            "active_streams": self.active_streams,
+            "projectors": sorted(self.projectors),
+            "random_projectors": self.config.fusion.allow_random_projectors,
+        }

@@ -1,0 +1,150 @@
+"""The HTTP API (FastAPI on Ray Serve): thin routes over the services.
+
+Each route admits the request (API key, rate), reads and validates its body, calls a service, and
+writes the answer as JSON or server-sent events; `respond` maps every failure to OpenAI's error
+body. This module imports no model code: prompts are rendered by the decoder, media decoded by
+the encoders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from ray import serve
+
+from fusion.registry import MODALITIES
+from serve.admission import Gate
+from serve.config import ChorusConfig
+from serve.errors import InvalidRequest
+from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, now
+from serve.protocol.parse import parse_json_body
+from serve.protocol.transcription import MAX_FORM_FIELDS
+from serve.services.chat import ChatService
+from serve.services.fetch import RemoteMediaFetcher
+from serve.services.transcription import TranscriptionService
+
+from . import openapi, sse
+from .body import read_body
+from .respond import cancel_unless_read_to_end, respond, server_timing, unless_client_leaves
+
+app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
+HEALTH_TIMEOUT_S = 5.0
+CHAT, TRANSCRIPTIONS, MODELS = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/models"
+
+
+class Ingress:
+    """The routes, bound to this replica's services. `encoders` maps each configured modality kind
+    (the registry's key) to its encoder deployment's handle."""
+
+    def __init__(self, config: dict[str, Any], encoders: dict[str, Any], llm_handle: Any) -> None:
+        self.config = ChorusConfig.model_validate(config)
+        self.encoders = dict(encoders)
+        self.llm = llm_handle
+        self.created = now()
+        self.gate = Gate(self.config.auth)
+        self.chat = ChatService(self.config, self.encoders, llm_handle, RemoteMediaFetcher(self.config.remote_media))
+        self.transcription = TranscriptionService(self.config, self.encoders.get("audio"))
+
+    def _admit(self, request: Request) -> None:
+        """Authenticate and rate-limit before any other work (401 / 429 with Retry-After)."""
+        request.state.key_id = self.gate.admit(request.headers.get("authorization"))
+
+    # --- routes --------------------------------------------------------------------------------
+
+    @app.get("/health", openapi_extra=openapi.health(app))
+    async def health(self) -> JSONResponse:
+        async def probe(handle: Any) -> dict[str, Any]:
+            if handle is None:
+                return {"status": "not_configured"}
+            try:
+                return await asyncio.wait_for(handle.info.remote(), HEALTH_TIMEOUT_S)
+            except Exception as err:  # a sick deployment is reported, not raised
+                return {"status": "unavailable", "error": type(err).__name__}
+
+        handles = {_snake(m.deployment): self.encoders.get(m.kind) for m in MODALITIES.values()}
+        handles["llm_decoder"] = self.llm
+        results = dict(zip(handles, await asyncio.gather(*(probe(h) for h in handles.values()))))
+        healthy = all(r["status"] in ("ok", "not_configured") for r in results.values())
+        body = {"status": "ok" if healthy else "degraded", "deployments": results}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get(MODELS, openapi_extra=openapi.models(app))
+    async def models(self, request: Request) -> Response:
+        return await respond(request, MODELS, self._models(request), media_param=None)
+
+    async def _models(self, request: Request) -> Response:
+        self._admit(request)
+        ids = [self.config.served_model_name, *self.transcription.model_names()]
+        cards = [ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.post(CHAT, openapi_extra=openapi.chat_completions(app))
+    async def chat_completions(self, request: Request) -> Response:
+        return await respond(request, CHAT, self._chat(request), media_param=None, limits=self.config.limits)
+
+    @app.post(TRANSCRIPTIONS, openapi_extra=openapi.transcriptions(app))
+    async def transcriptions(self, request: Request) -> Response:
+        limits = self.config.limits
+        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), media_param="file", limits=limits)
+
+    # --- chat ----------------------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response:
+        self._admit(request)
+        req = parse_json_body(await read_body(request, self.config.limits.max_body_bytes), ChatCompletionRequest)
+        generation = await self.chat.start(req)
+        started = request.state.started
+        if not req.stream:
+            try:
+                completion = await unless_client_leaves(request, self.chat.complete(generation, started))
+            except BaseException:  # the client left, the deadline passed, or the decoder failed
+                generation.cancel()
+                raise
+            return JSONResponse(completion)
+        # Wait for the first token before committing to a 200: overload, a decoder fault or a
+        # prompt over the context still get a proper status instead of an error event in a 200.
+        first, events = await self.chat.first_event(generation)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        headers = dict(sse.HEADERS)
+        timing = server_timing(started, generation.decoder_called, first)
+        if timing is not None:
+            headers["Server-Timing"] = timing
+        chunks = self.chat.chunks(generation, events, include_usage, started, request.state.deadline)
+        body = cancel_unless_read_to_end(sse.encode(chunks), generation.cancel)
+        return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=headers)
+
+    # --- transcriptions ------------------------------------------------------------------------
+
+    async def _transcribe(self, request: Request) -> Response:
+        self._admit(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidRequest("expected a multipart/form-data body", code="invalid_request")
+        # The whole body under the byte cap first (a chunked upload has no Content-Length to check);
+        # the form parser then reads it from memory.
+        request._body = await read_body(request, self.config.limits.max_body_bytes)
+        try:
+            form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+        except Exception as err:
+            raise InvalidRequest("could not parse the multipart form", code="invalid_request") from err
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("a 'file' field with the audio is required", param="file", code="missing_file")
+        response_format = str(form.get("response_format") or "json")
+        self.transcription.check(str(form.get("model") or ""), response_format)
+        language = str(form.get("language") or "") or None
+        result = await self.transcription.transcribe(await upload.read(), response_format, language)
+        return PlainTextResponse(result) if isinstance(result, str) else JSONResponse(result)
+
+
+def _snake(name: str) -> str:
+    """`AudioEncoder` → `audio_encoder` (the /health key of a deployment)."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+# The FastAPI-wrapped class must live at module level: Ray pickles it by reference, so the replica
+# imports this very module and sees the routes bound to this class (a wrapper built elsewhere is
+# pickled by value and its routes lose their `self` binding). `serve/app.py` makes it a deployment.
+IngressDeployment = serve.ingress(app)(Ingress)

@@ -1,0 +1,46 @@
+"""OpenAI's shapes as pydantic models, one module per API: chat, transcription, models, errors;
+`parse` turns a body into one of them (import it as `serve.protocol.parse`)."""
+
+from .chat import (
+    AudioPart,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChorusOptions,
+    ChunkChoice,
+    Delta,
+    ImagePart,
+    ResponseMessage,
+    TextPart,
+    Usage,
+    new_completion_id,
+)
+from .common import now
+from .errors import ErrorDetail, ErrorResponse
+from .models import ModelCard, ModelList
+from .transcription import TRANSCRIPTION_FORMATS
+
+__all__ = [
+    "AudioPart",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChorusOptions",
+    "ChunkChoice",
+    "Delta",
+    "ErrorDetail",
+    "ErrorResponse",
+    "ImagePart",
+    "ModelCard",
+    "ModelList",
+    "ResponseMessage",
+    "TRANSCRIPTION_FORMATS",
+    "TextPart",
+    "Usage",
+    "new_completion_id",
+    "now",
+]
