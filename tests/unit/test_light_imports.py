@@ -3,6 +3,7 @@ and what they check by hand agrees with the libraries they stand in for."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -25,6 +26,11 @@ LIGHT_MODULES = (
     "modalities.errors",
     "modalities.paths",
     "modalities.devices",
+    "modalities.llm",
+    "modalities.audio",
+    "modalities.vision",
+    "modalities.speech",
+    "modalities.speech.espeak",
 )
 
 
@@ -38,6 +44,22 @@ def heavy_modules_after(code: str) -> list[str]:
 @pytest.mark.parametrize("module", LIGHT_MODULES)
 def test_config_modules_import_no_model_libraries(module: str) -> None:
     assert heavy_modules_after(f"import {module}") == []
+
+
+def test_packages_export_lazily() -> None:
+    code = "import modalities.llm, modalities.audio, modalities.vision, modalities.speech\n"
+    assert heavy_modules_after(code) == []
+    assert "torch" in heavy_modules_after(code + "modalities.llm.LLMRuntime")
+
+
+@pytest.mark.parametrize("package", ["modalities.llm", "modalities.audio", "modalities.vision", "modalities.speech"])
+def test_every_exported_name_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match="no attribute"):
+        module.no_such_name
 
 
 def test_configs_validate_without_model_libraries() -> None:
