@@ -1,4 +1,5 @@
-"""Suite-wide settings: offline hubs (nothing here may reach one), the `gpu` marker."""
+"""Suite-wide settings: offline hubs (nothing here may reach one); markers by path (`unit`,
+`integration`, `e2e`) and the `gpu` skip."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")  # tests/<tier>/ → the `<tier>` marker
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
     import torch
 
     if torch.cuda.is_available():
