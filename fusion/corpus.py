@@ -281,6 +281,8 @@ def prose_sentences(count: int, seed: int) -> list[str]:
     import sysconfig
     from pathlib import Path
 
+    if count <= 0:  # parsing the stdlib takes seconds
+        return []
     found: set[str] = set()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.glob("*.py")):

@@ -23,7 +23,7 @@ import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -31,18 +31,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, template_sentences
-from fusion.shards import MANIFEST, RECIPE, read_manifest, read_recipe, read_tensors
+from fusion.shards import Instructions, prepare_set_dir, read_manifest, read_recipe, read_tensors, write_recipe, write_shards
 
 DATA_VERSION = 1
 REPEAT_INSTRUCTION = "Repeat exactly what was said."
-# Paraphrases keep the projector from keying on one exact instruction; the canonical one is used
-# for evaluation and appears most often in training.
 REPEAT_PARAPHRASES: tuple[str, ...] = (
     "Repeat what was said, word for word.",
     "Say back exactly what you heard.",
     "Write down exactly what the speaker said.",
 )
-CANONICAL_INSTRUCTION_SHARE = 0.5
+INSTRUCTIONS = Instructions(REPEAT_INSTRUCTION, REPEAT_PARAPHRASES, canonical_share=0.5, media_first_share=0.2)
 
 # espeak-ng voice + variant. Held-out voices share neither the base accent nor the variant with
 # any training voice, so `eval_voices` measures speakers the projector never heard.
@@ -55,6 +53,7 @@ PITCH = (25, 75)
 SPLITS = ("train", "eval_sentences", "eval_voices", "eval_freeform")
 EVAL_SPLITS = SPLITS[1:]
 LLM_SENTENCES = "llm_sentences.json"
+SYNTHESIS_THREADS = 2  # espeak-ng subprocesses running ahead of the Whisper encoder
 
 
 def train_voices() -> list[str]:
@@ -216,70 +215,60 @@ def build_speech_data(
     `llm_factory()` → (model, tokenizer) for LLM-written sentences (None: templates only);
     `synthesize(text, voice=, speed_wpm=, pitch=)` → float32 16 kHz audio (modalities.speech.espeak).
     """
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
-    out = Path(config.out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_path = out / RECIPE
-    if recipe_path.exists():
-        previous = json.loads(recipe_path.read_text())["config"]
-        if previous != config.model_dump():
-            raise ValueError(f"{out} holds a corpus built with another config; use a fresh --out directory")
-
-    llm_path = out / LLM_SENTENCES
-    if llm_path.exists():
-        llm_sentences = json.loads(llm_path.read_text())
-    elif config.llm_sentences and llm_factory is not None:
-        model, tokenizer = llm_factory()
-        t0 = time.perf_counter()
-        llm_sentences = generate_llm_sentences(
-            model, tokenizer, config.llm_sentences, config.llm_budget_s, config.llm_temperature, config.seed
-        )
-        log(f"LLM wrote {len(llm_sentences)} sentences in {time.perf_counter() - t0:.0f} s")
-        llm_path.write_text(json.dumps(llm_sentences, indent=1))
-    else:
-        llm_sentences = []
-
+    out = prepare_set_dir(config, config.out_dir, "speech corpus")
+    llm_sentences = _llm_sentences(config, out, llm_factory, log)
     clips = plan_clips(config, llm_sentences)
-    recipe = {
-        "version": DATA_VERSION,
-        "config": config.model_dump(),
-        "train_voices": train_voices(),
-        "heldout_voices": list(HELDOUT_VOICES),
-        "speed_wpm": list(SPEED_WPM),
-        "pitch": list(PITCH),
-        "instructions": [REPEAT_INSTRUCTION, *REPEAT_PARAPHRASES],
-        "counts": {split: sum(c.split == split for c in clips) for split in SPLITS},
-        "distinct_sentences": len({c.text for c in clips}),
-        "llm_sentences": len(llm_sentences),
-        "synthesizer": "espeak-ng",
-    }
-    recipe_path.write_text(json.dumps(recipe, indent=2))
+    write_recipe(out, _recipe(config, clips, llm_sentences))
+    with ThreadPoolExecutor(max_workers=SYNTHESIS_THREADS) as pool:
 
-    shards = [clips[i : i + config.shard_size] for i in range(0, len(clips), config.shard_size)]
-    with ThreadPoolExecutor(max_workers=2) as pool, tqdm(total=len(clips), desc="speech clips", unit="clip") as bar:
-        for n, shard in enumerate(shards):
-            name = f"shard-{n:03d}"
-            meta_path = out / f"{name}.jsonl"
-            if meta_path.exists():  # finished in an earlier run
-                bar.update(len(shard))
-                continue
+        def encode(shard: list[Clip], progress: Callable[[int], object]) -> dict[str, torch.Tensor]:
             tensors: dict[str, torch.Tensor] = {}
             # espeak runs in subprocesses, so synthesis overlaps with encoding in this thread.
             audios = pool.map(lambda c: synthesize(c.text, voice=c.voice, speed_wpm=c.speed_wpm, pitch=c.pitch), shard)
             for clip, audio in zip(shard, audios):
                 features = whisper_runtime.encode(audio)
                 tensors[clip.id] = features.to(torch.float16).contiguous()
-                clip.frames, clip.shard = int(features.shape[0]), f"{name}.safetensors"
-                bar.update(1)
-            save_file(tensors, str(out / f"{name}.safetensors"))
-            # The metadata file is written last: its presence marks the shard complete.
-            meta_path.write_text("".join(json.dumps(asdict(c)) + "\n" for c in shard))
+                clip.frames = int(features.shape[0])
+                progress(1)
+            return tensors
 
-    lines = [meta_path.read_text() for meta_path in sorted(out.glob("shard-*.jsonl"))]
-    (out / MANIFEST).write_text("".join(lines))
+        write_shards(out, clips, config.shard_size, encode, desc="speech clips", unit="clip")
     return out
+
+
+def _llm_sentences(
+    config: SpeechDataConfig, out: Path, llm_factory: Callable[[], tuple[object, object]] | None, log: Callable[[str], None]
+) -> list[str]:
+    """The LLM-written sentences: cached in the corpus directory, else generated (and cached)."""
+    llm_path = out / LLM_SENTENCES
+    if llm_path.exists():
+        return json.loads(llm_path.read_text())
+    if not config.llm_sentences or llm_factory is None:
+        return []
+    model, tokenizer = llm_factory()
+    t0 = time.perf_counter()
+    sentences = generate_llm_sentences(
+        model, tokenizer, config.llm_sentences, config.llm_budget_s, config.llm_temperature, config.seed
+    )
+    log(f"LLM wrote {len(sentences)} sentences in {time.perf_counter() - t0:.0f} s")
+    llm_path.write_text(json.dumps(sentences, indent=1))
+    return sentences
+
+
+def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequence[str]) -> dict:
+    return {
+        "version": DATA_VERSION,
+        "config": config.model_dump(),
+        "train_voices": train_voices(),
+        "heldout_voices": list(HELDOUT_VOICES),
+        "speed_wpm": list(SPEED_WPM),
+        "pitch": list(PITCH),
+        "instructions": INSTRUCTIONS.all(),
+        "counts": {split: sum(c.split == split for c in clips) for split in SPLITS},
+        "distinct_sentences": len({c.text for c in clips}),
+        "llm_sentences": len(llm_sentences),
+        "synthesizer": "espeak-ng",
+    }
 
 
 # --- reading ----------------------------------------------------------------------------------------

@@ -7,18 +7,8 @@ One loop serves both modalities (`TrainConfig.modality`):
 - `image`: an `mlp2x_gelu` projector (LLaVA-1.5) on CLIP patch features, target = the image's caption
   (`fusion.vision_data`).
 
-Each example is one chat turn built with `fusion.prompt.build_prompt` exactly as serve builds it
-(the user's text part and the media part, the model's own chat template), the media slot filled by
-the projector's soft tokens, followed by the target text and the end-of-turn token. Loss:
-
-- next-token cross-entropy on the target tokens only, and optionally
-- `distill`: KL(teacher ‖ student) on the same target tokens, the teacher being the same LLM reading
-  the sentence as text (`transcript` mode) — Ultravox v0.7's recipe. The sentence text stands in
-  for Whisper's transcript (Whisper base reads espeak-ng speech at a few % WER). Audio only: an
-  image has no text form to teach from.
-
-Only the target positions go through the LM head (its 49k-vocabulary matmul is a fifth of the
-forward cost on SmolLM2-135M); the LLM's weights need no gradients, only its activations do.
+How a turn becomes a batch and what the loss is: `fusion.batches`; how a feature set becomes turns:
+`fusion.train_data`. Both modules' public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -27,25 +17,33 @@ import json
 import math
 import random
 import time
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from fusion.prompt import MediaItem, MediaKind, Message, build_prompt, splice
+from fusion.batches import (  # noqa: F401  (re-exported: fusion.train is where callers look)
+    END_OF_TURN,
+    IGNORE_INDEX,
+    MEDIA_INDEX,
+    Example,
+    build_inputs,
+    eval_loss,
+    match_output_norm,
+    projector_loss,
+    target_logits,
+)
 from fusion.projectors import build_projector
+from fusion.train_data import TrainingSets, corpus_examples, vision_examples  # noqa: F401  (re-exported)
 
-IGNORE_INDEX = -100
-END_OF_TURN = "<|im_end|>"
-MEDIA_INDEX = 0  # every training example carries one media item
-AUDIO_FIRST_SHARE = 0.2  # some requests put the clip before the instruction
 IMAGE_PROJECTOR = "mlp2x_gelu"  # LLaVA-1.5's; serve builds the same kind for images
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
+EMA_DECAY = 0.95  # smoothing of the training loss the progress bar shows
+NORM_MATCH_BATCHES = 4  # batches of training turns `match_output_norm` measures the outputs on
 
 
 class TrainConfig(BaseModel):
@@ -95,141 +93,6 @@ class TrainConfig(BaseModel):
         return f"stack{self.stack}_swiglu" if self.modality == "audio" else IMAGE_PROJECTOR
 
 
-@dataclass
-class Example:
-    """One training turn: the media item's features, the instruction, and the text to predict."""
-
-    features: torch.Tensor  # [T, d_audio] Whisper frames or [N, d_vision] CLIP patches
-    target: str
-    instruction: str
-    transcript: str | None = None
-    media_first: bool = False  # the media part before the instruction
-    kind: MediaKind = "audio"
-    audio_first: InitVar[bool | None] = None  # the earlier name of media_first
-
-    def __post_init__(self, audio_first: bool | None) -> None:
-        if audio_first is not None:
-            self.media_first = audio_first
-
-
-# --- batches and loss --------------------------------------------------------------------------------
-
-
-def _messages(example: Example, transcript: str | None = None) -> list[Message]:
-    media = MediaItem(example.kind, MEDIA_INDEX, transcript)
-    parts = [media, example.instruction] if example.media_first else [example.instruction, media]
-    return [Message("user", parts)]
-
-
-def _target_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text + END_OF_TURN, add_special_tokens=False)
-
-
-def build_inputs(
-    examples: Sequence[Example],
-    projector: nn.Module | None,
-    model: nn.Module,
-    tokenizer,
-    mode: str = "embed",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded batch: `inputs_embeds [B, L, H]`, `attention_mask [B, L]`, `labels [B, L]`
-    (IGNORE_INDEX except on target tokens, aligned so that position i predicts labels[i]).
-
-    `mode="transcript"` builds the teacher's text-only prompt (the target text as transcript)."""
-    embedding = model.get_input_embeddings()
-    device = embedding.weight.device
-    media: list[torch.Tensor | None] = [None] * len(examples)
-    if mode == "embed":
-        assert projector is not None
-        lengths = [ex.features.shape[0] for ex in examples]
-        frames = torch.zeros(len(examples), max(lengths), examples[0].features.shape[-1], device=device)
-        for i, ex in enumerate(examples):
-            frames[i, : lengths[i]] = ex.features.to(device=device, dtype=torch.float32)
-        # One batched projector call: zero frames past a clip's end only touch tokens that are cut off.
-        projected = projector(frames)
-        media = [projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)]
-
-    rows, label_rows = [], []
-    for ex, soft in zip(examples, media):
-        plan = build_prompt(_messages(ex, ex.target if mode == "transcript" else None), tokenizer, mode)
-        text_pieces = [p for p in plan.pieces if isinstance(p, list)]
-        with torch.no_grad():
-            text_embeds = [embedding(torch.tensor(ids, dtype=torch.long, device=device)) for ids in text_pieces]
-        media_embeds = {MEDIA_INDEX: soft.to(text_embeds[0].dtype)} if soft is not None else {}
-        prompt, _mask, _counts = splice(plan, text_embeds, media_embeds)
-        target = _target_ids(tokenizer, ex.target)
-        with torch.no_grad():
-            target_embeds = embedding(torch.tensor(target, dtype=torch.long, device=device))
-        rows.append(torch.cat([prompt[0], target_embeds], dim=0))
-        # Position t predicts token t+1: the last prompt position predicts the first target token.
-        prompt_len = prompt.shape[1]
-        labels = torch.full((prompt_len + len(target),), IGNORE_INDEX, dtype=torch.long)
-        labels[prompt_len - 1 : prompt_len - 1 + len(target)] = torch.tensor(target)
-        label_rows.append(labels)
-
-    longest = max(r.shape[0] for r in rows)
-    hidden = rows[0].shape[1]
-    inputs = rows[0].new_zeros(len(rows), longest, hidden)
-    mask = torch.zeros(len(rows), longest, dtype=torch.long)
-    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-    for i, (row, lab) in enumerate(zip(rows, label_rows)):
-        inputs[i, : row.shape[0]] = row
-        mask[i, : row.shape[0]] = 1
-        labels[i, : lab.shape[0]] = lab
-    return inputs, mask.to(device), labels.to(device)
-
-
-def target_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Logits `[N, V]` at the N labelled positions only, in row-major order."""
-    hidden = model.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[labels != IGNORE_INDEX])
-
-
-def projector_loss(
-    examples: Sequence[Example],
-    projector: nn.Module,
-    model: nn.Module,
-    tokenizer,
-    distill_weight: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on the target tokens (+ distill_weight × KL to the text-reading teacher)."""
-    inputs, mask, labels = build_inputs(examples, projector, model, tokenizer, "embed")
-    logits = target_logits(model, inputs, mask, labels)
-    targets = labels[labels != IGNORE_INDEX]
-    ce = F.cross_entropy(logits.float(), targets)
-    stats = {"ce": ce.item()}
-    loss = ce
-    if distill_weight > 0:
-        with torch.no_grad():
-            t_inputs, t_mask, t_labels = build_inputs(examples, None, model, tokenizer, "transcript")
-            teacher = target_logits(model, t_inputs, t_mask, t_labels)
-        assert teacher.shape == logits.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(logits.shape)}"
-        kl = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(teacher.float(), -1), log_target=True, reduction="batchmean")
-        loss = loss + distill_weight * kl
-        stats["kl"] = kl.item()
-    stats["loss"] = loss.item()
-    return loss, stats
-
-
-@torch.no_grad()
-def match_output_norm(projector: nn.Module, model: nn.Module, sample: Sequence[Example]) -> float:
-    """Scale the projector's last linear layer so its outputs have the token embeddings' RMS.
-
-    A fresh projector emits vectors at a scale unrelated to the embedding table's; SmolLM2's
-    embeddings are small (RMS ≈ 0.1 per dimension), so starting at their scale avoids the first
-    hundreds of steps being spent shrinking the outputs. Returns the factor applied."""
-    table = model.get_input_embeddings().weight.float()
-    target_rms = table.pow(2).mean().sqrt()
-    lengths = [ex.features.shape[0] for ex in sample]
-    frames = torch.zeros(len(sample), max(lengths), sample[0].features.shape[-1], device=table.device)
-    for i, ex in enumerate(sample):
-        frames[i, : lengths[i]] = ex.features.to(device=table.device, dtype=torch.float32)
-    out_rms = projector(frames).pow(2).mean().sqrt()
-    factor = float(target_rms / out_rms)
-    projector.linear_2.weight.mul_(factor)
-    return factor
-
-
 def lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
     """Linear warm-up then cosine decay to a tenth of the peak, over the step budget or the time
     budget (`time_fraction` of `max_minutes` spent), whichever runs out first: on a shared CPU the
@@ -251,6 +114,31 @@ class TrainResult:
     seconds: float
 
 
+@dataclass
+class _RunState:
+    """Everything a resumed run continues from (saved as `out_dir/train_state.pt`)."""
+
+    projector: nn.Module
+    optimizer: torch.optim.Optimizer
+    rng: random.Random  # batch order
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def save(self, path: Path, config: TrainConfig) -> None:
+        state = {
+            "config": _resume_key(config),
+            "projector": self.projector.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "seconds": self.seconds,
+            "rng": self.rng.getstate(),
+        }
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # never a half-written state
+
+
 def train(
     config: TrainConfig,
     model: nn.Module,
@@ -269,110 +157,118 @@ def train(
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     out = Path(config.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model.requires_grad_(False).eval()
+    run = _start_or_resume(config, model, train_examples, in_dim, out / STATE_FILE, log)
+    order: list[int] = []
+    start = time.perf_counter() - run.seconds
+    deadline = start + config.max_minutes * 60 if config.max_minutes else None
+    bar = tqdm(total=config.steps, initial=run.step, desc="projector", unit="step", disable=not progress)
+    ema = None
+    run.projector.train()
+    while run.step < config.steps:
+        if len(order) < config.batch_size:
+            train_examples = _grown(train_examples, refresh, run.step, log)
+            fresh = list(range(len(train_examples)))
+            run.rng.shuffle(fresh)
+            order += fresh
+        batch = [train_examples[i] for i in order[: config.batch_size]]
+        del order[: config.batch_size]
+        spent = (time.perf_counter() - start) / (config.max_minutes * 60) if config.max_minutes else 0.0
+        lr = lr_at(run.step, config, spent)
+        stats = _optimizer_step(config, run, batch, model, tokenizer, lr)
+        run.seconds = time.perf_counter() - start
+        ema = stats["loss"] if ema is None else EMA_DECAY * ema + (1 - EMA_DECAY) * stats["loss"]
+        record = {"step": run.step, "seconds": round(run.seconds, 1), "lr": lr, **stats}
+        bar.set_postfix(loss=f"{ema:.3f}")
+        bar.update(1)
+        if eval_sets and (run.step % config.eval_every == 0 or run.step == config.steps):
+            record["eval"] = _held_out_losses(config, run.projector, model, tokenizer, eval_sets)
+            log(f"step {run.step}: train loss (ema) {ema:.3f}, held-out CE {record['eval']}")
+        run.history.append(record)
+        with (out / LOG_FILE).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if run.step % config.checkpoint_every == 0 or run.step == config.steps or out_of_time:
+            run.save(out / STATE_FILE, config)
+        if out_of_time:
+            log(f"stopping at step {run.step}: --max-minutes reached (state saved; rerun to resume)")
+            break
+    bar.close()
+    run.projector.eval()
+    return TrainResult(projector=run.projector, step=run.step, history=run.history, seconds=run.seconds)
+
+
+def _start_or_resume(
+    config: TrainConfig,
+    model: nn.Module,
+    examples: Sequence[Example],
+    in_dim: int | None,
+    state_path: Path,
+    log: Callable[[str], None],
+) -> _RunState:
+    """A fresh projector and optimizer on the LLM's device, or those of the saved run."""
     hidden = model.get_input_embeddings().embedding_dim
     device = model.get_input_embeddings().weight.device  # the projector trains where the LLM runs
-    projector = build_projector(config.projector_kind, in_dim or train_examples[0].features.shape[-1], hidden).to(device)
+    projector = build_projector(config.projector_kind, in_dim or examples[0].features.shape[-1], hidden).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    state_path = out / STATE_FILE
-    step, history, elapsed = 0, [], 0.0
+    run = _RunState(projector, optimizer, random.Random(config.seed))
     if state_path.exists():
         state = torch.load(state_path, weights_only=False, map_location=device)
         if not _same_run(state["config"], config):
             raise ValueError(f"{state_path} belongs to a run with another config; use a fresh --out")
         projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
-        step, history, elapsed = state["step"], state["history"], state["seconds"]
-        rng.setstate(state["rng"])
-        log(f"resumed at step {step}")
+        run.step, run.history, run.seconds = state["step"], state["history"], state["seconds"]
+        run.rng.setstate(state["rng"])
+        log(f"resumed at step {run.step}")
     elif config.match_embedding_norm:
-        factor = match_output_norm(projector, model, train_examples[: config.batch_size * 4])
+        factor = match_output_norm(projector, model, examples[: config.batch_size * NORM_MATCH_BATCHES])
         log(f"output scale matched to the embedding RMS (x{factor:.3g})")
+    return run
 
-    def save_state() -> None:
-        torch.save(
-            {
-                "config": _resume_key(config),
-                "projector": projector.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "history": history,
-                "seconds": elapsed,
-                "rng": rng.getstate(),
-            },
-            state_path.with_suffix(".tmp"),
-        )
-        state_path.with_suffix(".tmp").replace(state_path)  # never a half-written state
 
-    order: list[int] = []
-    start = time.perf_counter() - elapsed
-    deadline = start + config.max_minutes * 60 if config.max_minutes else None
+def _grown(
+    examples: Sequence[Example], refresh: Callable[[], Sequence[Example]] | None, step: int, log: Callable[[str], None]
+) -> Sequence[Example]:
+    """The training set, or the larger one `refresh()` returns (shards written since)."""
+    if refresh is None:
+        return examples
+    newer = refresh()
+    if len(newer) <= len(examples):
+        return examples
+    log(f"step {step}: training set grew from {len(examples)} to {len(newer)} clips")
+    return newer
+
+
+def _optimizer_step(
+    config: TrainConfig, run: _RunState, batch: Sequence[Example], model: nn.Module, tokenizer, lr: float
+) -> dict[str, float]:
+    """One AdamW step on `batch` at learning rate `lr`; the loss figures."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
     distill_weight = config.distill_weight if config.distill else 0.0
-    bar = tqdm(total=config.steps, initial=step, desc="projector", unit="step", disable=not progress)
-    ema = None
-    projector.train()
-    while step < config.steps:
-        if len(order) < config.batch_size:
-            if refresh is not None:
-                newer = refresh()
-                if len(newer) > len(train_examples):
-                    log(f"step {step}: training set grew from {len(train_examples)} to {len(newer)} clips")
-                    train_examples = newer
-            fresh = list(range(len(train_examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [train_examples[i] for i in order[: config.batch_size]]
-        del order[: config.batch_size]
-        spent = (time.perf_counter() - start) / (config.max_minutes * 60) if config.max_minutes else 0.0
-        lr = lr_at(step, config, spent)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, stats = projector_loss(batch, projector, model, tokenizer, distill_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), config.grad_clip)
-        optimizer.step()
-        step += 1
-        elapsed = time.perf_counter() - start
-        ema = stats["loss"] if ema is None else 0.95 * ema + 0.05 * stats["loss"]
-        record = {"step": step, "seconds": round(elapsed, 1), "lr": lr, **stats}
-        bar.set_postfix(loss=f"{ema:.3f}")
-        bar.update(1)
-        if eval_sets and (step % config.eval_every == 0 or step == config.steps):
-            projector.eval()
-            record["eval"] = {name: eval_loss(projector, model, tokenizer, ex[: config.eval_clips], config.batch_size) for name, ex in eval_sets.items()}
-            projector.train()
-            log(f"step {step}: train loss (ema) {ema:.3f}, held-out CE {record['eval']}")
-        history.append(record)
-        with (out / LOG_FILE).open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        out_of_time = deadline is not None and time.perf_counter() > deadline
-        if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-            save_state()
-        if out_of_time:
-            log(f"stopping at step {step}: --max-minutes reached (state saved; rerun to resume)")
-            break
-    bar.close()
+    loss, stats = projector_loss(batch, run.projector, model, tokenizer, distill_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.projector.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.step += 1
+    return stats
+
+
+def _held_out_losses(
+    config: TrainConfig, projector: nn.Module, model: nn.Module, tokenizer, eval_sets: dict[str, Sequence[Example]]
+) -> dict[str, float]:
     projector.eval()
-    return TrainResult(projector=projector, step=step, history=history, seconds=elapsed)
-
-
-@torch.no_grad()
-def eval_loss(projector: nn.Module, model: nn.Module, tokenizer, examples: Sequence[Example], batch_size: int) -> float:
-    """Mean teacher-forced cross-entropy on the target tokens (token-weighted)."""
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = examples[i : i + batch_size]
-        inputs, mask, labels = build_inputs(batch, projector, model, tokenizer, "embed")
-        logits = target_logits(model, inputs, mask, labels)
-        targets = labels[labels != IGNORE_INDEX]
-        total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-        count += targets.numel()
-    return round(total / max(1, count), 4)
+    try:
+        return {
+            name: eval_loss(projector, model, tokenizer, examples[: config.eval_clips], config.batch_size)
+            for name, examples in eval_sets.items()
+        }
+    finally:
+        projector.train()
 
 
 def _resume_key(config: TrainConfig) -> dict[str, Any]:
@@ -388,128 +284,40 @@ def _same_run(saved: dict[str, Any], config: TrainConfig) -> bool:
     return set(saved) <= set(current) and all(saved.get(k, defaults.get(k)) == v for k, v in current.items())
 
 
-# --- corpus → examples, CLI glue ---------------------------------------------------------------------
-
-
-def corpus_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
-    """Examples per split from a speech corpus; training instructions vary (canonical one half the time)."""
-    from fusion.speech_data import (
-        CANONICAL_INSTRUCTION_SHARE,
-        REPEAT_INSTRUCTION,
-        REPEAT_PARAPHRASES,
-        load_features,
-        load_manifest,
-    )
-
-    clips = [c for c in load_manifest(data_dir) if c.split in splits]
-    features = load_features(data_dir, clips)
-    return _turns(
-        [(c.split, features[c.id], c.text, c.transcript) for c in clips],
-        splits, seed, canonical_only, REPEAT_INSTRUCTION, REPEAT_PARAPHRASES, CANONICAL_INSTRUCTION_SHARE,
-        AUDIO_FIRST_SHARE, "audio",
-    )
-
-
-def vision_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
-    """Examples per split from an image set; training instructions vary (canonical one half the
-    time) and a fifth of training turns put the image first. Eval turns: canonical, text first."""
-    from fusion.vision_data import (
-        CANONICAL_INSTRUCTION_SHARE,
-        CAPTION_INSTRUCTION,
-        CAPTION_PARAPHRASES,
-        IMAGE_FIRST_SHARE,
-        load_features,
-        load_manifest,
-    )
-
-    records = [r for r in load_manifest(data_dir) if r.split in splits]
-    features = load_features(data_dir, records)
-    return _turns(
-        [(r.split, features[r.id], r.caption, None) for r in records],
-        splits, seed, canonical_only, CAPTION_INSTRUCTION, CAPTION_PARAPHRASES, CANONICAL_INSTRUCTION_SHARE,
-        IMAGE_FIRST_SHARE, "image",
-    )
-
-
-def _turns(
-    items: Sequence[tuple[str, torch.Tensor, str, str | None]],
-    splits: Sequence[str],
-    seed: int,
-    canonical_only: bool,
-    instruction: str,
-    paraphrases: Sequence[str],
-    canonical_share: float,
-    media_first_share: float,
-    kind: MediaKind,
-) -> dict[str, list[Example]]:
-    """(split, features, target, transcript) items → Examples per split. Training turns vary: the
-    canonical instruction `canonical_share` of the time, else a paraphrase, and the media part first
-    `media_first_share` of the time; eval turns (and `canonical_only`) are canonical, text first."""
-    rng = random.Random(seed)
-    out: dict[str, list[Example]] = {split: [] for split in splits}
-    for split, features, target, transcript in items:
-        varied = split == "train" and not canonical_only
-        said = instruction
-        if varied and rng.random() > canonical_share:
-            said = rng.choice(paraphrases)
-        out[split].append(
-            Example(
-                features=features,
-                target=target,
-                instruction=said,
-                transcript=transcript,
-                media_first=varied and rng.random() < media_first_share,
-                kind=kind,
-            )
-        )
-    return out
+# --- `chorus train-projector` ------------------------------------------------------------------------
 
 
 def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None = None) -> Path:
     """`chorus train-projector`: train against the packaged SmolLM2 on a speech corpus (Whisper base
     features) or an image set (its CLIP's features), save `out_dir/projector` (float32) and, with
     `ship_to`, an fp16 copy there."""
-    from fusion.checkpoint import ModelIdentity, llm_identity, save_projector, whisper_identity
+    from fusion.checkpoint import llm_identity, save_projector
+    from fusion.train_data import training_sets
     from modalities.llm.runtime import LLMConfig, LLMRuntime
 
     torch.set_num_threads(config.threads)
     runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads, device=config.device))
     runtime.model.to(getattr(torch, config.llm_dtype))
-    refresh = None
-    if config.modality == "image":
-        from fusion import vision_data
-
-        if not vision_data.is_vision_data(config.data_dir):
-            raise ValueError(f"{config.data_dir} is not an image set (run `chorus make-vision-data`)")
-        held_out = vision_data.eval_splits(config.data_dir)
-        data = vision_examples(config.data_dir, ("train", *held_out), config.seed)
-        eval_sets = {s: data[s] for s in held_out if data[s]}
-        recipe = vision_data.load_recipe(config.data_dir)
-        encoder, unit = ModelIdentity(**recipe["encoder"]), "images"
-    else:
-        from fusion import speech_data
-
-        data = corpus_examples(config.data_dir, ("train", *speech_data.EVAL_SPLITS), config.seed)
-        eval_sets = {s: data[s] for s in ("eval_sentences", "eval_voices") if data[s]}
-        recipe = speech_data.load_recipe(config.data_dir)
-        encoder, unit = whisper_identity("packaged"), "clips"
-        shards_seen = [len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))]
-
-        def refresh() -> list[Example]:
-            shards = len(list(Path(config.data_dir).expanduser().glob("shard-*.jsonl")))
-            if shards == shards_seen[0]:
-                return data["train"]
-            shards_seen[0] = shards
-            data["train"] = corpus_examples(config.data_dir, ("train",), config.seed)["train"]
-            return data["train"]
-
-    print({split: len(ex) for split, ex in data.items()})
-    result = train(config, runtime.model, runtime.tokenizer, data["train"], eval_sets, refresh=refresh)
+    sets = training_sets(config.modality, config.data_dir, config.seed)
+    print({split: len(ex) for split, ex in sets.splits.items()})
+    result = train(config, runtime.model, runtime.tokenizer, sets.splits["train"], sets.eval_sets, refresh=sets.refresh)
+    metadata = _checkpoint_metadata(config, command, result, sets)
+    saved = {"kind": config.projector_kind, "encoder": sets.encoder, "llm": llm_identity("packaged"), **metadata}
+    out = save_projector(Path(config.out_dir).expanduser() / "projector", result.projector, dtype="float32", **saved)
     last = result.history[-1] if result.history else {}
+    print(f"step {result.step}, {result.seconds / 60:.1f} min, last loss {last.get('loss')}: {out}")
+    if ship_to:
+        shipped = save_projector(ship_to, result.projector, dtype="float16", **saved)
+        print(f"fp16 copy: {shipped}")
+    return out
+
+
+def _checkpoint_metadata(config: TrainConfig, command: str, result: TrainResult, sets: TrainingSets) -> dict[str, Any]:
+    """What the checkpoint records about its training run and data."""
     evals = [h["eval"] for h in result.history if "eval" in h]
     recent = [h["loss"] for h in result.history[-50:]]
     first = [h["loss"] for h in result.history[:20]]
-    metadata = {
+    return {
         "modality": config.modality,
         "training": {
             "command": command,
@@ -519,14 +327,7 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
             "train_loss_first20": round(sum(first) / max(1, len(first)), 4),
             "train_loss_last50": round(sum(recent) / max(1, len(recent)), 4),
             "heldout_ce": evals[-1] if evals else None,
-            f"train_{unit}": len(data["train"]),
+            f"train_{sets.unit}": len(sets.splits["train"]),
         },
-        "data": recipe,
+        "data": sets.recipe,
     }
-    llm, kind = llm_identity("packaged"), config.projector_kind
-    out = save_projector(Path(config.out_dir).expanduser() / "projector", result.projector, kind=kind, encoder=encoder, llm=llm, dtype="float32", **metadata)
-    print(f"step {result.step}, {result.seconds / 60:.1f} min, last loss {last.get('loss')}: {out}")
-    if ship_to:
-        shipped = save_projector(ship_to, result.projector, kind=kind, encoder=encoder, llm=llm, dtype="float16", **metadata)
-        print(f"fp16 copy: {shipped}")
-    return out

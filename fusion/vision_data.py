@@ -2,10 +2,8 @@
 
 Recipe (`VisionDataConfig`, recorded in `recipe.json` and in every projector checkpoint trained on it):
 
-1. Each image shows 1–4 copies of one shape (circle, square, triangle, star) in one colour, placed
-   together in one region of the canvas (left, right, top, bottom, centre) on a light background;
-   sizes, exact places, colour shades and background tone are drawn at random. Its caption names
-   all four attributes: "Two red circles on the left."
+1. Each image shows 1–4 copies of one shape in one colour, placed together in one region of the
+   canvas (`fusion.shapes`, which also draws and captions them): "Two red circles on the left."
 2. Splits measure composition, not memorisation: some colour × shape pairs (`HELDOUT_PAIRS`, each
    colour and each shape still seen in training with other partners) never occur in training and
    make up `eval_combos`; `eval_seen` holds fresh images of pairs seen in training.
@@ -25,75 +23,45 @@ cross-entropy. Features are cached per image, so mind the disk: 49 × 768 float1
 from __future__ import annotations
 
 import json
-import math
 import random
-from dataclasses import asdict, dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from fusion.shards import MANIFEST, RECIPE, read_manifest, read_recipe, read_tensors
+from fusion.shapes import ATTRIBUTES, attribute_hits  # noqa: F401  (re-exported for fusion.evaluate)
+from fusion.shapes import CANVAS, COLOURS, COUNT_WORDS, HELDOUT_PAIRS, POSITIONS, SHAPES, Scene, render, seen_pairs
+from fusion.shards import (
+    RECIPE,
+    Encoder,
+    Instructions,
+    prepare_set_dir,
+    read_manifest,
+    read_recipe,
+    read_tensors,
+    write_recipe,
+    write_shards,
+)
 
 DATA_VERSION = 1
 MODALITY = "image"  # recorded in the recipe: `chorus train-projector` infers the modality from it
 
 CAPTION_INSTRUCTION = "Describe the image."
-# Paraphrases keep the projector from keying on one instruction; the canonical one is used for
-# evaluation and appears most often in training.
 CAPTION_PARAPHRASES: tuple[str, ...] = (
     "What is in this picture?",
     "Write a short caption for this image.",
     "Describe what you see.",
 )
-CANONICAL_INSTRUCTION_SHARE = 0.5
-IMAGE_FIRST_SHARE = 0.2  # some requests put the image before the instruction
-
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "green": (35, 160, 55),
-    "blue": (35, 75, 215),
-    "yellow": (235, 200, 25),
-    "purple": (135, 55, 175),
-    "orange": (245, 125, 25),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-# Region name → caption phrase and box (x0, y0, x1, y1) as fractions of the canvas. The side boxes
-# stop short of the corners so that no object centre could belong to two regions (a shape in the
-# top-left corner would be "left" and "top" at once).
-POSITIONS: dict[str, tuple[str, tuple[float, float, float, float]]] = {
-    "left": ("on the left", (0.0, 0.2, 0.38, 0.8)),
-    "right": ("on the right", (0.62, 0.2, 1.0, 0.8)),
-    "top": ("at the top", (0.2, 0.0, 0.8, 0.38)),
-    "bottom": ("at the bottom", (0.2, 0.62, 0.8, 1.0)),
-    "centre": ("in the centre", (0.25, 0.25, 0.75, 0.75)),
-}
-COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
-# Never in training. A Latin-square choice: every shape and four of the colours lose exactly one
-# partner, so each attribute on its own is still learnable from the training split.
-HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (("red", "star"), ("green", "triangle"), ("blue", "square"), ("yellow", "circle"))
-
-CANVAS = 224  # drawn at the input size of the common CLIPs; the encoder's preprocess resizes as it must
-RADIUS = (0.075, 0.11)  # object radius as a fraction of the canvas
-MIN_RADIUS = 0.045  # placement shrinks objects down to this before giving up
-GAP = 0.02  # minimum space between two objects, fraction of the canvas
-PLACEMENT_TRIES = 200
-BACKGROUND = (215, 255)  # grey level range of the background
-SHADE_JITTER = 18  # per-channel shade variation (small enough that yellow never turns orange)
-STAR_INNER = 0.45  # inner / outer radius of the five-pointed star
-SQUARE_HALF_SIDE = 0.9  # × r: a square of half-side r looks larger than a circle of radius r
-# How far each shape reaches from its centre, × r: placement keeps these circles apart, so that no
-# two objects touch (a square's corners reach past r).
-REACH = {"circle": 1.0, "square": SQUARE_HALF_SIDE * math.sqrt(2), "triangle": 1.0, "star": 1.0}
+INSTRUCTIONS = Instructions(CAPTION_INSTRUCTION, CAPTION_PARAPHRASES, canonical_share=0.5, media_first_share=0.2)
 
 SPLITS = ("train", "eval_seen", "eval_combos")
 EVAL_SPLITS = SPLITS[1:]
 CAPTION_EVAL_SPLITS = ("eval_heldout",)  # caption files: whole images held out
 DECODE_THREADS = 8  # Pillow releases the GIL while decoding, so caption-set images decode in parallel
-ATTRIBUTES = ("count", "colour", "shape", "position")
 IMAGES_DIR = "images"
 
 
@@ -121,22 +89,6 @@ class VisionDataConfig(BaseModel):
     feature_layer: int = Field(-2, description="Image-tower block whose output gives the patch features")
     shard_size: int = Field(1000, ge=1, description="Images per feature shard")
     seed: int = Field(0, description="Seed for drawing images and splits")
-
-
-@dataclass(frozen=True)
-class Scene:
-    """What one image shows; the caption is a function of it."""
-
-    count: int
-    colour: str
-    shape: str
-    position: str
-
-    @property
-    def caption(self) -> str:
-        noun = self.shape if self.count == 1 else self.shape + "s"
-        text = f"{COUNT_WORDS[self.count - 1]} {self.colour} {noun} {POSITIONS[self.position][0]}."
-        return text[0].upper() + text[1:]
 
 
 @dataclass
@@ -167,69 +119,7 @@ class ImageRecord:
         return self.image or self.id
 
 
-# --- drawing -----------------------------------------------------------------------------------------
-
-
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    if shape == "square":
-        s = r * SQUARE_HALF_SIDE
-        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
-    if shape == "triangle":
-        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-    if shape == "star":
-        points = []
-        for k in range(10):
-            radius = r if k % 2 == 0 else r * STAR_INNER
-            angle = -math.pi / 2 + k * math.pi / 5
-            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
-        return points
-    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-
-
-def _place(
-    count: int, box: tuple[float, float, float, float], reach: float, rng: random.Random
-) -> list[tuple[float, float, float]]:
-    """`count` non-touching (cx, cy, r) inside `box` (fractions), each object reaching `reach` × r
-    from its centre; objects shrink until they fit."""
-    x0, y0, x1, y1 = box
-    r = rng.uniform(*RADIUS)
-    while r >= MIN_RADIUS:
-        placed: list[tuple[float, float, float]] = []
-        for _ in range(PLACEMENT_TRIES):
-            if len(placed) == count:
-                break
-            cx, cy = rng.uniform(x0 + r, x1 - r), rng.uniform(y0 + r, y1 - r)
-            if all(math.hypot(cx - px, cy - py) > 2 * reach * r + GAP for px, py, _ in placed):
-                placed.append((cx, cy, r))
-        if len(placed) == count:
-            return placed
-        r *= 0.9
-    raise AssertionError(f"could not place {count} objects in {box}")  # the constants above guarantee room
-
-
-def render(scene: Scene, seed: int, size: int = CANVAS) -> Image.Image:
-    """Draw `scene` as an RGB `size`×`size` image; the same (scene, seed) gives the same pixels."""
-    rng = random.Random(seed)
-    grey = rng.randint(*BACKGROUND)
-    image = Image.new("RGB", (size, size), (grey, grey, grey))
-    draw = ImageDraw.Draw(image)
-    base = COLOURS[scene.colour]
-    for cx, cy, r in _place(scene.count, POSITIONS[scene.position][1], REACH[scene.shape], rng):
-        fill = tuple(min(255, max(0, c + rng.randint(-SHADE_JITTER, SHADE_JITTER))) for c in base)
-        cx, cy, r = cx * size, cy * size, r * size
-        if scene.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        else:
-            draw.polygon(_polygon(scene.shape, cx, cy, r), fill=fill)
-    return image
-
-
 # --- the plan ----------------------------------------------------------------------------------------
-
-
-def seen_pairs() -> list[tuple[str, str]]:
-    held = set(HELDOUT_PAIRS)
-    return [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in held]
 
 
 def plan_images(config: VisionDataConfig) -> list[ImageRecord]:
@@ -301,45 +191,6 @@ def plan_caption_set(config: VisionDataConfig) -> list[ImageRecord]:
     return records
 
 
-# --- captions → attributes ---------------------------------------------------------------------------
-
-_POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "centre": "centre", "center": "centre", "middle": "centre"}
-_COUNT_WORDS = {w: i + 1 for i, w in enumerate(COUNT_WORDS)}
-# "a"/"an" is a count only right before a colour or shape ("a red star"); anywhere else it is just
-# the commonest word of English, and would credit any chatter with "one" of something.
-_ARTICLES = ("a", "an", "single")
-
-
-def _words(text: str) -> list[str]:
-    return "".join(ch if ch.isalpha() else " " for ch in text.lower()).split()
-
-
-def parse_caption(text: str) -> dict[str, object]:
-    """The first count, colour, shape and position word of a caption (None where there is none).
-
-    Plural shapes count as the shape ("circles" → "circle")."""
-    found: dict[str, object] = dict.fromkeys(ATTRIBUTES)
-    shapes = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
-    words = _words(text)
-    for i, word in enumerate(words):
-        following = words[i + 1] if i + 1 < len(words) else ""
-        if found["count"] is None and (word in _COUNT_WORDS or (word in _ARTICLES and (following in COLOURS or following in shapes))):
-            found["count"] = _COUNT_WORDS.get(word, 1)
-        elif found["colour"] is None and word in COLOURS:
-            found["colour"] = word
-        elif found["shape"] is None and word in shapes:
-            found["shape"] = shapes[word]
-        elif found["position"] is None and word in _POSITION_WORDS:
-            found["position"] = _POSITION_WORDS[word]
-    return found
-
-
-def attribute_hits(scene: Scene, caption: str) -> dict[str, bool]:
-    """Per attribute: does the caption name the scene's value?"""
-    parsed = parse_caption(caption)
-    return {name: parsed[name] == getattr(scene, name) for name in ATTRIBUTES}
-
-
 # --- encoder -----------------------------------------------------------------------------------------
 
 
@@ -385,21 +236,21 @@ def build_vision_data(
     `clip_runtime`: a `modalities.vision.clip.ClipRuntime` (or anything with `encode_images(images) →
     (patches, pooled)`); `encoder_identity`: what the recipe records as the encoder (the
     `ModelIdentity` fields), so projector checkpoints can name it."""
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
-    out = Path(config.out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_path = out / RECIPE
-    if recipe_path.exists():
-        # A field added since the set was built counts as its default.
-        defaults = {name: field.default for name, field in VisionDataConfig.model_fields.items()}
-        previous = defaults | json.loads(recipe_path.read_text())["config"]
-        if previous != config.model_dump():
-            raise ValueError(f"{out} holds a set built with another config; use a fresh --out directory")
-
+    out = prepare_set_dir(config, config.out_dir, "set")
     drawn = config.captions is None
     records = plan_images(config) if drawn else plan_caption_set(config)
+    write_recipe(out, _recipe(config, records, encoder_identity))
+    if drawn:
+        (out / IMAGES_DIR).mkdir(exist_ok=True)
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        encode = _image_encoder(config, clip_runtime, out, pool)
+        write_shards(out, records, config.shard_size, encode, desc="images", unit="img")
+    log(f"{len(records)} images, features from {encoder_identity.get('name')}")
+    return out
+
+
+def _recipe(config: VisionDataConfig, records: Sequence[ImageRecord], encoder_identity: dict) -> dict:
+    drawn = config.captions is None
     splits = ("train", *(EVAL_SPLITS if drawn else CAPTION_EVAL_SPLITS))
     recipe = {
         "version": DATA_VERSION,
@@ -407,62 +258,51 @@ def build_vision_data(
         "config": config.model_dump(),
         "encoder": encoder_identity,
         "eval_splits": list(splits[1:]),
-        "instructions": [CAPTION_INSTRUCTION, *CAPTION_PARAPHRASES],
+        "instructions": INSTRUCTIONS.all(),
         "captions": {split: sum(r.split == split for r in records) for split in splits},
     }
-    if drawn:
-        (out / IMAGES_DIR).mkdir(exist_ok=True)
-        recipe |= {
-            "generator": "Pillow ImageDraw",
-            "colours": list(COLOURS),
-            "shapes": list(SHAPES),
-            "positions": {name: phrase for name, (phrase, _box) in POSITIONS.items()},
-            "counts": [1, len(COUNT_WORDS)],
-            "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
-            "canvas": CANVAS,
-        }
-    else:
-        recipe["distinct_images"] = {split: len({r.image for r in records if r.split == split}) for split in splits}
-    recipe_path.write_text(json.dumps(recipe, indent=2))
+    if not drawn:
+        return recipe | {"distinct_images": {split: len({r.image for r in records if r.split == split}) for split in splits}}
+    return recipe | {
+        "generator": "Pillow ImageDraw",
+        "colours": list(COLOURS),
+        "shapes": list(SHAPES),
+        "positions": {name: phrase for name, (phrase, _box) in POSITIONS.items()},
+        "counts": [1, len(COUNT_WORDS)],
+        "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+        "canvas": CANVAS,
+    }
+
+
+def _image_encoder(config: VisionDataConfig, clip_runtime, out: Path, pool: ThreadPoolExecutor) -> Encoder:
+    """`fusion.shards.Encoder` for the set: draws (and saves) or loads each shard's images, then
+    CLIP-encodes them in batches, once per distinct image."""
+    drawn = config.captions is None
     root = Path(config.image_root or ".").expanduser()
 
     def load(record: ImageRecord) -> Image.Image:
         with Image.open(root / record.image) as image:  # type: ignore[operator]
             return image.convert("RGB")
 
-    shards = [records[i : i + config.shard_size] for i in range(0, len(records), config.shard_size)]
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool, tqdm(total=len(records), desc="images", unit="img") as bar:
-        for n, shard in enumerate(shards):
-            name = f"shard-{n:03d}"
-            meta_path = out / f"{name}.jsonl"
-            if meta_path.exists():  # finished in an earlier run
-                bar.update(len(shard))
-                continue
-            tensors: dict[str, torch.Tensor] = {}
-            for start in range(0, len(shard), ENCODE_BATCH):
-                group = shard[start : start + ENCODE_BATCH]
-                for record in group:
-                    record.shard = f"{name}.safetensors"
-                todo = list({r.key: r for r in group if r.key not in tensors}.values())  # one encode per image
-                if drawn:
-                    images = [render(r.scene, r.seed) for r in todo]  # type: ignore[arg-type]
-                    for record, image in zip(todo, images):
-                        image.save(out / IMAGES_DIR / f"{record.id}.png", optimize=True)
-                else:
-                    images = list(pool.map(load, todo))
-                if todo:
-                    patches, _pooled = clip_runtime.encode_images(images)
-                    for record, features in zip(todo, patches):
-                        tensors[record.key] = features.to(torch.float16).contiguous().cpu()
-                bar.update(len(group))
-            save_file(tensors, str(out / f"{name}.safetensors"))
-            # The metadata file is written last: its presence marks the shard complete.
-            meta_path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in shard))
+    def encode(shard: list[ImageRecord], progress: Callable[[int], object]) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        for start in range(0, len(shard), ENCODE_BATCH):
+            group = shard[start : start + ENCODE_BATCH]
+            todo = list({r.key: r for r in group if r.key not in tensors}.values())  # one encode per image
+            if drawn:
+                images = [render(r.scene, r.seed) for r in todo]  # type: ignore[arg-type]
+                for record, image in zip(todo, images):
+                    image.save(out / IMAGES_DIR / f"{record.id}.png", optimize=True)
+            else:
+                images = list(pool.map(load, todo))
+            if todo:
+                patches, _pooled = clip_runtime.encode_images(images)
+                for record, features in zip(todo, patches):
+                    tensors[record.key] = features.to(torch.float16).contiguous().cpu()
+            progress(len(group))
+        return tensors
 
-    lines = [p.read_text() for p in sorted(out.glob("shard-*.jsonl"))]
-    (out / MANIFEST).write_text("".join(lines))
-    log(f"{len(records)} images, features from {encoder_identity.get('name')}")
-    return out
+    return encode
 
 
 # --- reading -----------------------------------------------------------------------------------------

@@ -17,23 +17,16 @@ from fusion.checkpoint import ModelIdentity, ProjectorMismatchError, clip_identi
 from fusion.evaluate import caption_figures
 from fusion.projectors import MLP2xGELU, build_projector
 from fusion.train import TrainConfig, _resume_key, _same_run, eval_loss, train, vision_examples
+from fusion.shapes import COLOURS, HELDOUT_PAIRS, POSITIONS, SHAPES, Scene, attribute_hits, parse_caption, render
 from fusion.vision_data import (
-    COLOURS,
-    HELDOUT_PAIRS,
-    POSITIONS,
-    SHAPES,
-    Scene,
     VisionDataConfig,
-    attribute_hits,
     build_clip,
     build_vision_data,
     encoder_identity,
     is_vision_data,
     load_features,
     load_manifest,
-    parse_caption,
     plan_images,
-    render,
 )
 from tests.helpers.models import frozen_tiny_llama
 from tests.helpers.tokenizer import tiny_chat_tokenizer

@@ -1,0 +1,190 @@
+"""Training turns → padded batches and the projector's loss (used by `fusion.train` and the evals).
+
+Each example is one chat turn built with `fusion.prompt.build_prompt` exactly as serve builds it
+(the user's text part and the media part, the model's own chat template), the media slot filled by
+the projector's soft tokens, followed by the target text and the end-of-turn token. Loss:
+
+- next-token cross-entropy on the target tokens only, and optionally
+- `distill`: KL(teacher ‖ student) on the same target tokens, the teacher being the same LLM reading
+  the sentence as text (`transcript` mode) — Ultravox v0.7's recipe. The sentence text stands in
+  for Whisper's transcript (Whisper base reads espeak-ng speech at a few % WER). Audio only: an
+  image has no text form to teach from.
+
+Only the target positions go through the LM head (its 49k-vocabulary matmul is a fifth of the
+forward cost on SmolLM2-135M); the LLM's weights need no gradients, only its activations do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import InitVar, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion.prompt import MediaItem, MediaKind, Message, build_prompt, splice
+
+IGNORE_INDEX = -100
+END_OF_TURN = "<|im_end|>"
+MEDIA_INDEX = 0  # every training example carries one media item
+
+
+@dataclass
+class Example:
+    """One training turn: the media item's features, the instruction, and the text to predict."""
+
+    features: torch.Tensor  # [T, d_audio] Whisper frames or [N, d_vision] CLIP patches
+    target: str
+    instruction: str
+    transcript: str | None = None
+    media_first: bool = False  # the media part before the instruction
+    kind: MediaKind = "audio"
+    audio_first: InitVar[bool | None] = None  # the earlier name of media_first
+
+    def __post_init__(self, audio_first: bool | None) -> None:
+        if audio_first is not None:
+            self.media_first = audio_first
+
+
+def _messages(example: Example, transcript: str | None = None) -> list[Message]:
+    media = MediaItem(example.kind, MEDIA_INDEX, transcript)
+    parts = [media, example.instruction] if example.media_first else [example.instruction, media]
+    return [Message("user", parts)]
+
+
+def _target_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text + END_OF_TURN, add_special_tokens=False)
+
+
+def _padded_features(examples: Sequence[Example], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """The examples' features zero-padded to the longest, float32 `[B, T_max, d]`, and their lengths."""
+    lengths = [ex.features.shape[0] for ex in examples]
+    frames = torch.zeros(len(examples), max(lengths), examples[0].features.shape[-1], device=device)
+    for i, ex in enumerate(examples):
+        frames[i, : lengths[i]] = ex.features.to(device=device, dtype=torch.float32)
+    return frames, lengths
+
+
+def build_inputs(
+    examples: Sequence[Example],
+    projector: nn.Module | None,
+    model: nn.Module,
+    tokenizer,
+    mode: str = "embed",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded batch: `inputs_embeds [B, L, H]`, `attention_mask [B, L]`, `labels [B, L]`
+    (IGNORE_INDEX except on target tokens, aligned so that position i predicts labels[i]).
+
+    `mode="transcript"` builds the teacher's text-only prompt (the target text as transcript)."""
+    embedding = model.get_input_embeddings()
+    device = embedding.weight.device
+    media: list[torch.Tensor | None] = [None] * len(examples)
+    if mode == "embed":
+        assert projector is not None
+        frames, lengths = _padded_features(examples, device)
+        # One batched projector call: zero frames past a clip's end only touch tokens that are cut off.
+        projected = projector(frames)
+        media = [projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)]
+    rows = [_turn_row(ex, soft, embedding, tokenizer, mode) for ex, soft in zip(examples, media)]
+    return _pad_rows(rows, device)
+
+
+def _turn_row(
+    example: Example, soft: torch.Tensor | None, embedding: nn.Module, tokenizer, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One turn's input embeddings `[L, H]` (prompt, media spliced in, then the target) and its
+    labels `[L]`: the target tokens, one position early; IGNORE_INDEX elsewhere."""
+    device = embedding.weight.device
+    plan = build_prompt(_messages(example, example.target if mode == "transcript" else None), tokenizer, mode)
+    text_pieces = [p for p in plan.pieces if isinstance(p, list)]
+    with torch.no_grad():
+        text_embeds = [embedding(torch.tensor(ids, dtype=torch.long, device=device)) for ids in text_pieces]
+    media_embeds = {MEDIA_INDEX: soft.to(text_embeds[0].dtype)} if soft is not None else {}
+    prompt, _mask, _counts = splice(plan, text_embeds, media_embeds)
+    target = _target_ids(tokenizer, example.target)
+    with torch.no_grad():
+        target_embeds = embedding(torch.tensor(target, dtype=torch.long, device=device))
+    # Position t predicts token t+1: the last prompt position predicts the first target token.
+    prompt_len = prompt.shape[1]
+    labels = torch.full((prompt_len + len(target),), IGNORE_INDEX, dtype=torch.long)
+    labels[prompt_len - 1 : prompt_len - 1 + len(target)] = torch.tensor(target)
+    return torch.cat([prompt[0], target_embeds], dim=0), labels
+
+
+def _pad_rows(
+    rows: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(embeddings, labels) rows → right-padded `inputs [B, L, H]`, `mask [B, L]`, `labels [B, L]`."""
+    longest = max(row.shape[0] for row, _ in rows)
+    first = rows[0][0]
+    inputs = first.new_zeros(len(rows), longest, first.shape[1])
+    mask = torch.zeros(len(rows), longest, dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+    for i, (row, lab) in enumerate(rows):
+        inputs[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = 1
+        labels[i, : lab.shape[0]] = lab
+    return inputs, mask.to(device), labels.to(device)
+
+
+def target_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits `[N, V]` at the N labelled positions only, in row-major order."""
+    hidden = model.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+    return model.get_output_embeddings()(hidden[labels != IGNORE_INDEX])
+
+
+def projector_loss(
+    examples: Sequence[Example],
+    projector: nn.Module,
+    model: nn.Module,
+    tokenizer,
+    distill_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the target tokens (+ distill_weight × KL to the text-reading teacher)."""
+    inputs, mask, labels = build_inputs(examples, projector, model, tokenizer, "embed")
+    logits = target_logits(model, inputs, mask, labels)
+    targets = labels[labels != IGNORE_INDEX]
+    ce = F.cross_entropy(logits.float(), targets)
+    stats = {"ce": ce.item()}
+    loss = ce
+    if distill_weight > 0:
+        with torch.no_grad():
+            t_inputs, t_mask, t_labels = build_inputs(examples, None, model, tokenizer, "transcript")
+            teacher = target_logits(model, t_inputs, t_mask, t_labels)
+        assert teacher.shape == logits.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(logits.shape)}"
+        kl = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(teacher.float(), -1), log_target=True, reduction="batchmean")
+        loss = loss + distill_weight * kl
+        stats["kl"] = kl.item()
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
+@torch.no_grad()
+def eval_loss(projector: nn.Module, model: nn.Module, tokenizer, examples: Sequence[Example], batch_size: int) -> float:
+    """Mean teacher-forced cross-entropy on the target tokens (token-weighted)."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i : i + batch_size]
+        inputs, mask, labels = build_inputs(batch, projector, model, tokenizer, "embed")
+        logits = target_logits(model, inputs, mask, labels)
+        targets = labels[labels != IGNORE_INDEX]
+        total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        count += targets.numel()
+    return round(total / max(1, count), 4)
+
+
+@torch.no_grad()
+def match_output_norm(projector: nn.Module, model: nn.Module, sample: Sequence[Example]) -> float:
+    """Scale the projector's last linear layer so its outputs have the token embeddings' RMS.
+
+    A fresh projector emits vectors at a scale unrelated to the embedding table's; SmolLM2's
+    embeddings are small (RMS ≈ 0.1 per dimension), so starting at their scale avoids the first
+    hundreds of steps being spent shrinking the outputs. Returns the factor applied."""
+    table = model.get_input_embeddings().weight.float()
+    target_rms = table.pow(2).mean().sqrt()
+    frames, _lengths = _padded_features(sample, table.device)
+    out_rms = projector(frames).pow(2).mean().sqrt()
+    factor = float(target_rms / out_rms)
+    projector.linear_2.weight.mul_(factor)
+    return factor
