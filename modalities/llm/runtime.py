@@ -34,13 +34,9 @@ from modalities.llm.detokenize import IncrementalDetokenizer, StopStringFilter
 from modalities.llm.engine.batched import BatchedEngine, EngineStats
 from modalities.llm.params import SamplingParams
 from modalities.llm.quant import w8a8 as llm_w8a8
-from modalities.llm.quant.core import (
-    QuantizationReport,
-    compute_dtype,
-    module_device,
-    quantize_model,
-    weight_bytes,
-)
+from modalities.llm.quant.core import quantize_model
+from modalities.llm.quant.memory import compute_dtype, module_device, weight_bytes
+from modalities.llm.quant.report import QuantizationReport
 
 __all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
 

@@ -52,7 +52,11 @@ def test_packages_export_lazily() -> None:
     assert "torch" in heavy_modules_after(code + "modalities.llm.LLMRuntime")
 
 
-@pytest.mark.parametrize("package", ["modalities.llm", "modalities.audio", "modalities.vision", "modalities.speech"])
+PACKAGES = ["modalities.llm", "modalities.llm.engine", "modalities.llm.quant"]
+PACKAGES += ["modalities.audio", "modalities.vision", "modalities.speech"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_every_exported_name_resolves(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modalities.llm.runtime import LLMConfig, build_decode_loop
-from modalities.llm.engine.batched import BatchedEngine, SlotCache
+from modalities.llm.engine import BatchedEngine, SlotCache
 from modalities.llm.engine.prefix import PrefixCache
 from tests.unit.test_llm import VOCAB_SIZE
 from tests.unit.test_llm_engine import GREEDY, NEW_TOKENS, NO_EOS, Pacer, eager_tokens
