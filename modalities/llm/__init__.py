@@ -6,6 +6,7 @@ _EXPORTS = {
     "LLMConfig": "config",
     "Quantization": "config",
     "SUPPORTED_ARCHITECTURES": "config",
+    "check_batched_architecture": "config",
     "MAX_STOP_SEQUENCES": "params",
     "SEED_RANGE": "params",
     "SamplingParams": "params",

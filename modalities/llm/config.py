@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,7 @@ __all__ = [
     "DecodeEngine",
     "LLMConfig",
     "Quantization",
+    "check_batched_architecture",
 ]
 
 Quantization = Literal["none", "int8", "int4", "w8a8"]
@@ -30,6 +32,18 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama",)
 DEFAULT_MAX_SLOTS = 8
 # SmolLM2-135M keeps 46 KB of K/V per position in float32: 64 MiB hold ~1,400 prompt positions.
 DEFAULT_PREFIX_CACHE_MIB = 64.0
+
+
+def check_batched_architecture(model_type: str | None, architectures: Sequence[str] | None = None) -> None:
+    """ValueError unless the batched engine runs a model of this transformers `config.model_type`
+    (`architectures`, the model classes a config names, only make the message say what it got)."""
+    if model_type in SUPPORTED_ARCHITECTURES:
+        return
+    got = repr(model_type) + (f" ({', '.join(architectures)})" if architectures else "")
+    raise ValueError(
+        f"the batched engine supports {', '.join(SUPPORTED_ARCHITECTURES)}; got {got}: set llm.engine to "
+        "'eager' or pick a Llama-architecture model"
+    )
 
 
 class LLMConfig(BaseModel):

@@ -22,13 +22,13 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from modalities.errors import MediaError
-from modalities.llm.config import PACKAGED, DType, LLMConfig
+from modalities.llm.config import PACKAGED, DType, LLMConfig, check_batched_architecture
 from modalities.llm.decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm.detokenize import IncrementalDetokenizer, StopStringFilter
 from modalities.llm.engine.batched import BatchedEngine, EngineStats
@@ -37,6 +37,9 @@ from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.core import quantize_model
 from modalities.llm.quant.memory import compute_dtype, module_device, weight_bytes
 from modalities.llm.quant.report import QuantizationReport
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
 
@@ -97,18 +100,13 @@ class LLMRuntime:
 
     @classmethod
     def from_config(cls, config: LLMConfig) -> "LLMRuntime":
-        """Load model and tokenizer, move to the device, quantize; sets torch's thread count."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load model and tokenizer, move to the device, quantize; sets torch's thread count.
 
+        With `engine="batched"`, a model of an architecture it doesn't run is refused (ValueError)
+        from its config, before any weight is read.
+        """
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-        source = resolve_model_source(config.model)
-        local = Path(source).is_dir()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[config.dtype], local_files_only=local)
-        except OSError as e:
-            where = "local directory" if local else "hub name (is a hub reachable from here?)"
-            raise FileNotFoundError(f"cannot load LLM from {source!r} as a {where}: {e}") from e
+        tokenizer, model = _load_pretrained(resolve_model_source(config.model), config)
         model.requires_grad_(False)
         model.to(torch.device(config.device))
         calibration = llm_w8a8.calibration_ids(tokenizer) if config.quantization == "w8a8" else None
@@ -251,6 +249,7 @@ def build_decode_loop(model: nn.Module, config: LLMConfig) -> DecodeLoop:
     """The decode loop `config.engine` names, for an already loaded (and quantized) model."""
     if config.engine == "eager":
         return EagerDecodeLoop(model)
+    check_batched_architecture(getattr(model.config, "model_type", None), [type(model).__name__])
     try:
         return BatchedEngine(
             model,
@@ -274,6 +273,25 @@ def resolve_model_source(model: str) -> str:
     if not HUB_NAME.fullmatch(model):
         raise FileNotFoundError(f"LLM directory not found: {model}")
     return model
+
+
+def _load_pretrained(source: str, config: LLMConfig) -> tuple[PreTrainedTokenizerBase, nn.Module]:
+    """Tokenizer and causal LM from a directory or hub name (`resolve_model_source`'s answer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(source).is_dir()
+    try:
+        model_config = AutoConfig.from_pretrained(source, local_files_only=local)
+        if config.engine == "batched":
+            check_batched_architecture(model_config.model_type, model_config.architectures)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=model_config, dtype=DTYPES[config.dtype], local_files_only=local
+        )
+    except OSError as e:
+        where = "local directory" if local else "hub name (is a hub reachable from here?)"
+        raise FileNotFoundError(f"cannot load LLM from {source!r} as a {where}: {e}") from e
+    return tokenizer, model
 
 
 def _as_ids(input_ids: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:

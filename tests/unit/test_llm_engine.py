@@ -13,8 +13,9 @@ import threading
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
+from modalities.llm.config import SUPPORTED_ARCHITECTURES
 from modalities.llm.runtime import LLMConfig, LLMRuntime
 from modalities.llm.decode import EagerDecodeLoop
 from modalities.llm.engine import batched as llm_engine
@@ -322,8 +323,32 @@ def test_request_beyond_the_context_is_refused(model, prompts, make_engine):
 
 def test_unsupported_architecture_is_refused():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=64))
-    with pytest.raises(ValueError, match="eager"):
+    with pytest.raises(ValueError, match="supports llama; got 'gpt2' \\(GPT2LMHeadModel\\).*eager"):
         BatchedEngine(gpt2)
+
+
+def test_runtime_refuses_a_non_llama_model_for_the_batched_engine_before_loading_it(tmp_path, tokenizer, monkeypatch):
+    qwen2 = Qwen2Config(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+    )  # fmt: skip
+    Qwen2ForCausalLM(qwen2).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(AutoModelForCausalLM, "from_pretrained", pytest.fail)  # refused from config.json alone
+            with pytest.raises(ValueError) as info:
+                LLMRuntime.from_config(LLMConfig(model=str(tmp_path), threads=1))
+        eager = LLMRuntime.from_config(LLMConfig(model=str(tmp_path), threads=1, engine="eager"))
+    finally:
+        torch.set_num_threads(threads)
+    assert str(info.value) == (
+        "the batched engine supports llama; got 'qwen2' (Qwen2ForCausalLM): set llm.engine to 'eager' or pick a "
+        "Llama-architecture model"
+    )
+    assert isinstance(eager.decode_loop, EagerDecodeLoop)
+    assert "qwen2" not in SUPPORTED_ARCHITECTURES and "llama" in SUPPORTED_ARCHITECTURES
 
 
 def test_config_picks_the_decode_loop(tmp_path, tokenizer):

@@ -5,7 +5,7 @@ head, rotary embedding) and skips transformers' generic per-call machinery (mask
 output dataclasses, kwargs plumbing). Linears go through `quant.fast.fast_linear` (int4 layers call
 the kernel directly, without tensor-subclass dispatch or cast hooks; anything else is called as a
 module, hooks and all); Llama's RMSNorm is one `F.rms_norm`. Other architectures are refused with a
-`ValueError` naming the supported ones (`llm.config.SUPPORTED_ARCHITECTURES`; use the eager loop).
+`ValueError` naming the supported ones (`config.SUPPORTED_ARCHITECTURES`; the eager loop runs them).
 K/V are read from and written to a `SlotCache`.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalities.llm.config import SUPPORTED_ARCHITECTURES
+from modalities.llm.config import check_batched_architecture
 from modalities.llm.engine.slots import SlotCache
 from modalities.llm.quant.fast import fast_linear, fast_linears
 from modalities.llm.quant.memory import compute_dtype
@@ -143,12 +143,7 @@ class LlamaForward:
 
 def _llama_body(model: nn.Module) -> nn.Module:
     """`model.model`, checked to be a Llama decoder this forward can run (ValueError saying why not)."""
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"the batched engine supports model types {SUPPORTED_ARCHITECTURES}, not {model_type!r}; "
-            "use engine 'eager' for this model"
-        )
+    check_batched_architecture(getattr(model.config, "model_type", None), [type(model).__name__])
     body = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if body is None or not all(hasattr(body, name) for name in needed) or not hasattr(model, "lm_head"):
