@@ -24,8 +24,7 @@ from modalities.errors import MediaError
 SAMPLE_RATE = 16_000  # Whisper's input rate
 HOP_LENGTH = 160  # samples per mel frame (10 ms)
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
-SAMPLES_PER_FRAME = 2 * HOP_LENGTH  # encoder conv2 has stride 2: one feature frame per 320 samples
-FRAMES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_FRAME  # 50 encoder feature frames per second
+SAMPLES_PER_FRAME = 2 * HOP_LENGTH  # encoder conv2 has stride 2: one feature frame per 320 samples (50 per second)
 WINDOW_SECONDS = 30  # Whisper's fixed input window
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE  # 480_000
 WINDOW_MEL_FRAMES = WINDOW_SECONDS * MEL_FRAMES_PER_SECOND  # 3000
@@ -68,11 +67,6 @@ class AudioLimits(BaseModel):
         if self.min_sample_rate > self.max_sample_rate:
             raise ValueError("min_sample_rate must not exceed max_sample_rate")
         return self
-
-    @property
-    def max_samples(self) -> int:
-        """Cap on decoded 16 kHz samples."""
-        return int(self.max_duration_s * SAMPLE_RATE)
 
 
 DEFAULT_LIMITS = AudioLimits()

@@ -88,7 +88,7 @@ def check_audio(data: bytes) -> None:
     if result:
         audio = result[0]
         assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
-        assert 0 < audio.size <= AUDIO_LIMITS.max_samples + SAMPLE_RATE  # cap + resampler tail
+        assert 0 < audio.size <= (AUDIO_LIMITS.max_duration_s + 1) * SAMPLE_RATE  # cap + resampler tail
         assert np.isfinite(audio).all()
         assert float(np.abs(audio).max()) <= AUDIO_MAX_ABS
 
