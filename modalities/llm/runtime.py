@@ -99,7 +99,7 @@ class LLMRuntime:
         self._dtype = compute_dtype(model)
 
     @classmethod
-    def from_config(cls, config: LLMConfig) -> "LLMRuntime":
+    def from_config(cls, config: LLMConfig) -> LLMRuntime:
         """Load model and tokenizer, move to the device, quantize; sets torch's thread count.
 
         With `engine="batched"`, a model of an architecture it doesn't run is refused (ValueError)

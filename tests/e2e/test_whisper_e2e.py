@@ -14,8 +14,8 @@ import torch
 import whisper
 
 from modalities.audio import weights as whisper_weights
-from modalities.speech.espeak import sample_corpus, synthesize, to_wav_bytes
 from modalities.audio.whisper import WhisperConfig, WhisperRuntime
+from modalities.speech.espeak import sample_corpus, synthesize, to_wav_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ import torch
 import whisper.audio
 
 from modalities.audio.decode import (
+    DEFAULT_LIMITS,
     SAMPLE_RATE,
     WINDOW_MEL_FRAMES,
     AudioLimits,
@@ -94,7 +95,7 @@ def test_streaming_wav_placeholder_length_is_accepted() -> None:
 # -- bad input -----------------------------------------------------------------------------------
 
 
-def _rejects(data: bytes, limits: AudioLimits = AudioLimits(), code: str | None = None) -> MediaError:
+def _rejects(data: bytes, limits: AudioLimits = DEFAULT_LIMITS, code: str | None = None) -> MediaError:
     with pytest.raises(MediaError) as info:
         decode_audio(data, limits)
     err = info.value

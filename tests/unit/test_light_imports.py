@@ -63,7 +63,7 @@ def test_every_exported_name_resolves(package: str) -> None:
         assert getattr(module, name) is not None
     assert set(module.__all__) <= set(dir(module))
     with pytest.raises(AttributeError, match="no attribute"):
-        module.no_such_name
+        _ = module.no_such_name
 
 
 def test_configs_validate_without_model_libraries() -> None:

@@ -16,12 +16,12 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from modalities.llm.config import SUPPORTED_ARCHITECTURES
-from modalities.llm.runtime import LLMConfig, LLMRuntime
 from modalities.llm.decode import EagerDecodeLoop
-from modalities.llm.engine import batched as llm_engine
 from modalities.llm.engine import BatchedEngine, EngineError, EngineStats
+from modalities.llm.engine import batched as llm_engine
 from modalities.llm.quant import quantize_model
 from modalities.llm.quant.w8a8 import calibration_ids
+from modalities.llm.runtime import LLMConfig, LLMRuntime
 from modalities.llm.sampling import SamplingParams
 from tests.unit.test_llm import PROMPT, VOCAB_SIZE, build_model, build_tokenizer
 

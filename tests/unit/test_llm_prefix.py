@@ -6,16 +6,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modalities.llm.runtime import LLMConfig, build_decode_loop
 from modalities.llm.engine import BatchedEngine, SlotCache
 from modalities.llm.engine.prefix import PrefixCache
-from tests.unit.test_llm import VOCAB_SIZE
-from tests.unit.test_llm_engine import GREEDY, NEW_TOKENS, NO_EOS, Pacer, eager_tokens
-from tests.unit.test_llm_engine import model, tokenizer  # noqa: F401 - the same fixtures (the lively tiny Llama)
+from modalities.llm.runtime import LLMConfig, build_decode_loop
+from tests.unit.test_llm import VOCAB_SIZE, build_tokenizer
+from tests.unit.test_llm_engine import GREEDY, NEW_TOKENS, NO_EOS, Pacer, eager_tokens, lively_model
 
 BLOCK = 8
 SHARED = 19  # a shared prefix of 2 full blocks and 3 positions more
 TAILS = (6, 1, 13, 30)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return lively_model(tokenizer)  # the engine tests' tiny Llama: greedy text wanders
 
 
 def embed(model, ids: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,7 @@ class PackedBfloat16Head(nn.Module):
         self.register_buffer("packed_weight", packed, persistent=False)
 
     @classmethod
-    def build(cls, weight: nn.Parameter, out_dtype: torch.dtype) -> "PackedBfloat16Head | None":
+    def build(cls, weight: nn.Parameter, out_dtype: torch.dtype) -> PackedBfloat16Head | None:
         """The packed head, or None where oneDNN can't pack or run it (not a CPU, no mkldnn build)."""
         if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
             return None
