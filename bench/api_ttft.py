@@ -31,6 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.context import new_question  # noqa: E402
+from bench.encoders import byte_variants  # noqa: E402
 from bench.service import (  # noqa: E402
     PROMPT_TEXT,
     QUESTION,
@@ -43,11 +45,9 @@ from bench.service import (  # noqa: E402
     stop_service,
     ttft,
 )
-from bench.context import new_question  # noqa: E402
-from bench.encoders import byte_variants  # noqa: E402
-from modalities.speech.espeak import synthesize, to_wav_bytes  # noqa: E402
-from modalities.llm.runtime import LLMConfig, LLMRuntime  # noqa: E402
-from modalities.audio.whisper import WhisperConfig, WhisperRuntime  # noqa: E402
+from modalities.audio import WhisperConfig, WhisperRuntime  # noqa: E402
+from modalities.llm import LLMConfig, LLMRuntime  # noqa: E402
+from modalities.speech import synthesize, to_wav_bytes  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api_ttft.json"
 TTFT_TOKENS = 8

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.report import Report
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 
 # The continuous-batching engine adds `LLMConfig.engine`; until it exists the runtime has one engine.
 ENGINE_FIELD = "engine"

@@ -57,7 +57,7 @@ def section_encoders(ctx: BenchContext) -> None:
 def _whisper(ctx: BenchContext) -> None:
     from bench import whisper_window
     from modalities.audio import weights as whisper_weights
-    from modalities.speech.espeak import sample_corpus
+    from modalities.speech import sample_corpus
 
     opts, report = ctx.options, ctx.report
     repeats = 2 if opts.quick else opts.repeats
@@ -93,7 +93,7 @@ def _whisper(ctx: BenchContext) -> None:
 
 
 def _tiny_clip_runtime(threads: int):
-    from modalities.vision.clip import ClipConfig, ClipRuntime
+    from modalities.vision import ClipConfig, ClipRuntime
 
     return ClipRuntime.from_config(
         ClipConfig(model_name=str(TINY_CLIP), pretrained=None, random_init=True, threads=threads)
@@ -133,7 +133,7 @@ def _clip(ctx: BenchContext) -> None:
 
 
 def _wav_bytes(audio: np.ndarray) -> bytes:
-    from modalities.speech.espeak import to_wav_bytes
+    from modalities.speech import to_wav_bytes
 
     return to_wav_bytes(audio)
 
@@ -184,9 +184,9 @@ def _feature_cache(ctx: BenchContext) -> None:
     # Explicit threads: left unset, the deployment asks Ray for its CPU claim, which starts (or joins!) a cluster.
     args = {**args, "whisper": {**(args.get("whisper") or {}), "threads": opts.threads}}
     try:
+        from modalities.audio import WhisperRuntime
         from modalities.audio import weights as whisper_weights
-        from modalities.speech.espeak import sample_corpus
-        from modalities.audio.whisper import WhisperRuntime
+        from modalities.speech import sample_corpus
 
         whisper_rt = WhisperRuntime(whisper_weights.load_packaged_whisper("cpu"))
         audio_encoder = AudioEncoder(args, runtime_factory=lambda config: whisper_rt)

@@ -42,10 +42,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams  # noqa: E402
-from modalities.llm.decode import EagerDecodeLoop  # noqa: E402
-from modalities.llm.engine.batched import BatchedEngine  # noqa: E402
-from modalities.llm.weights import prepare_llm  # noqa: E402
+from modalities.llm import EagerDecodeLoop, LLMConfig, LLMRuntime, SamplingParams, prepare_llm  # noqa: E402
+from modalities.llm.engine import BatchedEngine  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "llm_batch.json"
 MODES = ("none", "int8", "int4", "w8a8")

@@ -31,8 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams  # noqa: E402
-from modalities.llm.weights import prepare_llm  # noqa: E402
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams, prepare_llm  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "llm_decode.json"
 MODES = ("none", "int8", "int4", "w8a8")

@@ -24,9 +24,9 @@ from bench.context import (
 )
 from bench.llama_cpp_ref import NOT_INSTALLED, LlamaCppBatch, LlamaCppDecoder
 from bench.report import Figure, Stat, Target
+from modalities.llm import SamplingParams
 from modalities.llm.quant import PackedBfloat16Head, tensor_bytes
 from modalities.llm.quant.w8a8 import Int8Head
-from modalities.llm.sampling import SamplingParams
 
 PROMPT = [{"role": "user", "content": "Tell me about the history of Paris in a few paragraphs."}]
 WARMUP_TOKENS = 8

@@ -22,7 +22,7 @@ import yaml
 from bench.context import BenchContext, new_question
 from bench.report import Figure, Stat, Target
 from fusion.prompt import MediaItem, Message, build_prompt
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from serve.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -79,8 +79,8 @@ def evaluate_agreement_cli(
     from fusion.checkpoint import llm_identity, load_projector, update_metadata, whisper_identity
     from fusion.projectors import build_projector
     from fusion.speech_data import EVAL_SPLITS, load_features, load_manifest
-    from modalities.llm.runtime import LLMConfig, LLMRuntime
-    from modalities.audio.whisper import WhisperConfig, WhisperRuntime
+    from modalities.audio import WhisperConfig, WhisperRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(threads)
     root = Path(data_dir).expanduser()

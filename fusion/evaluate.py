@@ -166,7 +166,7 @@ def repeat_outputs(
 
 def cached_transcripts(data_dir: Path, clips, whisper_factory) -> dict[str, str]:
     """Whisper's transcript per clip id, made by re-synthesizing the clip, cached in the corpus."""
-    from modalities.speech.espeak import synthesize
+    from modalities.speech import synthesize
 
     path = data_dir / TRANSCRIPTS_FILE
     cache = json.loads(path.read_text()) if path.exists() else {}
@@ -197,8 +197,8 @@ def evaluate_cli(
     from fusion.checkpoint import llm_identity, load_projector, update_metadata, whisper_identity
     from fusion.projectors import build_projector
     from fusion.speech_data import EVAL_SPLITS, REPEAT_INSTRUCTION, load_features, load_manifest
-    from modalities.llm.runtime import LLMConfig, LLMRuntime
-    from modalities.audio.whisper import WhisperConfig, WhisperRuntime
+    from modalities.audio import WhisperConfig, WhisperRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
 
     known = {"embed", "transcript", "untrained"}
     if unknown := set(modes) - known:
@@ -317,7 +317,7 @@ def evaluate_vision_cli(
     from fusion.projectors import build_projector
     from fusion.train import vision_examples
     from fusion.vision_data import CAPTION_INSTRUCTION, eval_splits, load_manifest, load_recipe
-    from modalities.llm.runtime import LLMConfig, LLMRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(threads)
     recipe = load_recipe(data_dir)

@@ -293,7 +293,7 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
     `ship_to`, an fp16 copy there."""
     from fusion.checkpoint import llm_identity, save_projector
     from fusion.train_data import training_sets
-    from modalities.llm.runtime import LLMConfig, LLMRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
 
     torch.set_num_threads(config.threads)
     runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads, device=config.device))

@@ -196,7 +196,7 @@ def plan_caption_set(config: VisionDataConfig) -> list[ImageRecord]:
 
 def clip_config(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The `ClipConfig` this set's features come from."""
-    from modalities.vision.clip import ClipConfig
+    from modalities.vision import ClipConfig
 
     return ClipConfig(
         model_name=config.clip_model,
@@ -210,7 +210,7 @@ def clip_config(config: VisionDataConfig, threads: int | None = None, device: st
 
 def build_clip(config: VisionDataConfig, threads: int | None = None, device: str = "cpu"):
     """The frozen CLIP runtime; random-init weights are made under `clip_seed`, so they are reproducible."""
-    from modalities.vision.clip import ClipRuntime
+    from modalities.vision import ClipRuntime
 
     state = torch.random.get_rng_state()
     torch.manual_seed(config.clip_seed)

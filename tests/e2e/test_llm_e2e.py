@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm.weights import SIDECAR, SMOLLM2_CHAT_TEMPLATE, prepare_llm, verify_llm_dir
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_w8a8_keeps_the_packaged_embedding_exactly_and_answers(model_dir, fp32):
 def test_prefix_cache_hits_give_the_answers_a_full_prefill_gives(fp32):
     """Greedy answers with the system prompt (and a repeated question) taken from the prefix cache
     are the answers of an engine that prefills everything."""
-    from modalities.llm.engine.batched import BatchedEngine
+    from modalities.llm.engine import BatchedEngine
 
     uncached = LLMRuntime(fp32.model, fp32.tokenizer, decode_loop=BatchedEngine(fp32.model, prefix_cache_bytes=0))
     questions = ["Where is my parcel?", "How do I return a pair of shoes?", "Where is my parcel?"]

@@ -26,8 +26,8 @@ MIN_MARGIN = 0.35
 @pytest.fixture(scope="module")
 def models():
     from fusion.checkpoint import llm_identity, load_projector, whisper_identity
-    from modalities.audio.whisper import WhisperConfig, WhisperRuntime
-    from modalities.llm.runtime import LLMConfig, LLMRuntime
+    from modalities.audio import WhisperConfig, WhisperRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
 
     if not (SHIPPED / "projector.json").exists():
         pytest.skip("no shipped projector")
@@ -44,7 +44,7 @@ def test_shipped_projector_repeats_held_out_speech(models):
     from fusion.evaluate import repeat_outputs, wer
     from fusion.projectors import build_projector
     from fusion.speech_data import REPEAT_INSTRUCTION
-    from modalities.speech.espeak import synthesize
+    from modalities.speech import synthesize
 
     llm, projector, meta, whisper_rt = models
     assert meta["projector"]["kind"] == "stack4_swiglu" and meta["dtype"] == "float16"
@@ -68,8 +68,8 @@ def test_batched_greedy_matches_serve_decoding(models):
     """The eval's batched, left-padded greedy decoder gives serve's own (unbatched) tokens."""
     from fusion.evaluate import greedy_batch, prompt_embeds
     from fusion.speech_data import REPEAT_INSTRUCTION
-    from modalities.llm.sampling import SamplingParams
-    from modalities.speech.espeak import synthesize
+    from modalities.llm import SamplingParams
+    from modalities.speech import synthesize
 
     llm, projector, _meta, whisper_rt = models
     short = whisper_rt.encode(synthesize("Where is my parcel?", voice="en-us-nyc"))

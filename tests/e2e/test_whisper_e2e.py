@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 import whisper
 
+from modalities.audio import WhisperConfig, WhisperRuntime
 from modalities.audio import weights as whisper_weights
-from modalities.audio.whisper import WhisperConfig, WhisperRuntime
-from modalities.speech.espeak import sample_corpus, synthesize, to_wav_bytes
+from modalities.speech import sample_corpus, synthesize, to_wav_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -53,8 +53,8 @@ def serve_app():
     import ray
     from ray import serve
 
-    from modalities.llm.weights import prepare_llm
-    from modalities.audio.weights import prepare_whisper
+    from modalities.audio import prepare_whisper
+    from modalities.llm import prepare_llm
     from serve import haproxy
     from serve.app import build_app
 

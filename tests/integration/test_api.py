@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.service import parse_server_timing
-from modalities.speech.espeak import synthesize, to_wav_bytes
+from modalities.speech import synthesize, to_wav_bytes
 
 from .conftest import API_KEY, AUTH
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import ray
 
-from modalities.speech.espeak import synthesize, to_wav_bytes
+from modalities.speech import synthesize, to_wav_bytes
 
 from .conftest import AUTH
 

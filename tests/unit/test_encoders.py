@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from modalities.audio import Segment, Transcript, WhisperRuntime
 from modalities.errors import MediaError
 from modalities.feature_cache import FeatureCache, media_key, nbytes
-from modalities.audio.whisper import Segment, Transcript, WhisperRuntime
-from modalities.vision.clip import ClipRuntime
+from modalities.vision import ClipRuntime
 from serve.deployments import AudioEncoder, VisionEncoder
 from tests.helpers.media import encoded
 from tests.unit.test_speech import noise, tiny_whisper

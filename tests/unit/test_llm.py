@@ -17,12 +17,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from modalities.errors import MediaError
+from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.llm.quant import PackedBfloat16Head, UnsupportedQuantization, fast_linear, quantize_model, weight_bytes
 from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.fast import GEMV_PRONE_MIN_BYTES, _gemv_prone
 from modalities.llm.quant.int4 import REFINE_ABSOLUTE_BAND, REFINE_RELATIVE_BAND
-from modalities.llm.runtime import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm.weights import SMOLLM2_CHAT_TEMPLATE
 
 CORPUS = [

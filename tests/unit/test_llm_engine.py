@@ -15,14 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
+from modalities.llm import EagerDecodeLoop, LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm.config import SUPPORTED_ARCHITECTURES
-from modalities.llm.decode import EagerDecodeLoop
 from modalities.llm.engine import BatchedEngine, EngineError, EngineStats
 from modalities.llm.engine import batched as llm_engine
 from modalities.llm.quant import quantize_model
 from modalities.llm.quant.w8a8 import calibration_ids
-from modalities.llm.runtime import LLMConfig, LLMRuntime
-from modalities.llm.sampling import SamplingParams
 from tests.unit.test_llm import PROMPT, VOCAB_SIZE, build_model, build_tokenizer
 
 WEIGHT_SCALE = 10.0  # random init at 1x decodes one token over and over; 10x gives varied greedy text

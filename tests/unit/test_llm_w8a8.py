@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modalities.llm import LLMRuntime, SamplingParams
 from modalities.llm.quant import UnsupportedQuantization, fast_linear, fast_linears, quantize_model, weight_bytes
 from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.w8a8 import Int8BlockEmbedding, Int8Head, Int8Linear, calibration_ids
-from modalities.llm.runtime import LLMRuntime, SamplingParams
 from tests.unit.test_llm import HIDDEN, VOCAB_SIZE, build_model, build_tokenizer
 
 

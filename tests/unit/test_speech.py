@@ -225,7 +225,7 @@ def test_from_config_loads_a_local_checkpoint(tmp_path: Path, model: Whisper) ->
 
 
 def test_runtime_decode_applies_its_limits(model: Whisper) -> None:
-    from modalities.speech.espeak import to_wav_bytes
+    from modalities.speech import to_wav_bytes
 
     rt = runtime(model, limits={"max_duration_s": 1.0})
     assert len(rt.decode(to_wav_bytes(noise(0.5)))) == SAMPLE_RATE // 2

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 import modalities.vision.decode as image_module
 from modalities.errors import MediaError
-from modalities.vision.clip import ClipConfig, ClipRuntime
+from modalities.vision import ClipConfig, ClipRuntime
 from modalities.vision.decode import ImageLimits, decode_image
 from tests.helpers.media import encoded, jpeg_declaring, png_declaring
 from tests.helpers.memory import peak_bytes
