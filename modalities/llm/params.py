@@ -1,6 +1,6 @@
 """Generation parameters and their limits, torch-free (the HTTP ingress validates requests with them).
 
-`SamplingParams` validates itself on construction and raises `MediaError` with `param` naming the
+`SamplingParams` validates itself on construction and raises `InputError` with `param` naming the
 offending field, so the serving layer reports a bad request exactly like a bad media file.
 """
 
@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from modalities.errors import MediaError
+from modalities.errors import InputError
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 DEFAULT_MAX_TOKENS = 256
@@ -82,5 +82,5 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _invalid(message: str, param: str) -> MediaError:
-    return MediaError(message, param=param, code=INVALID_PARAM_CODE)
+def _invalid(message: str, param: str) -> InputError:
+    return InputError(message, param=param, code=INVALID_PARAM_CODE)

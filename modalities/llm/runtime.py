@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from modalities.errors import MediaError
+from modalities.errors import InputError
 from modalities.llm.config import PACKAGED, DType, LLMConfig, check_batched_architecture
 from modalities.llm.decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm.detokenize import IncrementalDetokenizer, StopStringFilter
@@ -170,14 +170,14 @@ class LLMRuntime:
     ) -> Iterator[TokenEvent]:
         """Generate for one prompt, given as `inputs_embeds [1, L, H]` or `input_ids` (`[L]` or `[1, L]`).
 
-        Raises `MediaError` (param "messages") when the prompt leaves no room in the context window.
+        Raises `InputError` (param "messages") when the prompt leaves no room in the context window.
         """
         params = params or SamplingParams()
         embeds = self._prompt_embeds(inputs_embeds, input_ids)
         prompt_tokens = embeds.shape[1]
         budget = min(params.max_tokens, self.max_context - prompt_tokens)
         if budget < 1:
-            raise MediaError(
+            raise InputError(
                 f"the prompt is {prompt_tokens} tokens; this model's context window is {self.max_context}",
                 param="messages",
                 code=CONTEXT_EXCEEDED_CODE,
@@ -241,7 +241,7 @@ class LLMRuntime:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1 or inputs_embeds.shape[2] != self.hidden_size:
             raise ValueError(f"inputs_embeds must be [1, L, {self.hidden_size}], got {tuple(inputs_embeds.shape)}")
         if inputs_embeds.shape[1] == 0:
-            raise MediaError("the prompt is empty", param="messages")
+            raise InputError("the prompt is empty", param="messages")
         return inputs_embeds.to(device=self.device, dtype=self.dtype)
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from modalities.errors import MediaError
+from modalities.errors import InputError, MediaError
 from modalities.llm import LLMConfig, LLMRuntime, SamplingParams
 from modalities.llm.detokenize import REPLACEMENT_CHAR, IncrementalDetokenizer, StopStringFilter
 from modalities.llm.quant import PackedBfloat16Head, UnsupportedQuantization, fast_linear, quantize_model, weight_bytes
@@ -178,7 +178,7 @@ def test_context_window_finishes_with_length(tokenizer, prompt_ids):
 
 def test_prompt_filling_the_context_is_refused(tokenizer, prompt_ids):
     runtime = LLMRuntime(build_model(tokenizer), tokenizer, max_context=len(prompt_ids))
-    with pytest.raises(MediaError) as info:
+    with pytest.raises(InputError) as info:
         runtime.stream(input_ids=prompt_ids)
     assert info.value.param == "messages"
     assert info.value.code == "context_length_exceeded"
@@ -280,10 +280,11 @@ def test_stop_filter_picks_the_earliest_stop_and_flushes_tail():
         ({"stop": [""]}, "stop"),
     ],
 )
-def test_invalid_params_raise_media_error(kwargs, param):
-    with pytest.raises(MediaError) as info:
+def test_invalid_params_raise_input_error(kwargs, param):
+    with pytest.raises(InputError) as info:
         SamplingParams(**kwargs)
     assert info.value.param == param
+    assert not isinstance(info.value, MediaError)  # a bad parameter, not bad media
 
 
 def test_single_stop_string_is_normalised():
@@ -571,6 +572,6 @@ def test_sampler_survives_denormal_temperature_and_top_p():
     tiny_p = SamplingParams(temperature=1.0, top_p=5e-324, seed=1)
     for _ in range(5):  # only the most likely token survives the nucleus
         assert int(sample_next_token(logits, tiny_p, make_generator(tiny_p, logits.device))) == 1
-    with pytest.raises(MediaError):
+    with pytest.raises(InputError):
         SamplingParams(seed=2**64)
     assert SamplingParams(seed=2**63 - 1).seed == 2**63 - 1
