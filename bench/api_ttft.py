@@ -78,11 +78,11 @@ def main() -> int:
     for name, spoken in (("text only", False), (f"{seconds:.1f} s speech + text", True)):
         # Every request a new text (and new audio bytes): only the system prompt comes from the
         # prefix caches, on both sides, as for any new chat.
-        def run_direct() -> float:
+        def run_direct(spoken: bool = spoken) -> float:
             text = new_question(PROMPT_TEXT if spoken else QUESTION)
             return ttft(*direct_stamps(llm, text, TTFT_TOKENS, whisper_rt, next(fresh) if spoken else None))
 
-        def run_api() -> float:
+        def run_api(spoken: bool = spoken) -> float:
             text = new_question(PROMPT_TEXT if spoken else QUESTION)
             return ttft(*api_stamps(base, spoken_content(next(fresh), text) if spoken else text, TTFT_TOKENS))
 

@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modalities.audio import weights as whisper_weights  # noqa: E402
-from modalities.speech.espeak import SAMPLE_VOICES, sample_corpus  # noqa: E402
 from modalities.audio.whisper import WhisperConfig, WhisperRuntime  # noqa: E402
+from modalities.speech.espeak import SAMPLE_VOICES, sample_corpus  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "whisper_window.json"
 ENCODER_CLIP_SECONDS = 5.0
@@ -81,11 +81,11 @@ def encoder_times(model, clip, repeats: int) -> dict[str, list[float]]:
         "adaptive": WhisperRuntime(model, WhisperConfig(device="cpu", adaptive_window=True)),
     }
     times: dict[str, list[float]] = {name: [] for name in runtimes}
-    for name, rt in runtimes.items():
+    for rt in runtimes.values():
         rt.encode(clip)  # warm-up
     for _ in range(repeats):
         for name, rt in runtimes.items():  # interleaved, so load changes hit both alike
-            times[name].append(timed(lambda: rt.encode(clip))[0])
+            times[name].append(timed(lambda rt=rt: rt.encode(clip))[0])
     return times
 
 
@@ -113,7 +113,7 @@ def bench_transcribe(model, corpus, variants: dict[str, dict]) -> dict:
     for i, (text, clip) in enumerate(corpus):
         order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
         for name in order:
-            seconds, transcript = timed(lambda: runtimes[name].transcribe(clip))
+            seconds, transcript = timed(lambda name=name, clip=clip: runtimes[name].transcribe(clip))
             per_clip[name].append({"seconds": round(seconds, 3), "reference": text, "hypothesis": transcript.text})
     out = {}
     full_median = statistics.median(r["seconds"] for r in per_clip["full window"])

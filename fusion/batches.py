@@ -16,8 +16,8 @@ forward cost on SmolLM2-135M); the LLM's weights need no gradients, only its act
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -43,7 +43,7 @@ class ModelIdentity:
     name: str
     sha256: str | None = None
 
-    def matches(self, other: "ModelIdentity") -> bool:
+    def matches(self, other: ModelIdentity) -> bool:
         if self.sha256 and other.sha256:
             return self.sha256 == other.sha256
         return self.name == other.name

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from fusion.registry import FUSION_MODES, FusionMode, spec  # noqa: F401 - FUSION_MODES re-exported
 

@@ -22,16 +22,24 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, template_sentences
-from fusion.shards import Instructions, prepare_set_dir, read_manifest, read_recipe, read_tensors, write_recipe, write_shards
+from fusion.shards import (
+    Instructions,
+    prepare_set_dir,
+    read_manifest,
+    read_recipe,
+    read_tensors,
+    write_recipe,
+    write_shards,
+)
 
 DATA_VERSION = 1
 REPEAT_INSTRUCTION = "Repeat exactly what was said."

@@ -17,9 +17,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -83,7 +84,7 @@ class TrainConfig(BaseModel):
     seed: int = Field(0)
 
     @model_validator(mode="after")
-    def _distill_needs_text(self) -> "TrainConfig":
+    def _distill_needs_text(self) -> TrainConfig:
         if self.distill and self.modality != "audio":
             raise ValueError("distill needs a text form of the media (a transcript); only audio has one")
         return self

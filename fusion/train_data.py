@@ -4,8 +4,8 @@ needs from a set: its training and held-out turns, its recipe and its encoder.""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -24,17 +24,28 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from fusion.shapes import ATTRIBUTES, attribute_hits  # noqa: F401  (re-exported for fusion.evaluate)
-from fusion.shapes import CANVAS, COLOURS, COUNT_WORDS, HELDOUT_PAIRS, POSITIONS, SHAPES, Scene, render, seen_pairs
+from fusion.shapes import (  # noqa: F401  (re-exported for fusion.evaluate)
+    ATTRIBUTES,
+    CANVAS,
+    COLOURS,
+    COUNT_WORDS,
+    HELDOUT_PAIRS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    attribute_hits,
+    render,
+    seen_pairs,
+)
 from fusion.shards import (
     RECIPE,
     Encoder,

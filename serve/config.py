@@ -188,7 +188,7 @@ class ChorusConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "ChorusConfig":
+    def _check(self) -> ChorusConfig:
         stream_drain = self.limits.request_timeout_s + STREAM_DRAIN_SLACK_S
         deployments = self.deployments
         for options, default in (
@@ -206,7 +206,7 @@ class ChorusConfig(_Strict):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "ChorusConfig":
+    def from_yaml(cls, path: str | Path) -> ChorusConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls.model_validate(data)
 

@@ -6,8 +6,9 @@ Nothing here imports torch, ray or a model runtime: `chorus --help` builds every
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from serve.cli.common import REPO_ROOT, add_command, add_device, add_seed, add_threads, config_from_args, default_fusion_dir
+from serve.cli.common import (
+    REPO_ROOT,
+    add_command,
+    add_device,
+    add_seed,
+    add_threads,
+    config_from_args,
+    default_fusion_dir,
+)
 
 SPEECH_SET = "speech-v2"  # the directory names under <cache>/fusion that the other commands default to
 VISION_SET = "vision-v1"

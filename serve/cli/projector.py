@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve.cli.common import add_command, add_device, add_report_flags, add_seed, add_threads, config_from_args, default_fusion_dir
+from serve.cli.common import (
+    add_command,
+    add_device,
+    add_report_flags,
+    add_seed,
+    add_threads,
+    config_from_args,
+    default_fusion_dir,
+)
 from serve.cli.data import SPEECH_SET, VISION_SET
 
 MODALITIES = ("audio", "image")

@@ -7,8 +7,9 @@ replica's exception as an instance of its cause).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,7 +106,7 @@ class AudioEncoder(BatchedEncoder):
                 continue
             self.cache.put(media_key(data, "transcript", language), (transcripts[i], durations[i]))
 
-        for i, (_data, want_features, want_transcript, _language) in enumerate(requests):
+        for i, (_data, want_features, _want_transcript, _language) in enumerate(requests):
             if results[i] is not None:
                 continue
             t = transcripts.get(i)

@@ -45,7 +45,7 @@ async def _run(handler: Awaitable[Response], timeout_s: float | None, media_para
     """The handler's response, or the error response its failure maps to."""
     try:
         return await asyncio.wait_for(handler, timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return error_response(DeadlineExceeded(f"the request did not complete within {timeout_s:g} s", code="timeout"))
     except Exception as exc:
         err = as_service_error(exc, media_param)

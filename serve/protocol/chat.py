@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -49,7 +49,7 @@ class AudioPart(_Strict):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart, AudioPart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):
@@ -58,7 +58,7 @@ class ChatMessage(_Strict):
     name: str | None = None
 
     @model_validator(mode="after")
-    def _content_rules(self) -> "ChatMessage":
+    def _content_rules(self) -> ChatMessage:
         if self.content is None:
             raise ValueError("message content is required")
         if isinstance(self.content, list) and self.role != "user":

@@ -22,7 +22,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,7 +75,7 @@ class RemoteMediaConfig(BaseModel):
         return normalised
 
     @model_validator(mode="after")
-    def _needs_hosts(self) -> "RemoteMediaConfig":
+    def _needs_hosts(self) -> RemoteMediaConfig:
         if self.enabled and not self.allowed_hosts:
             raise ValueError("remote_media.enabled needs remote_media.allowed_hosts (no host is allowed otherwise)")
         return self

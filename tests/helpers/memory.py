@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
-from typing import Callable
+from collections.abc import Callable
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:

@@ -4,12 +4,12 @@ decoder replaced by a redeploy while a stream is in flight: the old replica drai
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import json
 import threading
 import time
 from pathlib import Path

@@ -14,9 +14,8 @@ import yaml
 
 from bench.harness import SECTION_NAMES, parse_only, run_bench
 from bench.llm_sections import SERVED_QUANTIZATION
-from bench.report import Report
-from bench.service import _add_hop_figures, parse_server_timing
 from bench.report import NOT_MEASURED, Figure, Report, Stat, Target, format_number, markdown_table
+from bench.service import _add_hop_figures, parse_server_timing
 from serve.cli import build_parser
 from tests.unit.test_llm import build_model, build_tokenizer
 
@@ -140,9 +139,9 @@ def test_concurrency_measures_the_served_cpu_default():
 
 
 def test_quick_bandwidth_and_quant_sections_on_a_tiny_llama(tmp_path, tiny_llm_dir):
-    from bench.context import BenchOptions
-
     import torch
+
+    from bench.context import BenchOptions
 
     threads = torch.get_num_threads()
     try:

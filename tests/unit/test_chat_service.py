@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modalities.llm.runtime import LLMRuntime
 from serve.config import ChorusConfig
 from serve.deployments.contracts import EncodedItem
 from serve.deployments.llm import LLMDecoder
@@ -19,8 +20,6 @@ from serve.protocol import ChatCompletionRequest
 from serve.services.chat import DONE, ChatService
 from tests.helpers.tokenizer import tiny_chat_tokenizer
 from tests.unit.test_llm import build_model
-
-from modalities.llm.runtime import LLMRuntime
 
 AUDIO_FRAMES, AUDIO_DIM = 10, 12
 TRANSCRIPT = "where is my parcel"

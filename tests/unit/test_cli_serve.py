@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serve.cli import serve_cmd as cli
 from serve import haproxy
+from serve.cli import serve_cmd as cli
 from serve.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

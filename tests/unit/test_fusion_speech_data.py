@@ -13,7 +13,14 @@ import torch
 from fusion import train_data
 from fusion.checkpoint import ModelIdentity
 from fusion.shards import MANIFEST, RECIPE, complete_shards
-from fusion.speech_data import EVAL_SPLITS, INSTRUCTIONS, SpeechDataConfig, build_speech_data, load_features, load_manifest
+from fusion.speech_data import (
+    EVAL_SPLITS,
+    INSTRUCTIONS,
+    SpeechDataConfig,
+    build_speech_data,
+    load_features,
+    load_manifest,
+)
 
 D_AUDIO = 8
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from fusion.checkpoint import ModelIdentity, load_projector, save_projector
 from fusion.train import IGNORE_INDEX, Example, TrainConfig, build_inputs, lr_at, projector_loss, train
@@ -98,5 +99,5 @@ def test_lr_schedule():
     assert lr_at(0, config) == pytest.approx(1e-4)
     assert lr_at(9, config) == pytest.approx(1e-3)
     assert lr_at(100, config) == pytest.approx(1e-4)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         TrainConfig(data_dir="d", out_dir="o", bogus=1)

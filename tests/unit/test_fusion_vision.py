@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.checkpoint import ModelIdentity, ProjectorMismatchError, clip_identity, load_projector, read_metadata, save_projector
+from fusion.checkpoint import (
+    ModelIdentity,
+    ProjectorMismatchError,
+    clip_identity,
+    load_projector,
+    read_metadata,
+    save_projector,
+)
 from fusion.evaluate import caption_figures
 from fusion.projectors import MLP2xGELU, build_projector
-from fusion.train import TrainConfig, _resume_key, _same_run, eval_loss, train, vision_examples
 from fusion.shapes import COLOURS, HELDOUT_PAIRS, POSITIONS, SHAPES, Scene, attribute_hits, parse_caption, render
+from fusion.train import TrainConfig, _resume_key, _same_run, eval_loss, train, vision_examples
 from fusion.vision_data import (
     VisionDataConfig,
     build_clip,

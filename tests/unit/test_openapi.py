@@ -9,8 +9,8 @@ import pytest
 
 from serve.errors import PayloadTooLarge, model_not_found
 from serve.http.ingress import app
-from serve.protocol import TRANSCRIPTION_FORMATS
 from serve.protocol import (
+    TRANSCRIPTION_FORMATS,
     ChatCompletion,
     ChatCompletionRequest,
     Choice,

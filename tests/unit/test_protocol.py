@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from fusion.prompt import MediaItem
 from serve.errors import InvalidRequest
-from serve.protocol.parse import validation_error
 from serve.protocol import ChatCompletionRequest
+from serve.protocol.parse import validation_error
 from serve.services.media import decode_image_url, extract
 
 

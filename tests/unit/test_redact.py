@@ -167,7 +167,7 @@ def build_corpus(seed: int = SEED) -> list[tuple[str, list[tuple[str, int, int]]
     rng.shuffle(planned)
     corpus = []
     while planned:
-        lines, spans, text = [], [], ""
+        spans, text = [], ""
         for _ in range(rng.randint(1, 3)):
             if not planned:
                 break
