@@ -85,7 +85,7 @@ def stop_service() -> None:
 
 
 def decoder_threads(service_args: dict) -> int:
-    """The decoder replica's torch threads: its config's, else its CPU claim (serve/deployments.py)."""
+    """The decoder replica's torch threads: its config's, else its CPU claim (serve/deployments/common.py)."""
     return int(service_args["llm"].get("threads") or service_args["deployments"]["llm_decoder"]["num_cpus"])
 
 

@@ -1,4 +1,4 @@
-"""The service configuration: one validated object, loadable from YAML.
+"""The service configuration: one validated object, the `args` of a Serve config file.
 
 `ChorusConfig` is what a Serve config file passes as the application's `args`; model choice is
 configuration here, never code. Per-deployment scaling options (`num_replicas`,
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fusion.registry import MODALITIES, FusionMode, ModalitySpec
@@ -24,7 +23,6 @@ from .admission.auth import AuthConfig
 from .services.fetch import RemoteMediaConfig
 
 INGRESS, DECODER = "Ingress", "LLMDecoder"
-DEPLOYMENT_NAMES = (INGRESS, *(media.deployment for media in MODALITIES.values()), DECODER)
 
 
 class _Strict(BaseModel):
@@ -101,10 +99,15 @@ ENCODER_DRAIN_S = 20.0
 class Deployments(_Strict):
     # The ingress and the decoder hold streams for up to the request deadline: a replica being
     # replaced drains them that long (Serve force-kills it after its graceful timeout).
-    ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=64))
-    audio_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
-    vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
-    llm_decoder: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=64),
+        description="The HTTP ingress (FastAPI; no model code)",
+    )
+    audio_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Whisper (AudioEncoder)")
+    vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions, description="CLIP (VisionEncoder)")
+    llm_decoder: DeploymentOptions = Field(
+        default_factory=DeploymentOptions, description="The LLM and the projectors (LLMDecoder)"
+    )
 
     def encoder(self, media: ModalitySpec) -> DeploymentOptions:
         """The options of the deployment that encodes `media`."""
@@ -167,13 +170,17 @@ class ChorusConfig(_Strict):
     remote_media: RemoteMediaConfig = Field(
         default_factory=RemoteMediaConfig, description="Fetching remote image URLs (off: data URLs only)"
     )
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-    whisper: WhisperConfig = Field(default_factory=WhisperConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="The decoder LLM: weights, quantization, engine")
+    whisper: WhisperConfig = Field(default_factory=WhisperConfig, description="The Whisper audio encoder")
     vision: ClipConfig | None = Field(None, description="CLIP encoder; None = the service refuses images")
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    deployments: Deployments = Field(default_factory=Deployments)
+    fusion: FusionConfig = Field(
+        default_factory=FusionConfig, description="How media reaches the LLM: fusion modes and projector checkpoints"
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and per-key rate limits")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size, time and concurrency limits")
+    deployments: Deployments = Field(
+        default_factory=Deployments, description="Ray Serve options per deployment (replicas, CPUs/GPUs, queues)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -204,11 +211,6 @@ class ChorusConfig(_Strict):
         ):
             raise ValueError(f"fusion.audio_mode={self.fusion.audio_mode!r} needs fusion.audio_projector")
         return self
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ChorusConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(data)
 
     def encoder_config(self, media: ModalitySpec) -> WhisperConfig | ClipConfig | None:
         """The encoder config of `media`; None where this deployment does not take it."""

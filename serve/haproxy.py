@@ -19,7 +19,7 @@ proxy held the same port): `cluster_env` gives each cluster its own.
 
 Opt-in (`CHORUS_HAPROXY=1`): behind HAProxy a client that abandons a *non-streaming* request does
 not stop its generation. HAProxy keeps the server side open after the client's close, so neither
-Serve nor the ingress's own watch (`serve/ingress.py`, `_unless_client_leaves`) sees a disconnect;
+Serve nor the ingress's own watch (`serve/http/respond.py`, `unless_client_leaves`) sees a disconnect;
 the integration test `test_non_streaming_disconnect_cancels_generation` catches it (the generation
 ran its ~32 s to the end). Streaming requests are cancelled. An explicit `RAY_SERVE_ENABLE_HA_PROXY`
 is left as set.

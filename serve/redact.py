@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import phonenumbers
 
 EMAIL, PHONE, CARD, IBAN, ADDRESS = "EMAIL", "PHONE", "CARD", "IBAN", "ADDRESS"
-KINDS = (EMAIL, IBAN, CARD, PHONE, ADDRESS)  # priority order
 
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b")
 

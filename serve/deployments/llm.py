@@ -86,7 +86,9 @@ class LLMDecoder:
         plan = build_prompt(request.messages, self.runtime.tokenizer, modes=request.modes)
         prompt_tokens = plan.num_text_tokens
         for slot in plan.slots:
-            frames, width = request.media[slot.index].shape
+            features = request.media[slot.index]
+            assert features.ndim == 2, f"{slot.kind} features must be {spec(slot.kind).feature_shape}"
+            frames, width = features.shape
             prompt_tokens += self._projector(slot.kind, width).num_output_tokens(frames)
         max_context = self.runtime.max_context
         requested = request.requested_max_tokens or 0

@@ -100,3 +100,25 @@ def test_stream_holding_deployments_drain_for_the_request_deadline():
     assert config.deployments.audio_encoder.graceful_shutdown_timeout_s == 20
     explicit = ChorusConfig.model_validate({"deployments": {"llm_decoder": {"graceful_shutdown_timeout_s": 5}}})
     assert explicit.deployments.llm_decoder.graceful_shutdown_timeout_s == 5
+
+
+def test_every_config_field_is_described() -> None:
+    """One source of truth for settings: every field of the service config, nested ones included,
+    carries a description (docs/configuration.md and `--help` read them)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    missing: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(prefix + name)
+            for outer in (field.annotation, *typing.get_args(field.annotation)):
+                for candidate in (outer, *typing.get_args(outer)):
+                    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                        walk(candidate, f"{prefix}{name}.")
+
+    walk(ChorusConfig, "")
+    assert missing == []
