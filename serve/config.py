@@ -151,7 +151,19 @@ class LimitsConfig(_Strict):
     max_in_flight: int = Field(
         64,
         ge=1,
-        description="Requests one ingress replica works on at once; more get 503 + Retry-After before the body is read",
+        description="Requests one ingress replica works on at once (counted once their body is in); more get 503 "
+        "+ Retry-After",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="A request body must arrive whole within this many seconds (else 408)"
+    )
+    body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest gap between two pieces of a request body (else 408)"
+    )
+    min_body_bytes_per_s: int = Field(
+        4096,
+        ge=0,
+        description="Slowest average body rate accepted once body_idle_timeout_s has passed (else 408); 0 = any",
     )
     request_timeout_s: float = Field(
         120.0,

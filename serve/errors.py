@@ -55,6 +55,14 @@ class RateLimited(ServiceError):
     type = "requests"
 
 
+class RequestTimeout(ServiceError):
+    """The client sent its request too slowly (a body that trickles or stalls)."""
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists, not for this method."""
+
+
 class NotFound(ServiceError):
     """The model (or another named resource) does not exist here."""
 

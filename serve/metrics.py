@@ -59,3 +59,36 @@ ENCODER_BATCH_SIZE = _Lazy(
     "histogram", "encoder_batch_size", "Items per encoder batch", ("encoder",), boundaries=BATCH_BOUNDARIES
 )
 QUEUE_DEPTH = _Lazy("gauge", "ingress_in_flight_requests", "Requests in flight at the ingress", ("route",))
+
+
+METRICS_FETCH_TIMEOUT_S = 5.0
+
+
+def _node_metrics_url() -> str | None:
+    """This node's Ray metrics agent (Prometheus text), where Ray runs one."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+async def node_metrics_text() -> str | None:
+    """The Prometheus text of this node's metrics (Chorus's `ray_chorus_*` and Ray's own), fetched
+    from the node's metrics agent; None where there is none to ask. The service serves it at
+    `/metrics`, behind the API's own keys, so scraping needs no port of Ray's opened to anyone."""
+    import asyncio
+
+    import httpx
+
+    url = await asyncio.to_thread(_node_metrics_url)
+    if url is None:
+        return None
+    async with httpx.AsyncClient(timeout=METRICS_FETCH_TIMEOUT_S, trust_env=False) as client:
+        response = await client.get(url)
+        response.raise_for_status()
+        return response.text

@@ -14,11 +14,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusion.registry import MODALITIES
 from serve.admission import Gate
 from serve.config import ChorusConfig
-from serve.errors import InvalidRequest
+from serve.errors import InvalidRequest, MethodNotAllowed, NotFound, model_not_found
+from serve.metrics import node_metrics_text
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, now
 from serve.protocol.parse import parse_json_body
 from serve.protocol.transcription import MAX_FORM_FIELDS
@@ -27,12 +29,13 @@ from serve.services.fetch import RemoteMediaFetcher
 from serve.services.transcription import TranscriptionService
 
 from . import openapi, sse
-from .body import read_body
-from .respond import cancel_unless_read_to_end, respond, server_timing, unless_client_leaves
+from .errors import error_response
+from .respond import cancel_unless_read_to_end, in_flight, respond, server_timing, unless_client_leaves
 
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
 CHAT, TRANSCRIPTIONS, MODELS = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/models"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Ingress:
@@ -68,33 +71,60 @@ class Ingress:
         handles["llm_decoder"] = self.llm
         results = dict(zip(handles, await asyncio.gather(*(probe(h) for h in handles.values()))))
         healthy = all(r["status"] in ("ok", "not_configured") for r in results.values())
-        body = {"status": "ok" if healthy else "degraded", "deployments": results}
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "deployments": results,
+            "ingress": {"in_flight": dict(in_flight.counts)},
+        }
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", openapi_extra=openapi.metrics(app))
+    async def metrics(self, request: Request) -> Response:
+        return await respond(request, "/metrics", self._metrics(), media_param=None, admit=lambda: self._admit(request))
+
+    async def _metrics(self) -> Response:
+        text = await node_metrics_text()
+        if text is None:
+            raise NotFound("no metrics agent runs on this node", code="metrics_unavailable")
+        return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
 
     @app.get(MODELS, openapi_extra=openapi.models(app))
     async def models(self, request: Request) -> Response:
-        return await respond(request, MODELS, self._models(request), media_param=None)
+        return await respond(request, MODELS, self._models(), media_param=None, admit=lambda: self._admit(request))
 
-    async def _models(self, request: Request) -> Response:
-        self._admit(request)
+    @app.get(MODELS + "/{model:path}", openapi_extra=openapi.model(app))
+    async def model(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        admit = lambda: self._admit(request)  # noqa: E731
+        return await respond(request, MODELS + "/{model}", self._model(model), media_param=None, admit=admit)
+
+    def _cards(self) -> dict[str, ModelCard]:
         ids = [self.config.served_model_name, *self.transcription.model_names()]
-        cards = [ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return {i: ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)}
+
+    async def _models(self) -> Response:
+        return JSONResponse(ModelList(data=list(self._cards().values())).model_dump())
+
+    async def _model(self, model: str) -> Response:
+        card = self._cards().get(model)
+        if card is None:
+            raise model_not_found(model)
+        return JSONResponse(card.model_dump())
 
     @app.post(CHAT, openapi_extra=openapi.chat_completions(app))
     async def chat_completions(self, request: Request) -> Response:
-        return await respond(request, CHAT, self._chat(request), media_param=None, limits=self.config.limits)
+        limits, admit = self.config.limits, lambda: self._admit(request)
+        return await respond(request, CHAT, self._chat(request), media_param=None, limits=limits, admit=admit)
 
     @app.post(TRANSCRIPTIONS, openapi_extra=openapi.transcriptions(app))
     async def transcriptions(self, request: Request) -> Response:
-        limits = self.config.limits
-        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), media_param="file", limits=limits)
+        limits, admit = self.config.limits, lambda: self._admit(request)
+        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), "file", limits=limits, admit=admit)
 
     # --- chat ----------------------------------------------------------------------------------
 
     async def _chat(self, request: Request) -> Response:
-        self._admit(request)
-        req = parse_json_body(await read_body(request, self.config.limits.max_body_bytes), ChatCompletionRequest)
+        req = parse_json_body(request.state.body, ChatCompletionRequest)
         generation = await self.chat.start(req)
         started = request.state.started
         if not req.stream:
@@ -119,12 +149,11 @@ class Ingress:
     # --- transcriptions ------------------------------------------------------------------------
 
     async def _transcribe(self, request: Request) -> Response:
-        self._admit(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("expected a multipart/form-data body", code="invalid_request")
-        # The whole body under the byte cap first (a chunked upload has no Content-Length to check);
-        # the form parser then reads it from memory.
-        request._body = await read_body(request, self.config.limits.max_body_bytes)
+        # The whole body is in already, under the byte cap (a chunked upload has no Content-Length
+        # to check); the form parser reads it from memory.
+        request._body = request.state.body
         try:
             form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
         except Exception as err:
@@ -137,6 +166,18 @@ class Ingress:
         language = str(form.get("language") or "") or None
         result = await self.transcription.transcribe(await upload.read(), response_format, language)
         return PlainTextResponse(result) if isinstance(result, str) else JSONResponse(result)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Unknown routes and wrong methods answer in OpenAI's error shape, naming the route."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        err = MethodNotAllowed(f"Method not allowed for this URL ({where}).", code="method_not_allowed")
+        return error_response(err, headers={"Allow": exc.headers.get("Allow", "")} if exc.headers else None)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Invalid URL ({where}).", code="unknown_url"))
+    return error_response(InvalidRequest(str(exc.detail)[:200], code="invalid_request"))
 
 
 def _snake(name: str) -> str:

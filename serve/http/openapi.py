@@ -18,7 +18,14 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from modalities.llm.params import MAX_STOP_SEQUENCES
-from serve.protocol import TRANSCRIPTION_FORMATS, ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from serve.protocol import (
+    TRANSCRIPTION_FORMATS,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY_SCHEMES = {
@@ -106,6 +113,7 @@ ERROR = _component(ErrorResponse, response=True)
 CHAT_REQUEST = _component(ChatCompletionRequest, response=False)
 CHAT_COMPLETION = _component(ChatCompletion, response=True)
 MODEL_LIST = _component(ModelList, response=True)
+MODEL_CARD = _component(ModelCard, response=True)
 TRANSCRIPTION_REQUEST = _ref(
     "TranscriptionRequest",
     {
@@ -178,6 +186,11 @@ HEALTH = _ref(
                     "properties": {"status": {"type": "string"}},
                 },
             },
+            "ingress": {
+                "type": "object",
+                "description": "The answering ingress replica: requests it holds in flight, per route",
+                "properties": {"in_flight": {"type": "object", "additionalProperties": {"type": "integer"}}},
+            },
         },
     },
 )
@@ -186,6 +199,7 @@ ERROR_DESCRIPTIONS = {
     "400": "The request is invalid (the offending field is named in `error.param`)",
     "401": "Incorrect or missing API key",
     "404": "Unknown model",
+    "408": "The request body arrived too slowly",
     "413": "The request body is over the size limit",
     "429": "Rate limit reached for this API key (see Retry-After)",
     "500": "Internal error (our fault)",
@@ -215,7 +229,7 @@ CHAT_COMPLETIONS: dict[str, Any] = {
                 "text/event-stream": {"schema": STREAM_EVENT},
             },
         },
-        **_errors("400", "401", "404", "413", "429", "500", "503", "504"),
+        **_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),
     },
     "security": SECURITY,
 }
@@ -239,7 +253,7 @@ TRANSCRIPTIONS: dict[str, Any] = {
                 "text/plain": {"schema": {"type": "string"}},
             },
         },
-        **_errors("400", "401", "404", "413", "429", "500", "503", "504"),
+        **_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),
     },
     "security": SECURITY,
 }
@@ -249,6 +263,24 @@ MODELS: dict[str, Any] = {
     "responses": {
         "200": {"description": "The chat model and the transcription models", "content": {"application/json": {"schema": MODEL_LIST}}},
         **_errors("401", "429", "500", "503"),
+    },
+    "security": SECURITY,
+}
+
+MODEL: dict[str, Any] = {
+    "summary": "Retrieve a model (frameworks call it as a health check)",
+    "responses": {
+        "200": {"description": "The model's card", "content": {"application/json": {"schema": MODEL_CARD}}},
+        **_errors("401", "404", "429", "500", "503"),
+    },
+    "security": SECURITY,
+}
+
+METRICS: dict[str, Any] = {
+    "summary": "Prometheus metrics of this node (ray_chorus_*, ray_serve_*), behind the API keys",
+    "responses": {
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **_errors("401", "404", "429", "500", "503"),
     },
     "security": SECURITY,
 }
@@ -303,6 +335,16 @@ def transcriptions(app: FastAPI) -> dict[str, Any]:
 def models(app: FastAPI) -> dict[str, Any]:
     """`openapi_extra` for GET /v1/models."""
     return _extra(app, MODELS)
+
+
+def model(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for GET /v1/models/{model}."""
+    return _extra(app, MODEL)
+
+
+def metrics(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for GET /metrics."""
+    return _extra(app, METRICS)
 
 
 def health(app: FastAPI) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from fastapi.responses import Response, StreamingResponse
 from serve import metrics
 from serve.admission import ANONYMOUS, InFlight, Slot
 from serve.config import LimitsConfig
-from serve.errors import ClientGone, DeadlineExceeded, Internal, ServiceError
+from serve.errors import ClientGone, DeadlineExceeded, Internal
 from serve.redact import RedactingFilter
 
+from .body import read_body
 from .errors import as_service_error, error_response
 
 # Under `ray.serve` so that Serve's replica log files (with replica and request ids) get the lines;
@@ -32,27 +33,57 @@ log.setLevel(logging.INFO)
 in_flight = InFlight()  # this replica's requests in flight, per route
 
 
-async def _released_after(body: AsyncIterator[bytes], slot: Slot, log_access: Callable[[], None]) -> AsyncIterator[bytes]:
+class SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its in-flight slot back and writes its access line when it ends: read
+    to its end, failed, abandoned, or never started (the ASGI call itself ends)."""
+
+    def __init__(self, inner: StreamingResponse, on_end: Callable[[], None]) -> None:
+        super().__init__(_ended(inner.body_iterator, on_end), status_code=inner.status_code, headers=dict(inner.headers))
+        self.on_end = on_end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_end()
+
+
+async def _ended(body: AsyncIterator[bytes], on_end: Callable[[], None]) -> AsyncIterator[bytes]:
     try:
         async for piece in body:
             yield piece
     finally:
-        slot.release()
-        log_access()
+        on_end()
 
 
-async def _run(handler: Awaitable[Response], timeout_s: float | None, media_param: str | None, route: str) -> Response:
+def request_id(request: Request) -> str:
+    """Serve's id for this request (its proxy sets `x-request-id` and returns it in the response)."""
+    return request.headers.get("x-request-id", "-")
+
+
+async def _run(request: Request, handler: Awaitable[Response], timeout_s: float | None, media_param: str | None, route: str) -> Response:
     """The handler's response, or the error response its failure maps to."""
     try:
-        return await asyncio.wait_for(handler, timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancellation (3.11)
+            return await handler
     except TimeoutError:
         return error_response(DeadlineExceeded(f"the request did not complete within {timeout_s:g} s", code="timeout"))
     except Exception as exc:
         err = as_service_error(exc, media_param)
         if err is None:
-            log.exception("%s failed", route)
-            err = Internal()
+            rid = request_id(request)
+            log.exception("%s failed request_id=%s", route, rid)
+            err = Internal(f"internal error (request id {rid})")
         return error_response(err)
+
+
+async def _admitted(request: Request, admit: Callable[[], None] | None, limits: LimitsConfig | None) -> None:
+    """Before a slot is taken: the key (401/429), then the whole body (413/408), into
+    `request.state.body`, so a slow client holds a connection, never a slot."""
+    if admit is not None:
+        admit()
+    if limits is not None:
+        request.state.body = await read_body(request, limits)
 
 
 async def respond(
@@ -61,23 +92,29 @@ async def respond(
     handler: Awaitable[Response],
     media_param: str | None,
     limits: LimitsConfig | None = None,
+    admit: Callable[[], None] | None = None,
 ) -> Response:
-    """Run a route's handler, map its errors to OpenAI error bodies, count and log the outcome.
+    """Admit the request, read its body (with `limits`), take an in-flight slot, run the handler;
+    map every failure to OpenAI's error body, count and log the outcome, give the slot back.
 
-    With `limits`: a replica already working on `max_in_flight` requests answers 503 at once, before
-    the body is read; a response not started within `request_timeout_s` is a 504.
+    With `limits`: a replica already working on `max_in_flight` requests answers 503 at once; a
+    response not started within `request_timeout_s` is a 504.
     """
     started = request.state.started = time.perf_counter()
     timeout_s = limits.request_timeout_s if limits is not None else None
-    request.state.deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
+        await _admitted(request, admit, limits)
         slot = in_flight.acquire(route, limits.max_in_flight if limits is not None else None)
-    except ServiceError as err:  # refused before the handler runs
+    except BaseException as exc:  # refused (or the client left) before the handler runs
         handler.close()  # type: ignore[attr-defined]  # the coroutine never runs
+        err = as_service_error(exc, media_param) if isinstance(exc, Exception) else None
+        if err is None:
+            raise
         return _account(request, route, error_response(err), started, None)
+    request.state.deadline = None if timeout_s is None else time.monotonic() + timeout_s
     response: Response | None = None
     try:
-        response = await _run(handler, timeout_s, media_param, route)
+        response = await _run(request, handler, timeout_s, media_param, route)
     finally:  # cancelled (the client left) or done: a stream gives its slot back when it ends
         if not isinstance(response, StreamingResponse):
             slot.release()
@@ -93,18 +130,26 @@ def _account(request: Request, route: str, response: Response, started: float, s
     # A stream's line is written when it ends: a log record costs ~0.85 ms in a replica, which
     # would otherwise stand between the first token and the client.
     line = (
-        "%s %s %d %.1fms key=%s",
+        "%s %s %d %.1fms key=%s request_id=%s",
         request.method,
         route,
         response.status_code,
         (time.perf_counter() - started) * 1000,
         getattr(request.state, "key_id", ANONYMOUS),
+        request_id(request),
     )
-    if isinstance(response, StreamingResponse) and slot is not None:  # in flight until the stream ends
-        response.body_iterator = _released_after(response.body_iterator, slot, lambda: log.info(*line))
-    else:
+    if not (isinstance(response, StreamingResponse) and slot is not None):
         log.info(*line)
-    return response
+        return response
+    logged = []
+
+    def on_end() -> None:  # runs once or more (the body's end, then the ASGI call's): acts once
+        slot.release()
+        if not logged:
+            logged.append(True)
+            log.info(*line)
+
+    return SlotStreamingResponse(response, on_end)
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:

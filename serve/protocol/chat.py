@@ -19,6 +19,7 @@ from modalities.llm.params import MAX_STOP_SEQUENCES, SEED_RANGE
 from .common import Strict as _Strict
 
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
+MAX_TOKENS_LIMIT = 2**31 - 1  # a 32-bit count; the context window refuses far fewer
 
 
 # --- content parts ---------------------------------------------------------------------------
@@ -91,8 +92,8 @@ class ChatCompletionRequest(_Strict):
     model: str
     frequency_penalty: float | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int | None = None
     presence_penalty: float | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # torch.Generator: 64 bits

@@ -20,6 +20,7 @@ TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_IN_FLIGHT = 24
+BODY_IDLE_TIMEOUT_S = 3.0
 
 
 def test_config() -> dict:
@@ -38,7 +39,8 @@ def test_config() -> dict:
         # check after resolution refuses them anyway
         "remote_media": {"enabled": True, "allowed_hosts": ["localhost", "127.0.0.1", "example.com"], "timeout_s": 3},
         # the overload test bursts at 3x this many concurrent requests per ingress replica
-        "limits": {"max_in_flight": MAX_IN_FLIGHT},
+        # short body deadlines, so the slow-client tests see a trickling body cut within seconds
+        "limits": {"max_in_flight": MAX_IN_FLIGHT, "body_idle_timeout_s": BODY_IDLE_TIMEOUT_S, "body_timeout_s": 20},
         "deployments": {
             "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 4 * MAX_IN_FLIGHT},
             "audio_encoder": small,

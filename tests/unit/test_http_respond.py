@@ -7,7 +7,7 @@ import json
 
 import pytest
 from fastapi.responses import JSONResponse
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 import serve.http.respond as ingress
 from serve.admission import InFlight
@@ -15,8 +15,13 @@ from serve.admission.limits import OVERLOAD_RETRY_AFTER_S
 from serve.config import LimitsConfig
 
 
+async def _empty_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def request() -> Request:
-    return Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""})
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+    return Request(scope, _empty_body)
 
 
 @pytest.fixture(autouse=True)
@@ -198,3 +203,69 @@ def test_a_streams_access_line_is_written_when_it_ends(caplog: pytest.LogCapture
 
 async def _plain() -> JSONResponse:
     return JSONResponse({"ok": True})
+
+
+def test_cancelled_handlers_give_their_slots_back_every_time() -> None:
+    """A handler cancelled mid-work (Serve cancels it when the client disconnects) releases its slot:
+    100 times over, then the count is zero and a request is admitted under a limit of 1."""
+
+    async def stuck() -> JSONResponse:
+        await asyncio.sleep(30)
+        return JSONResponse({})
+
+    async def main() -> None:
+        for _ in range(100):
+            task = asyncio.ensure_future(ingress.respond(request(), "/c", stuck(), None, limits=LimitsConfig()))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert ingress.in_flight.total() == 0
+        ok = await ingress.respond(request(), "/c", _plain(), None, limits=LimitsConfig(max_in_flight=1))
+        assert ok.status_code == 200
+
+    asyncio.run(main())
+
+
+def test_a_stalled_body_is_a_408_and_takes_no_slot() -> None:
+    async def stalls() -> dict:
+        await asyncio.sleep(30)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/b", "headers": [], "query_string": b""}
+    limits = LimitsConfig(body_idle_timeout_s=0.05)
+    response = asyncio.run(ingress.respond(Request(scope, stalls), "/b", _plain(), None, limits=limits))
+    assert response.status_code == 408 and json.loads(response.body)["error"]["code"] == "request_timeout"
+    assert ingress.in_flight.total() == 0
+
+
+def test_a_stream_whose_response_never_starts_still_gives_its_slot_back() -> None:
+    """The ASGI call fails before the body is iterated (the client is gone): the slot comes back."""
+    from fastapi.responses import StreamingResponse
+
+    async def pieces():
+        yield b"data: [DONE]\n\n"
+
+    async def handler() -> StreamingResponse:
+        return StreamingResponse(pieces(), media_type="text/event-stream")
+
+    async def broken_send(_message: dict) -> None:
+        raise OSError("client gone")
+
+    async def main() -> None:
+        response = await ingress.respond(request(), "/s", handler(), None, limits=LimitsConfig())
+        assert ingress.in_flight.counts["/s"] == 1
+        with pytest.raises((OSError, ClientDisconnect)):  # Starlette reports a failed send as a disconnect
+            await response({"type": "http", "asgi": {"spec_version": "2.4"}}, _empty_body, broken_send)
+        assert ingress.in_flight.counts["/s"] == 0
+
+    asyncio.run(main())
+
+
+def test_an_error_quoting_a_lone_surrogate_still_encodes() -> None:
+    from serve.errors import model_not_found
+    from serve.http.errors import error_response
+
+    response = error_response(model_not_found("\ud800"))
+    assert response.status_code == 404 and json.loads(response.body)["error"]["code"] == "model_not_found"

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from fusion.prompt import MediaItem
 from serve.errors import InvalidRequest
 from serve.protocol import ChatCompletionRequest
-from serve.protocol.parse import validation_error
+from serve.protocol.parse import parse_json_body, validation_error
 from serve.services.media import decode_image_url, extract
 
 
@@ -40,10 +40,46 @@ def test_max_completion_tokens_wins():
     ],
 )
 def test_invalid_fields_name_their_param(kwargs, param):
+    body = {"model": "chorus", "messages": [{"role": "user", "content": "hi"}], **kwargs}
     with pytest.raises(ValidationError) as info:
-        req(**kwargs)
-    err = validation_error(info.value.errors())
+        ChatCompletionRequest.model_validate(body)
+    err = validation_error(info.value.errors(), body)
     assert isinstance(err, InvalidRequest) and err.param == param
+    assert "Input should" not in err.message and err.message.startswith(("Invalid", "Unsupported", "Missing"))
+
+
+@pytest.mark.parametrize(
+    "raw,param,code,words",
+    [
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": 42}]}', "messages.0.content", "invalid_type",
+         "expected a string or an array, but got an integer"),
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": [{"type": "video_url"}]}]}',
+         "messages.0.content.0.type", "invalid_value", "'video_url' is not one of"),
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+         "messages.0.content.0.text", "missing_required_parameter", "Missing required parameter"),
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": "x"}], "functions": []}', "functions",
+         "unsupported_parameter", "'functions' is not supported"),
+        (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}', "model", "invalid_unicode", "surrogate"),
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": "a\\udfffb"}]}', "messages.0.content",
+         "invalid_unicode", "not valid Unicode"),
+        (b'{"model": "chorus", "messages": ' + b"[" * 2000 + b"]" * 2000 + b"}", None, "invalid_json", "nested too deeply"),
+        (b'{"model": "chorus", "messages": ' + b"[" * 40 + b"]" * 40 + b"}", None, "invalid_json", "nested too deeply"),
+        (b'{"model": "chorus", "seed": ' + b"9" * 5000 + b', "messages": []}', None, "invalid_json", "too many digits"),
+        (b'{"model": "chorus", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 30 + b"}",
+         "max_tokens", "invalid_value", "less than or equal"),
+    ],
+)
+def test_the_json_boundary_refuses_in_words(raw, param, code, words):
+    """Hostile JSON is a 400 naming the field, never a 500: lone surrogates (which no tokenizer
+    takes), nesting past the limit (and past the parser's recursion), integers past Python's digit
+    limit, pydantic's union tags kept out of the message."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_json_body(raw, ChatCompletionRequest)
+    err = info.value
+    assert err.code == code and words in err.message, err.message
+    if param is not None:
+        assert err.param == param
+    err.body()  # and its body can be built
 
 
 def test_stop_string_becomes_list():
