@@ -30,7 +30,7 @@ from serve.services.transcription import TranscriptionService
 
 from . import openapi, sse
 from .errors import error_response
-from .respond import cancel_unless_read_to_end, in_flight, respond, server_timing, unless_client_leaves
+from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
@@ -142,7 +142,7 @@ class Ingress:
         timing = server_timing(started, generation.decoder_called, first)
         if timing is not None:
             headers["Server-Timing"] = timing
-        chunks = self.chat.chunks(generation, events, include_usage, started, request.state.deadline)
+        chunks = self.chat.chunks(generation, events, include_usage, started, request.state.deadline, request_id(request))
         body = cancel_unless_read_to_end(sse.encode(chunks), generation.cancel)
         return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=headers)
 

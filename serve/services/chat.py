@@ -36,11 +36,13 @@ from serve.protocol import (
     new_completion_id,
     now,
 )
+from serve.redact import RedactingFilter
 
 from .fetch import RemoteMediaFetcher
 from .media import MediaInput, encode_all, extract, with_texts
 
 log = logging.getLogger("ray.serve.chorus.chat")
+log.addFilter(RedactingFilter())  # a traceback may quote a prompt
 ROUTE = "/v1/chat/completions"
 DONE = "[DONE]"
 
@@ -213,6 +215,7 @@ class ChatService:
         include_usage: bool,
         started: float,
         deadline: float | None = None,
+        request_id: str = "-",
     ) -> AsyncIterator[list[dict[str, Any] | str]]:
         """The answer as `ChatCompletionChunk` payloads, grouped per write, ending with `[DONE]`.
 
@@ -238,8 +241,10 @@ class ChatService:
             yield [*pending, err.body(), DONE]
             return
         except Exception as err:
-            log.exception("stream failed")
-            failure: ServiceError = from_input_error(err) if isinstance(err, InputError) else Internal()
+            log.exception("stream failed request_id=%s", request_id)
+            failure: ServiceError = (
+                from_input_error(err) if isinstance(err, InputError) else Internal(f"internal error (request id {request_id})")
+            )
             yield [*pending, failure.body(), DONE]
             return
         record_timing(started, counts.first_at, counts.completion_tokens)
