@@ -8,6 +8,16 @@ Two separate steps (Ultravox keeps them apart; so do we):
    instead, so no slot remains.
 2. `splice` takes the embedded text pieces and the projected media tokens and concatenates them in
    plan order into `inputs_embeds`, asserting shapes on the way.
+
+Nothing a client writes becomes structure. Every string that came from the request (message text of
+any role, a transcript) enters the template as a sentinel too, indexing a table of literal texts, so
+the rendered text holds only the template's markup, our media delimiters and sentinels. The template's
+markup keeps its control tokens (`<|im_start|>`, ...); the literal texts are encoded with no added
+token matched, so a `<|im_end|>` a client types is the characters `<|im_end|>`, and a client can type
+no sentinel either (its text never enters the rendered string). Text between two control tokens is
+encoded in one piece whoever wrote it, exactly as encoding the whole rendered string would: for text
+without control tokens the ids are the same as the template's own tokenization (greedy answers and
+the prefix cache don't move).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from fusion.registry import FUSION_MODES, FusionMode, spec  # noqa: F401 - FUSIO
 
 if TYPE_CHECKING:  # torch only where embeddings are spliced: planning stays light
     import torch
+    from tokenizers import Tokenizer
 
 MediaKind = str  # a key of `fusion.registry.MODALITIES`
 
@@ -71,22 +82,104 @@ class PromptPlan:
 
 
 class ChatTokenizer(Protocol):
+    """A Hugging Face fast tokenizer with a chat template (what `AutoTokenizer` loads)."""
+
+    backend_tokenizer: Tokenizer
+    added_tokens_decoder: Mapping[int, object]
+
     def apply_chat_template(self, conversation, tokenize: bool = ..., add_generation_prompt: bool = ...): ...
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def __call__(self, text: str, add_special_tokens: bool = ..., return_offsets_mapping: bool = ...): ...
 
 
-def _media_text(item: MediaItem, mode: FusionMode, sentinel: str) -> str:
+_ROLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+class _Sentinels:
+    """Per-prompt sentinels: `t<i>` stands for the i-th literal text, `m<i>` for media item i. The nonce is
+    fresh for every prompt and no client string enters the rendered text, so none can be forged."""
+
+    def __init__(self) -> None:
+        nonce = secrets.token_hex(8)
+        self._format = f"\x00chorus-{nonce}-{{}}{{}}\x00"
+        self.pattern = re.compile(f"\x00chorus-{nonce}-([tm])(\\d+)\x00")
+        self.literals: list[str] = []
+
+    def literal(self, text: str) -> str:
+        if not text:
+            return ""
+        self.literals.append(text)
+        return self._format.format("t", len(self.literals) - 1)
+
+    def media(self, index: int) -> str:
+        return self._format.format("m", index)
+
+
+def _media_text(item: MediaItem, mode: FusionMode, sentinels: _Sentinels) -> str:
+    """The item in the content: its delimited slot, its transcript (a literal), or both. The delimiters
+    and the words around the transcript are ours: markup, like the template's."""
     media = spec(item.kind)
     opening, closing = media.delimiters
-    slot = f"{opening}{sentinel.format(item.index)}{closing}"
+    slot = f"{opening}{sentinels.media(item.index)}{closing}"
     if not media.wants_text(mode):
         return slot
     if item.transcript is None:
         raise ValueError(f"{item.kind} item {item.index} needs a transcript in {mode!r} mode")
     if not media.wants_features(mode):
-        return item.transcript
-    return f"{slot} (transcript: {item.transcript})"
+        return sentinels.literal(item.transcript)
+    return f"{slot} (transcript: {sentinels.literal(item.transcript)})"
+
+
+class _Encoder:
+    """Encodes a rendered prompt run by run: the template's added tokens are real tokens, a literal's
+    text is plain text, and plain text between two control tokens is encoded as one string, as the
+    whole-string encode splits it. (A control token with `lstrip`/`rstrip` no longer eats a client's
+    whitespace next to it: that whitespace is text now. SmolLM2's tokens strip nothing.)"""
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        from tokenizers import Tokenizer
+
+        backend = tokenizer.backend_tokenizer
+        # The same model, normalizer and pre-tokenizer without the added vocabulary: it matches no added
+        # token, special or not. A separate object: the shared tokenizer's state (`encode_special_tokens`,
+        # which `split_special_tokens=True` flips) is never touched, so concurrent prompts can't race on it.
+        self._plain = Tokenizer(backend.model)
+        self._plain.normalizer = backend.normalizer
+        self._plain.pre_tokenizer = backend.pre_tokenizer
+        self._tokenizer = tokenizer
+        self._added_ids = frozenset(tokenizer.added_tokens_decoder)
+        self.ids: list[int] = []
+        self._text: list[str] = []
+
+    def markup(self, text: str) -> None:
+        """Text the template (or this module) wrote: the added tokens in it are real tokens."""
+        if not text:
+            return
+        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        cursor = 0
+        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+            if token in self._added_ids:
+                self._text.append(text[cursor:start])
+                self._flush_text()
+                self.ids.append(token)
+                cursor = end
+        self._text.append(text[cursor:])
+
+    def literal(self, text: str) -> None:
+        """Text from the request: plain characters, whatever they spell."""
+        self._text.append(text)
+
+    def take(self) -> list[int]:
+        """The ids so far (pending text encoded); the encoder starts a new piece."""
+        self._flush_text()
+        ids, self.ids = self.ids, []
+        return ids
+
+    def _flush_text(self) -> None:
+        text = "".join(self._text)
+        self._text.clear()
+        if text:
+            self.ids.extend(self._plain.encode(text, add_special_tokens=False).ids)
 
 
 def resolve_modes(
@@ -118,17 +211,15 @@ def build_prompt(
     default): embedding slots, its encoder's text, or both.
     """
     chosen = resolve_modes(audio_mode, modes)
-    # A fresh random sentinel per prompt: text the client wrote cannot contain it, so no typed
-    # marker can move or repeat a media slot.
-    nonce = secrets.token_hex(8)
-    sentinel = f"\x00chorus-media-{nonce}-{{}}\x00"
-    sentinel_re = re.compile(f"\x00chorus-media-{nonce}-(\\d+)\x00")
+    sentinels = _Sentinels()
     conversation = []
     for message in messages:
+        if not _ROLE.fullmatch(message.role):  # the template writes the role as markup
+            raise ValueError(f"invalid role {message.role!r}")
         text = "".join(
-            part
+            sentinels.literal(part)
             if isinstance(part, str)
-            else _media_text(part, chosen.get(part.kind, spec(part.kind).default_mode), sentinel)
+            else _media_text(part, chosen.get(part.kind, spec(part.kind).default_mode), sentinels)
             for part in message.parts
         )
         conversation.append({"role": message.role, "content": text})
@@ -136,15 +227,21 @@ def build_prompt(
     kinds = {part.index: part.kind for m in messages for part in m.parts if isinstance(part, MediaItem)}
 
     plan = PromptPlan()
+    encoder = _Encoder(tokenizer)
     cursor = 0
-    for match in sentinel_re.finditer(rendered):
-        if match.start() > cursor:
-            plan.pieces.append(tokenizer.encode(rendered[cursor : match.start()], add_special_tokens=False))
-        index = int(match.group(1))
-        plan.pieces.append(MediaSlot(kind=kinds[index], index=index))
+    for match in sentinels.pattern.finditer(rendered):
+        encoder.markup(rendered[cursor : match.start()])
         cursor = match.end()
-    if cursor < len(rendered):
-        plan.pieces.append(tokenizer.encode(rendered[cursor:], add_special_tokens=False))
+        which, number = match.group(1), int(match.group(2))
+        if which == "t":
+            encoder.literal(sentinels.literals[number])
+            continue
+        if ids := encoder.take():
+            plan.pieces.append(ids)
+        plan.pieces.append(MediaSlot(kind=kinds[number], index=number))
+    encoder.markup(rendered[cursor:])
+    if ids := encoder.take():
+        plan.pieces.append(ids)
     return plan
 
 
