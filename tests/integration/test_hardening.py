@@ -85,6 +85,24 @@ def _slow_socket(url: str, headers_only: bool) -> socket.socket:
     return sock
 
 
+def _read_response(sock: socket.socket) -> str:
+    """One HTTP response, headers and its Content-Length body, as text."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(4096)
+        if not piece:
+            return data.decode("latin-1")
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    while len(body) < length:
+        piece = sock.recv(4096)
+        if not piece:
+            break
+        body += piece
+    return (head + b"\r\n\r\n" + body).decode("latin-1")
+
+
 def test_slow_clients_hold_no_slots(serve_url: str) -> None:
     """50 clients trickling a body (and 10 stuck in their headers) while a normal request answers;
     a trickling body is cut with a 408 once it stalls."""
@@ -101,7 +119,7 @@ def test_slow_clients_hold_no_slots(serve_url: str) -> None:
         print(f"normal request with {len(slow)} slow clients open: {loaded_s:.3f} s vs {baseline_s:.3f} s alone "
               f"({loaded_s / baseline_s:.2f}x)")
         slow[0].settimeout(BODY_IDLE_TIMEOUT_S + 30)
-        answer = slow[0].recv(4096).decode("latin-1")
+        answer = _read_response(slow[0])
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         assert '"code":"request_timeout"' in answer
     finally:

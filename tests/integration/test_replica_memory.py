@@ -1,0 +1,80 @@
+"""Memory stays bounded: every replica's resident memory after the hostile chat corpus and after
+long prefills (some abandoned mid-prefill) comes back within +100 MB of its warm idle, and the
+ingress replica is light at rest (it imports no model code and loads no tokenizer).
+
+Bars from the Architecture II and Hardening II issues: the ingress ≤ 500 MB at rest (goal 300 MB);
+every replica ≤ +100 MB after the abuse. Resident memory is a resource bound, not a timing; the
+figures are printed for the record."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import psutil
+
+from .conftest import AUTH
+from .test_hardening import wait_until_idle
+from .test_hostile import CHAT_CASES
+
+REPLICA_TITLE = "ServeReplica:chorus:"
+MiB = 2**20
+INGRESS_REST_BAR_MB = 500
+GROWTH_BAR_MB = 100
+LONG_PROMPT_WORDS = 3000
+
+
+def replica_rss_mb() -> dict[str, float]:
+    """Resident memory per replica of the shared app: this test process started that cluster, so its
+    replicas descend from it (another cluster on the host, e.g. the deploy test's, does not)."""
+    found: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = proc.cmdline()[0] if proc.cmdline() else ""
+            if REPLICA_TITLE in title:
+                name = title.split(REPLICA_TITLE, 1)[1].split()[0].split(".")[0]  # "Ingress.handle_request"
+                found[name] = found.get(name, 0.0) + proc.memory_info().rss / MiB
+        except psutil.Error:  # ended meanwhile
+            continue
+    return found
+
+
+def _long_prompts(serve_url: str) -> None:
+    text = " ".join(["hello"] * LONG_PROMPT_WORDS) + " Summarise."  # ~3,000 tokens
+    body = {"model": "chorus", "messages": [{"role": "user", "content": text}], "max_tokens": 8, "temperature": 0}
+
+    def abandoned(_: int) -> None:
+        try:
+            with httpx.stream("POST", f"{serve_url}/v1/chat/completions", json={**body, "stream": True},
+                              headers=AUTH, timeout=1.0) as response:
+                for _ in response.iter_bytes():
+                    pass
+        except httpx.TimeoutException:
+            pass
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(abandoned, range(6)))
+    for _ in range(2):  # and two that run to completion
+        assert httpx.post(f"{serve_url}/v1/chat/completions", json=body, headers=AUTH, timeout=300).status_code == 200
+
+
+def test_replica_memory_is_bounded(serve_url: str) -> None:
+    assert httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=120,
+                      json={"model": "chorus", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
+    warm = replica_rss_mb()
+    assert {"Ingress", "LLMDecoder", "AudioEncoder"} <= set(warm), warm
+    for _case, body, _status in CHAT_CASES:
+        kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+        httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=120, **kwargs)
+    after_hostile = replica_rss_mb()
+    _long_prompts(serve_url)
+    wait_until_idle(serve_url)
+    time.sleep(1.0)  # let the decoder's idle trim run (it returns freed heap once the engine is idle)
+    after_long = replica_rss_mb()
+    for name in sorted(warm):
+        print(f"{name}: {warm[name]:.0f} MB warm, {after_hostile.get(name, 0):.0f} after the hostile corpus, "
+              f"{after_long.get(name, 0):.0f} after long prefills")
+    assert warm["Ingress"] <= INGRESS_REST_BAR_MB, f"the ingress holds {warm['Ingress']:.0f} MB at rest"
+    grown = {name: after_long[name] - warm[name] for name in warm if name in after_long}
+    assert all(delta <= GROWTH_BAR_MB for delta in grown.values()), grown
