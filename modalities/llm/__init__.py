@@ -11,6 +11,7 @@ _EXPORTS = {
     "SEED_RANGE": "params",
     "SamplingParams": "params",
     "Completion": "runtime",
+    "EventStream": "runtime",
     "FinishReason": "runtime",
     "LLMRuntime": "runtime",
     "TokenEvent": "runtime",

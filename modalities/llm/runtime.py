@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +32,7 @@ from modalities.llm.config import PACKAGED, DType, LLMConfig, check_batched_arch
 from modalities.llm.decode import DecodeLoop, EagerDecodeLoop
 from modalities.llm.detokenize import IncrementalDetokenizer, StopStringFilter
 from modalities.llm.engine.batched import BatchedEngine, EngineStats
+from modalities.llm.engine.stream import TokenStream
 from modalities.llm.params import SamplingParams
 from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.core import quantize_model
@@ -41,7 +42,7 @@ from modalities.llm.quant.report import QuantizationReport
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Completion", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
+__all__ = ["Completion", "EventStream", "FinishReason", "LLMConfig", "LLMRuntime", "SamplingParams", "TokenEvent"]
 
 DTYPES: dict[DType, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # "name" or "org/name", e.g. "HuggingFaceTB/SmolLM2-360M-Instruct"; anything else must be a directory.
@@ -72,6 +73,56 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+
+
+class EventStream(Iterator[TokenEvent]):
+    """`LLMRuntime.stream`'s answer: the token events of one prompt's completion, in order.
+
+    `close()`, on the consumer's thread, ends the stream and frees its sequence. `cancel()` may be
+    called from any thread, also while another thread is blocked in `next()`: the decode loop stops
+    the sequence without waiting for that `next()` (the batched engine removes a queued request at
+    once and a running one at its next prefill chunk or step, and the blocked `next()` ends the
+    stream); the eager loop stops after the token it is computing. `released` says when the decode
+    loop holds nothing more for it.
+    """
+
+    def __init__(self, tokens: Iterator[int], render: Callable[[EventStream], Iterator[TokenEvent]]) -> None:
+        self.tokens = tokens  # the decode loop's token ids
+        self.cancelled = False
+        self._tokens_closed = False
+        self._events = render(self)
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> TokenEvent:
+        return next(self._events)
+
+    def cancel(self) -> None:
+        """Stop generating, from any thread (thread-safe; never waits for the decode loop)."""
+        self.cancelled = True
+        cancel = getattr(self.tokens, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def close(self) -> None:
+        """End the stream (on the thread that iterates it, not while another is inside `next()`)."""
+        self._events.close()
+        self.close_tokens()  # the events never started: their cleanup never ran
+
+    def close_tokens(self) -> None:
+        if not self._tokens_closed:
+            self._tokens_closed = True
+            close = getattr(self.tokens, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def released(self) -> bool:
+        """Whether the decode loop has let go of the sequence (a cancelled one: after its next chunk or step)."""
+        if isinstance(self.tokens, TokenStream):
+            return self.tokens.released
+        return self._tokens_closed
 
 
 class LLMRuntime:
@@ -167,10 +218,12 @@ class LLMRuntime:
         *,
         input_ids: torch.Tensor | Sequence[int] | None = None,
         params: SamplingParams | None = None,
-    ) -> Iterator[TokenEvent]:
+    ) -> EventStream:
         """Generate for one prompt, given as `inputs_embeds [1, L, H]` or `input_ids` (`[L]` or `[1, L]`).
 
-        Raises `InputError` (param "messages") when the prompt leaves no room in the context window.
+        The prompt goes to the decode loop now (the batched engine queues it); iterate the answer for
+        its events. Raises `InputError` (param "messages") when the prompt leaves no room in the
+        context window.
         """
         params = params or SamplingParams()
         embeds = self._prompt_embeds(inputs_embeds, input_ids)
@@ -182,17 +235,19 @@ class LLMRuntime:
                 param="messages",
                 code=CONTEXT_EXCEEDED_CODE,
             )
-        return self._events(embeds, params, budget, prompt_tokens)
+        eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
+        tokens = self.decode_loop.run(embeds, params, budget, eos_token_ids)
+        return EventStream(tokens, lambda stream: self._events(stream, params, budget, prompt_tokens, eos_token_ids))
 
     def _events(
-        self, embeds: torch.Tensor, params: SamplingParams, budget: int, prompt_tokens: int
+        self, stream: EventStream, params: SamplingParams, budget: int, prompt_tokens: int, eos_token_ids: frozenset[int]
     ) -> Iterator[TokenEvent]:
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
-        eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
-        tokens = self.decode_loop.run(embeds, params, budget, eos_token_ids)
         try:
-            for count, token_id in enumerate(tokens, start=1):
+            for count, token_id in enumerate(stream.tokens, start=1):
+                if stream.cancelled:
+                    return
                 is_eos = token_id in eos_token_ids
                 text = stops.push(detokenizer.flush() if is_eos else detokenizer.push(token_id))
                 finish: FinishReason | None = None
@@ -207,8 +262,9 @@ class LLMRuntime:
                     return
                 yield TokenEvent(token_id, text)
         finally:
-            tokens.close()  # a consumer that stops early (client gone) frees the KV cache now
-        raise AssertionError("decode loop ended before EOS or its token budget")
+            stream.close_tokens()  # a consumer that stops early (client gone) frees the KV cache now
+        if not stream.cancelled:  # a cancelled sequence's tokens end early
+            raise AssertionError("decode loop ended before EOS or its token budget")
 
     def generate(
         self,

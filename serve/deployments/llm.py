@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from fusion.registry import MODALITIES, ModalitySpec, spec
 from modalities.audio.config import WhisperConfig
 from modalities.errors import InputError, MediaError
 from modalities.llm.params import SamplingParams
-from modalities.llm.runtime import LLMRuntime
+from modalities.llm.runtime import EventStream, LLMRuntime
 from serve.config import ChorusConfig
 
 from .common import with_threads
@@ -40,7 +41,13 @@ class LLMDecoder:
         factory = runtime_factory or LLMRuntime.from_config
         self.runtime = factory(with_threads(self.config.llm))
         self.projectors = self._load_projectors()
-        self.active_streams = 0
+        self._generating = 0  # generate() calls in progress
+        self._streams: list[EventStream] = []  # their runtime streams, kept until the decode loop lets go of them
+        self._streams_lock = threading.Lock()
+
+    @property
+    def active_streams(self) -> int:
+        return self.open_streams()
 
     def _encoder_identity(self, media: ModalitySpec):
         """The encoder a `media` projector must have been trained against, where its weights can be
@@ -131,12 +138,11 @@ class LLMDecoder:
         stream = self.runtime.stream(inputs_embeds=inputs_embeds, params=params)
         sentinel = object()
         completion_tokens = 0
-        # One thread per stream: steps of concurrent streams interleave token by token, and the
-        # close below is queued behind a step still in flight (a generator can't be closed while
-        # it runs), so a client that goes away frees its KV cache right after the current step.
+        # One thread per stream: steps of concurrent streams interleave token by token. Cancelling
+        # does not go through it: a `next()` may be blocked there for a long prefill (or a queue).
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         loop = asyncio.get_running_loop()
-        self.active_streams += 1
+        self._open_stream(stream)
         try:
             while True:
                 event = await loop.run_in_executor(executor, next, stream, sentinel)
@@ -148,9 +154,28 @@ class LLMDecoder:
                 if event.finish_reason is not None:
                     return
         finally:
-            self.active_streams -= 1
+            # A client that went away stops its request now, whatever the executor is blocked on: a
+            # queued request leaves the engine at once, a running one at its next prefill chunk or
+            # step, and the blocked `next()` returns. The generator itself is closed on its own
+            # thread (it can't be closed while it runs), right after that `next()`.
+            stream.cancel()
             executor.submit(stream.close)
             executor.shutdown(wait=False)
+            with self._streams_lock:
+                self._generating -= 1
+
+    def _open_stream(self, stream: EventStream) -> None:
+        with self._streams_lock:
+            self._generating += 1
+            self._streams = [s for s in self._streams if not s.released]
+            self._streams.append(stream)
+
+    def open_streams(self) -> int:
+        """Streams this replica still works on: being generated, or cancelled but still held by the
+        engine (it lets go of a cancelled one at its next prefill chunk or decode step)."""
+        with self._streams_lock:
+            self._streams = [s for s in self._streams if not s.released]
+            return max(self._generating, len(self._streams))
 
     def check_health(self) -> None:
         """Serve's periodic health check: a dead decode engine fails it, so Serve replaces the replica."""

@@ -202,6 +202,8 @@ def test_more_requests_than_slots_wait_in_order_and_all_complete(model, prompts,
 
 
 def test_joining_prompts_are_prefilled_in_packs_within_the_token_budget(model, prompts, make_engine, monkeypatch):
+    """Each prefill forward takes the next PREFILL_TOKEN_BUDGET positions of the prompts in line:
+    short ones packed, a long one cut into chunks (its rest continuing from its cached K/V)."""
     monkeypatch.setattr(llm_engine, "PREFILL_TOKEN_BUDGET", 30)
     pacer = Pacer(1)
     engine = make_engine(model, max_slots=5, on_step=pacer)
@@ -218,7 +220,7 @@ def test_joining_prompts_are_prefilled_in_packs_within_the_token_budget(model, p
     rest = [engine.run(p, GREEDY, NEW_TOKENS, NO_EOS) for p in prompts]  # lengths 5, 17, 40, 9
     pacer.resume(1)
     got = [list(s) for s in [first, *rest]]
-    assert packs == [[5], [5, 17], [40], [9]]
+    assert packs == [[5], [5, 17, 8], [30], [2, 9]]  # the 40-token prompt: 8 + 30 + 2
     assert got == eager_tokens(model, [prompts[0], *prompts])
 
 

@@ -2,15 +2,27 @@
 
 `BatchedEngine` implements the `DecodeLoop` protocol, so `LLMRuntime.stream` uses it unchanged.
 `run` enqueues a request and returns a `TokenStream` (a blocking iterator of token ids) fed by the
-engine thread. Between steps the thread admits queued requests into free slots (the joining prompts
-are prefilled together, packed into one sequence, straight into their slots) and drops finished or
-cancelled ones, so requests join and leave a running batch; each step then decodes one token for
-every active row. The model runs through our own forward (`forward.LlamaForward`, Llama-family
+engine thread. A request waits in a FIFO line until a slot (a cache row) is free, is then prefilled
+in chunks, then decodes one token per step until it ends or is cancelled; requests join and leave a
+running batch. The model runs through our own forward (`forward.LlamaForward`, Llama-family
 models) against a `slots.SlotCache`.
+
+One scheduling round (`_iterate`): drop the finished and cancelled requests, give free rows to the
+waiting line, run one prefill forward (the next chunks of the prompts being prefilled, in order, at
+most PREFILL_TOKEN_BUDGET tokens: short prompts are packed together, a long one is cut into chunks
+whose K/V fill its row chunk by chunk), then one batched decode step for every active row. So a long
+prompt never holds the running streams for more than one chunk, and a cancelled request stops at
+the next chunk boundary or step; one still waiting is removed by `cancel` itself, so it is never
+prefilled.
 
 Prefix caching (`prefix.PrefixCache`, on when given memory): a joining prompt's longest prefix seen
 before (the system prompt, a chat's earlier turns) has its K/V copied into its row from the cache,
 and only the rest is prefilled; its new full blocks are kept for the prompts after it.
+
+Memory: a request's prompt embeddings are dropped when its prefill ends (or it is cancelled); the
+cache shrinks when the remaining rows need a quarter of it or less and is released when the engine
+goes idle, and glibc's free heap pages go back to the OS then and after a long prompt has left
+(`heap.trim_heap`).
 
 Failure: an exception in a step fails the requests involved in it (their iterators raise
 `EngineError`) and the engine carries on with the queue; if the thread itself dies, every pending
@@ -30,6 +42,7 @@ from torch import nn
 
 from modalities.llm.config import DEFAULT_MAX_SLOTS
 from modalities.llm.engine.forward import LlamaForward
+from modalities.llm.engine.heap import trim_heap
 from modalities.llm.engine.prefix import PrefixCache
 from modalities.llm.engine.slots import MIN_CAPACITY, SlotCache
 from modalities.llm.engine.stream import EngineError, Request, TokenStream
@@ -41,24 +54,31 @@ __all__ = ["BatchedEngine", "EngineError", "EngineStats", "TokenStream"]
 
 log = logging.getLogger(__name__)
 
-# Joining prompts are prefilled together up to this many tokens (a longer prompt goes alone): packing
-# shares weight reads; the budget bounds a pack's activations and how long running streams wait for
-# it. Prompts count in full, their cached prefixes included (a conservative bound: the prefix cache
-# is consulted when the pack runs).
+# One prefill forward computes at most this many prompt positions: the joining prompts packed
+# together, a longer one in chunks. Packing shares weight reads; the budget bounds a forward's
+# activations and how long running streams (and a cancellation) wait for it.
 PREFILL_TOKEN_BUDGET = 1024
+# A prompt at least this long hands the C heap's free pages back to the OS when it leaves the engine
+# (prefilled or cancelled): its embeddings, activations and (once the cache shrinks) K/V were large.
+TRIM_PROMPT_TOKENS = 1024
 IDLE_EXIT_S = 60.0  # an idle engine thread ends after this long (it keeps the model alive)
 
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot of the engine: rows decoding now, requests waiting, and counters since start."""
+    """A snapshot of the engine: requests decoding, being prefilled and waiting, and counters since start."""
 
-    active: int
-    queued: int
+    active: int  # rows decoding now
+    prefilling: int  # requests whose prompt is being prefilled (each holds a row)
+    queued: int  # requests waiting for a row
+    running: int  # requests holding a row: active + prefilling
     max_slots: int
     cache_capacity: int  # positions per row currently allocated (0 when idle)
+    cache_bytes: int  # K/V memory the slot cache holds now
     steps: int  # batched decode steps run
+    prefill_chunks: int  # prefill forwards run
     completed: int  # requests that finished, were cancelled or failed
+    cancelled: int  # of those, cancelled by their consumer before their last token
     prompt_tokens: int  # prompt positions prefilled or taken from the prefix cache
     prefix_hit_tokens: int  # of those, taken from the prefix cache (0 with the cache off)
     prefix_cache_bytes: int  # K/V held by the prefix cache now
@@ -105,13 +125,19 @@ class BatchedEngine:
         self.prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._on_step = on_step
         self._lock = threading.Condition()
+        # Rows: active request i holds cache row i, prefilling request j row len(_active) + j.
+        # Only the engine thread changes _active and _prefilling; `cancel` may take from _waiting.
         self._waiting: deque[Request] = deque()
-        self._active: list[Request] = []  # request i holds cache row i
+        self._prefilling: list[Request] = []
+        self._active: list[Request] = []
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None  # why the engine thread died, if it did
         self._stopping = False
+        self._trim = False  # hand free heap pages back to the OS at the next chance (engine thread only)
         self._steps = 0
+        self._chunks = 0
         self._completed = 0
+        self._cancelled = 0
         self._prompt_tokens = 0
         self._prefix_hit_tokens = 0
 
@@ -162,11 +188,16 @@ class BatchedEngine:
     def _stats_locked(self) -> EngineStats:
         return EngineStats(
             active=len(self._active),
+            prefilling=len(self._prefilling),
             queued=len(self._waiting),
+            running=len(self._active) + len(self._prefilling),
             max_slots=self.max_slots,
             cache_capacity=self.cache.capacity,
+            cache_bytes=self.cache.nbytes(),
             steps=self._steps,
+            prefill_chunks=self._chunks,
             completed=self._completed,
+            cancelled=self._cancelled,
             prompt_tokens=self._prompt_tokens,
             prefix_hit_tokens=self._prefix_hit_tokens,
             prefix_cache_bytes=0 if self.prefix is None else self.prefix.bytes,
@@ -184,13 +215,20 @@ class BatchedEngine:
             self._thread.start()
 
     def cancel(self, request: Request) -> None:
-        """Called by a closed `TokenStream`: a queued request leaves now, an active one before the next step."""
+        """Called by a cancelled `TokenStream`, from any thread, without waiting for the engine: the
+        stream ends now; a queued request leaves now (never prefilled), a prefilling or decoding one
+        at the engine's next chunk boundary or step."""
         with self._lock:
+            if request.ended:
+                return
             request.cancelled = True
+            if not request.done:
+                self._cancelled += 1
             if request in self._waiting:
                 self._waiting.remove(request)
-                request.finish()
-                self._completed += 1
+                self._release_locked(request)
+            else:
+                request.end()  # the consumer's `next()` returns now, whatever the engine is doing
             self._lock.notify()
 
     # --- the engine thread ---------------------------------------------------------------------
@@ -211,30 +249,39 @@ class BatchedEngine:
                 self._fail_pending_locked(EngineError("the decode engine was closed"))
 
     def _fail_pending_locked(self, error: BaseException) -> None:
-        for request in [*self._active, *self._waiting]:
+        for request in [*self._active, *self._prefilling, *self._waiting]:
             request.finish(error)
         self._active.clear()
+        self._prefilling.clear()
         self._waiting.clear()
         self.cache.release()
 
+    def _has_work_locked(self) -> bool:
+        return bool(self._active or self._prefilling or self._waiting)
+
     def _iterate(self) -> bool:
-        """One scheduling round: drop leavers, admit joiners (prefill), one batched step. False: stop."""
+        """One scheduling round: drop leavers, admit joiners, one prefill chunk, one batched step. False: stop."""
         with self._lock:
-            if not self._active and not self._waiting:
+            self._drop_finished_locked()
+            if not self._has_work_locked() and self.cache.rows:
                 self.cache.release()  # idle: give the memory back
-            while not self._active and not self._waiting and not self._stopping:
-                if not self._lock.wait(IDLE_EXIT_S) and not (self._active or self._waiting or self._stopping):
+                self._trim = True
+        self._trim_heap_if_due()
+        with self._lock:
+            while not self._has_work_locked() and not self._stopping:
+                if not self._lock.wait(IDLE_EXIT_S) and not (self._has_work_locked() or self._stopping):
                     # Idle: end the thread (it holds the model alive); the next run() starts a new one.
                     self._thread = None
                     return False
             if self._stopping:
                 return False
             self._drop_finished_locked()
-            joining = []
-            while self._waiting and len(self._active) + len(joining) < self.max_slots:
-                joining.append(self._waiting.popleft())
-        if joining:
-            self._admit(joining)
+            while self._waiting and len(self._active) + len(self._prefilling) < self.max_slots:
+                request = self._waiting.popleft()
+                request.row = len(self._active) + len(self._prefilling)
+                self._prefilling.append(request)
+        if self._prefilling:
+            self._prefill_chunk()
         with self._lock:
             self._drop_finished_locked()
             if not self._active:
@@ -247,63 +294,89 @@ class BatchedEngine:
                 self._on_step(stats)
         return True
 
-    def _admit(self, joining: list[Request]) -> None:
-        """Prefill joining requests (packed up to PREFILL_TOKEN_BUDGET tokens) and emit first tokens."""
-        pack: list[Request] = []
-        for request in joining:
-            if pack and sum(r.embeds.shape[1] for r in pack) + request.embeds.shape[1] > PREFILL_TOKEN_BUDGET:
-                self._prefill(pack)
-                pack = []
-            pack.append(request)
-        if pack:
-            self._prefill(pack)
+    def _trim_heap_if_due(self) -> None:
+        if self._trim:
+            self._trim = False
+            trim_heap()
 
-    def _prefill(self, pack: list[Request]) -> None:
-        first_row = len(self._active)
+    def _prefill_chunk(self) -> None:
+        """One prefill forward over the next chunks of the prefilling prompts, in order, at most
+        PREFILL_TOKEN_BUDGET positions; a prompt whose last chunk ran gets its first token and joins
+        the decoding rows. Only the last prompt of a pack can be left part-way."""
+        pack: list[tuple[Request, int]] = []  # (request, positions computed in this forward)
+        budget = PREFILL_TOKEN_BUDGET
+        hits = 0
         try:
-            self.cache.reserve(first_row + len(pack), max(r.embeds.shape[1] for r in pack))
-            cached = [self._reuse_prefix(request, first_row + i) for i, request in enumerate(pack)]
-            logits = self.forward.prefill([r.embeds[:, n:] for r, n in zip(pack, cached)], self.cache, first_row, cached)
-            for row, (request, past) in enumerate(zip(pack, cached)):
-                self._keep_prefix(request, first_row + row, past)
-            tokens = []
-            for row, request in enumerate(pack):
+            for request in self._prefilling:
+                if budget <= 0:
+                    break
+                pack.append((request, 0))
+                if not request.started:
+                    self.cache.reserve(request.row + 1, request.prompt_length)
+                    hits += self._start_prefill(request)
+                count = min(request.prompt_length - request.length, budget)
+                pack[-1] = (request, count)
+                budget -= count
+            first_row = pack[0][0].row
+            self.cache.reserve(first_row + len(pack), max(r.length + n for r, n in pack))
+            chunks = [r.embeds[:, r.length : r.length + n] for r, n in pack]
+            logits = self.forward.prefill(chunks, self.cache, first_row, [r.length for r, _ in pack])
+            tokens: list[int] = []
+            for row, (request, count) in enumerate(pack):
+                request.length += count
+                if not request.prefilled:
+                    break
+                self._keep_prefix(request)
                 request.generator = make_generator(request.params, logits.device)
                 tokens.append(int(sample_next_token(logits[row], request.params, request.generator)))
         except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
             with self._lock:
-                for request in pack:
+                failed = {id(r) for r, _ in pack}
+                for request, _ in pack:
                     request.finish(e)
-                self._completed += len(pack)
+                    self._completed += 1
+                self._prefilling[:] = [r for r in self._prefilling if id(r) not in failed]
+                self._drop_finished_locked()
             return
-        for request, token in zip(pack, tokens):
-            request.length = request.embeds.shape[1]
-            request.embeds = None  # in the cache now; a long multimodal prompt need not stay around
-            request.prefix_keys = None
-            request.emit(token)
         with self._lock:
-            self._active.extend(pack)
-            self._prompt_tokens += sum(r.length for r in pack)
-            self._prefix_hit_tokens += sum(cached)
+            self._chunks += 1
+            self._prompt_tokens += hits + sum(n for _, n in pack)
+            self._prefix_hit_tokens += hits
+            for (request, _), token in zip(pack, tokens):
+                assert self._prefilling[0] is request and request.row == len(self._active), "prefill rows out of order"
+                self._prefilling.pop(0)
+                self._active.append(request)
+                request.embeds = None  # in the cache now; a long multimodal prompt need not stay around
+                request.prefix_keys = None
+                if request.prompt_length >= TRIM_PROMPT_TOKENS:
+                    self._trim = True
+                request.emit(token)
 
-    def _reuse_prefix(self, request: Request, row: int) -> int:
+    def _start_prefill(self, request: Request) -> int:
+        """Begin a request's prefill: its cached prefix (if any) goes into its row; returns its length."""
+        request.started = True
+        request.reused = request.length = self._reuse_prefix(request)
+        return request.reused
+
+    def _reuse_prefix(self, request: Request) -> int:
         """Copy the request's longest cached prefix into its cache row; returns its length (0: none)."""
         if self.prefix is None:
             return 0
         request.prefix_keys = self.prefix.keys(request.embeds)
-        blocks = self.prefix.lookup(request.prefix_keys, request.embeds.shape[1])
+        blocks = self.prefix.lookup(request.prefix_keys, request.prompt_length)
         if not blocks:
             return 0
-        self.cache.write(row, blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=3))
+        self.cache.write(request.row, blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=3))
         return len(blocks) * self.prefix.block_tokens
 
-    def _keep_prefix(self, request: Request, row: int, past: int) -> None:
+    def _keep_prefix(self, request: Request) -> None:
         """Offer the prompt's full blocks past the reused prefix to the prefix cache."""
+        past = request.reused
         if self.prefix is None or len(request.prefix_keys) * self.prefix.block_tokens <= past:
             return
         first = past // self.prefix.block_tokens
-        kv = self.cache.read(row, past, len(request.prefix_keys) * self.prefix.block_tokens)
+        kv = self.cache.read(request.row, past, len(request.prefix_keys) * self.prefix.block_tokens)
         self.prefix.store(request.prefix_keys, first, kv)
 
     def _step(self) -> bool:
@@ -327,30 +400,66 @@ class BatchedEngine:
                     request.finish(e)
                 self._completed += len(active)
                 self._active.clear()
-                self.cache.release()
+                if self._prefilling:
+                    self._drop_finished_locked()  # the prefilling rows move down to row 0
+                else:
+                    self.cache.release()
             return False
         for request, token in zip(active, chosen):
             request.length += 1
-            if not request.cancelled:
-                request.emit(token)
+            request.emit(token)  # a cancelled request's stream has ended: nothing reaches it
         with self._lock:  # leavers go before anyone sees their end, so stats never lag a finished stream
             self._drop_finished_locked()
         return True
 
+    def _release_locked(self, request: Request) -> None:
+        """The engine lets go of a request: its stream ends, its prompt is dropped."""
+        if request.started and request.prompt_length >= TRIM_PROMPT_TOKENS:
+            self._trim = True
+        request.finish()
+        self._completed += 1
+
     def _drop_finished_locked(self) -> None:
-        """Remove finished/cancelled requests, keeping the rest in rows 0..B-1 (last row moves down)."""
+        """Remove finished/cancelled requests and keep the rest in rows 0..N-1: decoding rows first
+        (a leaver's row takes the last one), then the prefilling ones in order (moved down)."""
+        dropped = False
         index = 0
         while index < len(self._active):
             request = self._active[index]
-            if not (request.done or request.cancelled or request.finished):
+            if not (request.done or request.cancelled or request.released):
                 index += 1
                 continue
             last = self._active.pop()
             if last is not request:
-                self.cache.move(len(self._active), index, last.length)
+                self.cache.move(last.row, index, last.length)
+                last.row = index
                 self._active[index] = last
-            request.finish()
-            self._completed += 1
+            self._release_locked(request)
+            dropped = True
+        kept: list[Request] = []
+        for request in self._prefilling:
+            if request.cancelled or request.released:
+                self._release_locked(request)
+                dropped = True
+                continue
+            row = len(self._active) + len(kept)
+            if request.row != row:
+                if request.length:
+                    self.cache.move(request.row, row, request.length)
+                request.row = row
+            kept.append(request)
+        self._prefilling[:] = kept
+        if dropped:
+            self._shrink_cache_locked()
+
+    def _shrink_cache_locked(self) -> None:
+        """After requests left: a cache grown for a long prompt shrinks to what the others need."""
+        rows = len(self._active) + len(self._prefilling)
+        length = max(
+            [r.length + 1 for r in self._active] + [r.prompt_length for r in self._prefilling if r.started], default=0
+        )
+        if self.cache.shrink(rows, length):
+            self._trim = True
 
 
 def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int]:

@@ -3,7 +3,8 @@
 Per layer, K and V are `[rows, kv_heads, capacity, head_dim]`. The engine keeps its active
 requests in rows `0..B-1` (a leaving request's row is refilled by moving the last one), so a step
 attends over plain slices, no gather. Rows and capacity grow by doubling (capacity up to the
-context limit); the engine releases the cache when it goes idle.
+context limit); the engine shrinks the cache (`shrink`) when the rows still in use need a quarter of
+it or less (a long prompt has left), and releases it when it goes idle.
 """
 
 from __future__ import annotations
@@ -61,6 +62,30 @@ class SlotCache:
                 else:
                     store.append(fresh)
         self.rows, self.capacity = new_rows, new_capacity
+
+    def nbytes(self) -> int:
+        return sum(t.nelement() * t.element_size() for store in (self.keys, self.values) for t in store)
+
+    def shrink(self, rows: int, length: int) -> bool:
+        """Reallocate smaller when `rows` rows of `length` positions (kept) need a quarter of the
+        cache or less; True if it did. The hysteresis keeps it from growing and shrinking in turn."""
+        if not self.rows:
+            return False
+        if rows == 0 or length == 0:
+            self.release()
+            return True
+        new_rows = _grow(0, rows, self.max_rows, 1)
+        new_capacity = _grow(0, length, self.max_length, self._min_capacity)
+        if 4 * new_rows * new_capacity > self.rows * self.capacity:
+            return False
+        shape = (new_rows, self._shape[1], new_capacity, self._shape[2])
+        for store in (self.keys, self.values):
+            for index, tensor in enumerate(store):
+                fresh = torch.zeros(shape, dtype=self._dtype, device=self._device)
+                fresh[:rows, :, :length] = tensor[:rows, :, :length]
+                store[index] = fresh  # the old tensor goes now, layer by layer: no second full copy
+        self.rows, self.capacity = new_rows, new_capacity
+        return True
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy row `source`'s first `length` positions into row `target`."""

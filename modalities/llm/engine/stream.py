@@ -3,6 +3,10 @@
 The engine thread feeds each request's `out` queue with token ids, then an end marker or the
 exception that failed it; the consumer's `TokenStream` blocks on that queue, checking every
 `POLL_S` that the engine thread is still alive, so it never waits on a thread that is gone.
+
+Cancelling (`TokenStream.cancel`, from any thread, also while another thread is blocked in
+`next()`) marks the request cancelled and ends its stream at once; the engine removes a queued
+request there and then, and lets go of a prefilling or decoding one at its next chunk or step.
 """
 
 from __future__ import annotations
@@ -36,40 +40,64 @@ class StreamSource(Protocol):
 
 
 class Request:
-    """One sequence's state; `out` carries token ids, then `_DONE` or an exception."""
+    """One sequence's state; `out` carries token ids, then `_DONE` or an exception.
+
+    Life: queued (in the engine's waiting line) → prefilling (holds a cache row; its prompt goes
+    through in chunks) → decoding → released (the engine let go: `finish`). Only the engine thread
+    changes the scheduling fields; the consumer only sets `cancelled` (under the engine's lock).
+    """
 
     def __init__(self, embeds: torch.Tensor, params: SamplingParams, max_new_tokens: int, eos: frozenset[int]):
-        self.embeds = embeds
+        self.embeds: torch.Tensor | None = embeds
+        self.prompt_length = embeds.shape[1]
         self.prefix_keys: list[str] | None = None  # the prompt's block keys while it is prefilled
         self.params = params
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos
         self.generator: torch.Generator | None = None
         self.out: queue.SimpleQueue = queue.SimpleQueue()
-        self.cancelled = False  # set by the consumer; honoured by the engine between steps
-        self.length = 0  # positions cached
+        self.cancelled = False  # set by the consumer; honoured by the engine between chunks and steps
+        self.row = -1  # its cache row while prefilling or decoding
+        self.started = False  # its prefill has begun (the prefix cache was consulted)
+        self.reused = 0  # leading positions copied from the prefix cache
+        self.length = 0  # positions cached (while prefilling: of the prompt, so far)
         self.produced = 0
         self.last_token: int | None = None
         self.done = False  # produced its last token; still holds its row until the engine drops it
-        self.finished = False  # its stream has ended (`_DONE` or an error was queued)
+        self.ended = False  # its stream has ended (`_DONE` or an error was queued)
+        self.released = False  # the engine holds nothing of it any more
+
+    @property
+    def prefilled(self) -> bool:
+        return self.started and self.length >= self.prompt_length
 
     def emit(self, token_id: int) -> None:
         """Hand a token to the consumer; the stream's end (`_DONE`) follows once the engine drops it."""
         self.produced += 1
         self.last_token = token_id
-        self.out.put(token_id)
+        if not self.ended:
+            self.out.put(token_id)
         if token_id in self.eos_token_ids or self.produced >= self.max_new_tokens:
             self.done = True
 
-    def finish(self, error: BaseException | None = None) -> None:
-        if not self.finished:
-            self.finished = True
-            self.embeds = None  # the prompt may be large; don't keep it past prefill
+    def end(self, error: BaseException | None = None) -> None:
+        """End the consumer's stream (once): `_DONE`, or the error that failed the request."""
+        if not self.ended:
+            self.ended = True
             self.out.put(_DONE if error is None else error)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The engine lets go: the stream ends and the prompt (which may be large) is dropped."""
+        self.released = True
+        self.embeds = None
+        self.prefix_keys = None
+        self.generator = None
+        self.row = -1
+        self.end(error)
 
 
 class TokenStream(Iterator[int]):
-    """The consumer's side of a request: blocks for each token; `close()` (or dropping it) cancels."""
+    """The consumer's side of a request: blocks for each token; `cancel()`/`close()` (or dropping it) cancels."""
 
     def __init__(self, engine: StreamSource, request: Request) -> None:
         self._engine = engine
@@ -98,10 +126,20 @@ class TokenStream(Iterator[int]):
             raise EngineError(f"decoding failed: {item}") from item
         return item
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+    @property
+    def released(self) -> bool:
+        """Whether the engine has let go of the request (a cancelled one holds its row until its next step)."""
+        return self._request.released
+
+    def cancel(self) -> None:
+        """Stop the request, from any thread: its stream ends now (a `next()` blocked in another
+        thread returns), a queued request leaves the engine now, a running one at its next chunk or step."""
+        self._closed = True
+        if not self._request.ended:
             self._engine.cancel(self._request)
 
+    def close(self) -> None:
+        self.cancel()
+
     def __del__(self) -> None:
-        self.close()
+        self.cancel()
