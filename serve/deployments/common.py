@@ -12,10 +12,18 @@ from ray import serve
 
 from modalities.errors import MediaError
 from modalities.feature_cache import FeatureCache
+from modalities.heap import trim_heap
 from serve import metrics
 
 MAX_ENCODER_BATCH = 8
 ENCODER_BATCH_WAIT_S = 0.01
+TRIM_AFTER_INPUT_BYTES = 256 * 2**10  # a batch with this much media input hands its freed heap back
+
+
+def _input_bytes(request: Any) -> int:
+    """The media bytes of one encoder request (the bytes themselves, or the first item of a tuple)."""
+    data = request[0] if isinstance(request, tuple) else request
+    return len(data) if isinstance(data, (bytes, bytearray)) else 0
 
 
 def claimed_cpus() -> int:
@@ -59,11 +67,19 @@ class BatchedEncoder:
     def _run(self, requests: list[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def _run_and_release(self, requests: list[Any]) -> list[Any]:
+        results = self._run(requests)
+        # Decoding large media (an hour of audio refused for its length, a big image) leaves its
+        # freed buffers in glibc's arenas; hand them back so the replica returns to its idle size.
+        if sum(_input_bytes(r) for r in requests) >= TRIM_AFTER_INPUT_BYTES:
+            trim_heap()
+        return results
+
     @serve.batch(max_batch_size=MAX_ENCODER_BATCH, batch_wait_timeout_s=ENCODER_BATCH_WAIT_S)
     async def _batch(self, requests: list[Any]) -> list[Any]:
         metrics.ENCODER_BATCH_SIZE.observe(len(requests), tags={"encoder": self.kind})
         start = time.perf_counter()
-        results = await asyncio.to_thread(self._run, requests)
+        results = await asyncio.to_thread(self._run_and_release, requests)
         metrics.ENCODER_LATENCY.observe(time.perf_counter() - start, tags={"encoder": self.kind})
         return results
 

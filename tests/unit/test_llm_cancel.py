@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from fusion.prompt import Message
+from modalities.heap import trim_heap
 from modalities.llm import EagerDecodeLoop, LLMRuntime, SamplingParams
 from modalities.llm.engine import BatchedEngine, EngineStats, SlotCache
 from modalities.llm.engine import batched as llm_engine
-from modalities.llm.engine.heap import trim_heap
 from serve.deployments.contracts import DecodeRequest
 from serve.deployments.llm import LLMDecoder
 from tests.helpers.tokenizer import tiny_chat_tokenizer
@@ -322,7 +322,7 @@ def test_slot_cache_shrinks_only_when_a_quarter_is_enough_and_keeps_the_rows():
 
 
 def test_trim_heap_runs_here_and_is_a_no_op_without_glibc(monkeypatch):
-    from modalities.llm.engine import heap
+    from modalities import heap
 
     assert trim_heap() in (True, False)  # glibc: True; another libc: False, never an error
     heap._malloc_trim.cache_clear()

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modalities.heap import trim_heap
 from modalities.llm.config import DEFAULT_MAX_SLOTS
 from modalities.llm.engine.forward import LlamaForward
-from modalities.llm.engine.heap import trim_heap
 from modalities.llm.engine.prefix import PrefixCache
 from modalities.llm.engine.slots import MIN_CAPACITY, SlotCache
 from modalities.llm.engine.stream import EngineError, Request, TokenStream

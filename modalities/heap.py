@@ -3,8 +3,9 @@
 glibc keeps freed memory in its arenas for reuse. Tensors up to its dynamic mmap threshold (which
 rises to 32 MiB after a large block is freed) come from those arenas, so after a long prompt's KV
 rows and activations are freed the process's RSS stays where the peak left it. `malloc_trim(0)`
-returns the arenas' free pages (their tops and the free chunks inside them). The engine calls it
-when it goes idle and after a long prompt has left; elsewhere (musl, macOS, Windows) it does nothing.
+returns the arenas' free pages (their tops and the free chunks inside them). The LLM engine calls it
+when it goes idle and after a long prompt has left, the encoders after a batch of large media;
+elsewhere (musl, macOS, Windows) it does nothing.
 """
 
 from __future__ import annotations
