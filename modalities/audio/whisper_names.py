@@ -22,11 +22,15 @@ def available_models() -> tuple[str, ...]:
     return tuple(_assigned_dict(_source("__init__.py"), "_MODELS"))
 
 
+MAX_SHOWN_CHARS = 16
+
+
 def normalize_language(value: str) -> str:
     """A whisper language code from a code or English name ("en", "English"); ValueError otherwise."""
     code = _language_codes().get(value.strip().lower())
     if code is None:
-        raise ValueError(f"unknown language {value!r}; use an ISO code whisper knows, e.g. 'en', 'de', 'ja'")
+        shown = value[:MAX_SHOWN_CHARS].encode("ascii", "backslashreplace").decode()  # never echo input whole
+        raise ValueError(f"unknown language {shown!r}; use an ISO code whisper knows, e.g. 'en', 'de', 'ja'")
     return code
 
 

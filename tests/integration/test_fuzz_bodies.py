@@ -27,7 +27,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -103,15 +103,23 @@ class Endpoint:
     path: str
     bodies: st.SearchStrategy[Body] | None
     examples: int
+    path_values: st.SearchStrategy[str] | None = None  # what fills the path's `{param}` (URL-encoded)
 
     def __repr__(self) -> str:  # Hypothesis shows strategies' arguments; the grammar's repr is huge
         return f"Endpoint({self.method} {self.path})"
 
 
+MODEL_IDS = st.sampled_from([
+    "chorus", "whisper-1", "whisper-base", "gpt-4o", "", "%ED%A0%80", "%00", "a" * 3_000, "..%2F..%2Fetc%2Fpasswd",
+    "%3C%7Cim_start%7C%3E", "chorus/extra/segments", "%F0%9F%98%80", "chorus%20",
+])
+
 ENDPOINTS = [
     Endpoint("POST", CHAT, json_bodies(ChatCompletionRequest, CHAT_VALUES, _cheap_chat), 1_350),
     Endpoint("POST", TRANSCRIPTIONS, form_bodies(openapi.COMPONENTS["TranscriptionRequest"], FORM_VALUES, openapi.COMPONENTS), 420),
     Endpoint("GET", MODELS, None, 80),
+    Endpoint("GET", MODELS + "/{model:path}", None, 80, path_values=MODEL_IDS),
+    Endpoint("GET", "/metrics", None, 20),
     Endpoint("GET", HEALTH, None, 40),
 ]
 STRAY_EXAMPLES = 160  # unknown routes, and the known ones under other methods
@@ -162,6 +170,9 @@ auth_headers = st.integers(0, 15).flatmap(
 @st.composite
 def _requests(draw: st.DrawFn, endpoint: Endpoint) -> Request:
     headers = dict(draw(auth_headers))
+    if endpoint.path_values is not None:
+        value = draw(endpoint.path_values)
+        endpoint = replace(endpoint, path=re.sub(r"\{[^}]+\}", lambda _: value, endpoint.path))
     if endpoint.bodies is None:  # a bodiless route: now and then a query string or junk body anyway
         content = draw(st.none() | st.binary(max_size=64)) if draw(st.integers(0, 5)) == 0 else None
         query = draw(st.sampled_from(QUERIES))
