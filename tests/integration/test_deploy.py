@@ -166,7 +166,8 @@ def test_serve_deploy_then_scale(ray_head, tmp_path):
     finishes = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1] if json.loads(e)["choices"]]
     assert finishes[-1] in ("stop", "length")
     _wait(lambda: _replica_ids(address, env, "LLMDecoder") not in ([], decoder_before), "the new decoder replica")
-    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+    # The new replica's actor is alive before it is ready (it still loads the model): healthy once it is.
+    _wait(lambda: httpx.get(f"{base}/health", timeout=30).status_code == 200, "health after the redeploy")
 
 
 def _replica_ids(address: str, env: dict[str, str], deployment: str) -> list[str]:

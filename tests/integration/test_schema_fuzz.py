@@ -50,6 +50,8 @@ EXAMPLES = {
     ("POST", "/v1/chat/completions"): {GenerationMode.POSITIVE: 520, GenerationMode.NEGATIVE: 330},
     ("POST", "/v1/audio/transcriptions"): {GenerationMode.POSITIVE: 150, GenerationMode.NEGATIVE: 100},
     ("GET", "/v1/models"): {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
+    ("GET", "/v1/models/{model}"): {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
+    ("GET", "/metrics"): {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5},
     ("GET", "/health"): {GenerationMode.POSITIVE: 5},
 }
 MAX_TOKENS = 2
