@@ -18,7 +18,6 @@ transformers, whisper, ray) happen inside the commands, so `chorus --help` is in
 from __future__ import annotations
 
 import argparse
-import sys
 
 from serve.cli import bench, data, demo, models, projector, serve_cmd
 from serve.cli.common import HelpFormatter
@@ -45,6 +44,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
