@@ -16,7 +16,7 @@ import psutil
 
 from .conftest import AUTH
 from .test_hardening import wait_until_idle
-from .test_hostile import CHAT_CASES
+from .test_hostile import CHAT_CASES, WAV, audio_part, chat, image_part, png
 
 REPLICA_TITLE = "ServeReplica:chorus:"
 MiB = 2**20
@@ -75,8 +75,9 @@ def _wait_for_idle_decoder(serve_url: str) -> None:
 
 
 def test_replica_memory_is_bounded(serve_url: str) -> None:
-    assert httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=120,
-                      json={"model": "chorus", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
+    # Warm: every replica has served once (a clip through Whisper, an image through CLIP, a prompt).
+    warm_up = chat(audio_part(WAV), image_part(png((32, 32))), max_tokens=4, chorus={"fusion": "transcript"})
+    assert httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=120, json=warm_up).status_code == 200
     warm = replica_rss_mb()
     assert {"Ingress", "LLMDecoder", "AudioEncoder"} <= set(warm), warm
     for _case, body, _status in CHAT_CASES:
