@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -130,6 +131,26 @@ def _media_text(item: MediaItem, mode: FusionMode, sentinels: _Sentinels) -> str
     return f"{slot} (transcript: {sentinels.literal(item.transcript)})"
 
 
+_PLAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plain_encoder(tokenizer: ChatTokenizer) -> tuple[Tokenizer, frozenset[int]]:
+    """A tokenizer with `tokenizer`'s model, normalizer and pre-tokenizer but no added vocabulary (it
+    matches no added token, special or not), and the added tokens' ids; built once per tokenizer. A
+    separate object: the shared tokenizer's state (`encode_special_tokens`, which
+    `split_special_tokens=True` flips) is never touched, so concurrent prompts can't race on it."""
+    cached = _PLAIN.get(tokenizer)
+    if cached is None:
+        from tokenizers import Tokenizer
+
+        backend = tokenizer.backend_tokenizer
+        plain = Tokenizer(backend.model)
+        plain.normalizer = backend.normalizer
+        plain.pre_tokenizer = backend.pre_tokenizer
+        cached = _PLAIN[tokenizer] = (plain, frozenset(tokenizer.added_tokens_decoder))
+    return cached
+
+
 class _Encoder:
     """Encodes a rendered prompt run by run: the template's added tokens are real tokens, a literal's
     text is plain text, and plain text between two control tokens is encoded as one string, as the
@@ -137,17 +158,8 @@ class _Encoder:
     whitespace next to it: that whitespace is text now. SmolLM2's tokens strip nothing.)"""
 
     def __init__(self, tokenizer: ChatTokenizer) -> None:
-        from tokenizers import Tokenizer
-
-        backend = tokenizer.backend_tokenizer
-        # The same model, normalizer and pre-tokenizer without the added vocabulary: it matches no added
-        # token, special or not. A separate object: the shared tokenizer's state (`encode_special_tokens`,
-        # which `split_special_tokens=True` flips) is never touched, so concurrent prompts can't race on it.
-        self._plain = Tokenizer(backend.model)
-        self._plain.normalizer = backend.normalizer
-        self._plain.pre_tokenizer = backend.pre_tokenizer
+        self._plain, self._added_ids = _plain_encoder(tokenizer)
         self._tokenizer = tokenizer
-        self._added_ids = frozenset(tokenizer.added_tokens_decoder)
         self.ids: list[int] = []
         self._text: list[str] = []
 

@@ -6,12 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
+from modalities.llm.config import QUANTIZATIONS
 from serve.cli.common import REPO_ROOT, add_command
 
 DEFAULT_DEMO_AUDIO = REPO_ROOT / "samples" / "audio" / "where_is_my_order.wav"
 DEFAULT_QUESTION = "How should I answer this caller?"
-QUANTIZATIONS = ("none", "int8", "int4", "w8a8")
-SAMPLE_RATE = 16_000  # what decode_audio returns
 SYSTEM_PROMPT = "You are a friendly customer-service assistant. Answer briefly."
 
 
@@ -28,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from modalities.audio.decode import decode_audio
+    from modalities.audio.decode import SAMPLE_RATE, decode_audio
     from modalities.audio.whisper import WhisperConfig, WhisperRuntime
     from modalities.llm.runtime import LLMConfig, LLMRuntime
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from modalities.paths import PACKAGED
 from serve.cli.common import (
     add_command,
     add_device,
@@ -18,7 +19,6 @@ from serve.cli.common import (
 from serve.cli.data import SPEECH_SET, VISION_SET
 
 MODALITIES = ("audio", "image")
-PACKAGED_CHECKPOINT = "packaged"  # fusion.checkpoint.PACKAGED (importing it would import torch): the shipped audio projector
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +37,7 @@ def _add_train(subparsers) -> None:
     train.add_argument("--modality", choices=list(MODALITIES), default=None, help="default: what --data holds")
     train.add_argument("--out", default=None, help="run directory (default: ~/.cache/chorus/fusion/runs/<modality>)")
     train.add_argument("--ship-to", default=None, help="also write the final fp16 projector to this directory")
-    train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (serve assumes 4)")
+    train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (recorded in the checkpoint; the decoder reads it from there)")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps in total (a resumed run continues the count)")
     train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
@@ -73,8 +73,8 @@ def _add_agreement(subparsers) -> None:
         description='"Answer the request": how closely the LLM\'s answers to spoken requests match (word F1) when it '
         "hears them through the audio projector and when it reads Whisper's transcript.",
     )
-    agree.add_argument("--checkpoint", default=PACKAGED_CHECKPOINT,
-                       help=f"audio projector checkpoint directory, or '{PACKAGED_CHECKPOINT}'")
+    agree.add_argument("--checkpoint", default=PACKAGED,
+                       help=f"audio projector checkpoint directory, or '{PACKAGED}'")
     agree.add_argument("--data", default=None, help=f"speech corpus (default: {SPEECH_SET} in the cache)")
     add_report_flags(agree, limit=20, unit="clips")
     add_threads(agree, 1)
@@ -130,7 +130,7 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
 
 def _cmd_eval_agreement(args: argparse.Namespace) -> int:
     from fusion.agreement import evaluate_agreement_cli
-    from fusion.checkpoint import PACKAGED, PACKAGED_AUDIO_PROJECTOR
+    from fusion.checkpoint import PACKAGED_AUDIO_PROJECTOR
 
     checkpoint = str(PACKAGED_AUDIO_PROJECTOR) if args.checkpoint == PACKAGED else args.checkpoint
     data = args.data or default_fusion_dir(SPEECH_SET)

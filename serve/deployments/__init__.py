@@ -6,22 +6,12 @@ The classes are exported lazily: importing `serve.deployments.contracts` loads n
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from modalities._lazy import lazy_exports
 
-_EXPORTS = {
-    "AudioEncoder": "serve.deployments.audio",
-    "VisionEncoder": "serve.deployments.vision",
-    "LLMDecoder": "serve.deployments.llm",
-}
+_EXPORTS = {"AudioEncoder": "audio", "VisionEncoder": "vision", "LLMDecoder": "llm"}
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 def deployment_class(name: str) -> type:

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,8 @@ async def _all_or_cancel(coroutines: list[Awaitable[bytes]]) -> list[bytes]:
 class _Extraction:
     """One request's media, collected part by part; remote URLs are fetched at the end, together."""
 
+    READERS = {"image_url": "_image_bytes", "input_audio": "_audio_bytes"}  # content-part type → its reader
+
     def __init__(self, fetcher: RemoteMediaFetcher | None, max_media: int) -> None:
         self.fetcher = fetcher
         self.max_media = max_media
@@ -104,12 +106,8 @@ class _Extraction:
     async def add(self, part: ImagePart | AudioPart, param: str) -> MediaItem:
         if len(self.media) >= self.max_media:
             raise InvalidRequest(f"at most {self.max_media} media items per request", param=param, code="too_many_media")
-        readers: dict[str, Callable[[Any, str], Awaitable[bytes]]] = {
-            "image_url": self._image_bytes,
-            "input_audio": self._audio_bytes,
-        }
         media = BY_PART_TYPE[part.type]
-        data = await readers[part.type](part, param)
+        data = await getattr(self, self.READERS[part.type])(part, param)
         index = len(self.media)
         if not data and index not in self.pending:
             raise InvalidRequest(f"empty {media.kind} data", param=param, code="invalid_media")

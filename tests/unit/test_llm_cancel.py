@@ -50,19 +50,6 @@ def expected(model, prompts) -> list[list[int]]:
     return eager_tokens(model, prompts, new_tokens=NEW_TOKENS)
 
 
-@pytest.fixture
-def make_engine():
-    engines: list[BatchedEngine] = []
-
-    def make(model, **kwargs) -> BatchedEngine:
-        engines.append(BatchedEngine(model, **kwargs))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.close()
-
-
 class Recorder:
     """Wraps an engine's prefill and decode: records what ran ('P' + chunk lengths, or 'D' + rows),
     and can hold the engine thread inside a given prefill call until the test lets it go."""

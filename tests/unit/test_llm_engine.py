@@ -81,19 +81,6 @@ def prompts(model) -> list[torch.Tensor]:
         return [embedding(torch.randint(0, VOCAB_SIZE, (1, n), generator=generator)) for n in PROMPT_LENGTHS]
 
 
-@pytest.fixture
-def make_engine():
-    engines: list[BatchedEngine] = []
-
-    def make(model, **kwargs) -> BatchedEngine:
-        engines.append(BatchedEngine(model, **kwargs))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.close()
-
-
 def eager_tokens(model, prompts, params=GREEDY, new_tokens=NEW_TOKENS) -> list[list[int]]:
     loop = EagerDecodeLoop(model)
     return [list(loop.run(p, params, new_tokens, NO_EOS)) for p in prompts]
