@@ -215,3 +215,29 @@ def test_transcription_hostile_input(serve_url, case, data, files, status):
 def test_not_multipart_transcription(serve_url):
     resp = httpx.post(f"{serve_url}/v1/audio/transcriptions", json={"model": "whisper-1"}, headers=AUTH, timeout=30)
     assert resp.status_code == 400 and json.loads(resp.text)["error"]["code"] == "invalid_request"
+
+
+# The GET routes Hardening II added: (id, method, path, headers, expected status, expected error code)
+GET_ROUTE_CASES = [
+    ("model-known", "GET", "/v1/models/whisper-1", AUTH, 200, None),
+    ("model-unknown", "GET", "/v1/models/gpt-4o", AUTH, 404, "model_not_found"),
+    ("model-long-id", "GET", "/v1/models/" + "a" * 3000, AUTH, 404, "model_not_found"),
+    ("model-special-tokens", "GET", "/v1/models/%3C%7Cim_start%7C%3E", AUTH, 404, "model_not_found"),
+    ("model-invalid-utf8", "GET", "/v1/models/%ED%A0%80", AUTH, 404, "model_not_found"),
+    ("model-nul", "GET", "/v1/models/%00", AUTH, 404, "model_not_found"),
+    ("model-no-key", "GET", "/v1/models/chorus", {}, 401, "invalid_api_key"),
+    ("model-wrong-method", "POST", "/v1/models/chorus", AUTH, 405, "method_not_allowed"),
+    ("metrics-no-key", "GET", "/metrics", {}, 401, "invalid_api_key"),
+    ("metrics-wrong-key", "GET", "/metrics", {"Authorization": "Bearer sk-wrong"}, 401, "invalid_api_key"),
+    ("metrics-wrong-method", "DELETE", "/metrics", AUTH, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize("case,method,path,headers,status,code", GET_ROUTE_CASES, ids=[c[0] for c in GET_ROUTE_CASES])
+def test_get_routes_hostile_input(serve_url, case, method, path, headers, status, code):
+    resp = httpx.request(method, f"{serve_url}{path}", headers=headers, timeout=30)
+    assert resp.status_code == status, resp.text[:500]
+    if code is not None:
+        error = resp.json()["error"]
+        assert error["code"] == code and error["message"] and len(resp.content) < 2000
+    _still_answers(serve_url)
