@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modalities.devices import TorchDevice
 from modalities.paths import PACKAGED
@@ -26,7 +26,7 @@ __all__ = [
 Quantization = Literal["none", "int8", "int4", "w8a8"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("none", "int8", "int4", "w8a8")
 DType = Literal["float32", "bfloat16", "float16"]
-DecodeEngine = Literal["eager", "batched"]
+DecodeEngine = Literal["eager", "batched", "onnx"]
 # transformers `config.model_type`s the batched engine's own forward (`LlamaForward`) runs.
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama",)
 DEFAULT_MAX_SLOTS = 8
@@ -75,8 +75,10 @@ class LLMConfig(BaseModel):
     engine: DecodeEngine = Field(
         default="batched",
         description="'batched': continuous batching, concurrent requests share each decode step (Llama-family "
-        "models; others are refused with a message to use 'eager'); 'eager': one sequence at a time through "
-        "transformers' forward (any causal LM)",
+        "models; others are refused with a message to use 'eager'); 'onnx': the same scheduler on ONNX Runtime "
+        "with the model's int4 ONNX export (CPU, float32, Llama-family; exported by `chorus models prepare` for the "
+        "packaged model, on first use for a local directory; `quantization` must be int4); 'eager': one sequence at "
+        "a time through transformers' forward (any causal LM)",
     )
     max_batch: int = Field(
         default=DEFAULT_MAX_SLOTS,
@@ -89,3 +91,19 @@ class LLMConfig(BaseModel):
         description="batched engine: memory for the K/V of prompt prefixes kept for reuse (automatic prefix "
         "caching: a system prompt or a chat's earlier turns are not prefilled again); 0 turns it off",
     )
+
+    @model_validator(mode="after")
+    def _onnx_engine_fits(self) -> LLMConfig:
+        """The ONNX engine runs its int4 export in float32 on the CPU; say so instead of ignoring a setting."""
+        if self.engine != "onnx":
+            return self
+        wrong = []
+        if self.quantization != "int4":
+            wrong.append(f"quantization {self.quantization!r} (its export is int4: set quantization: int4)")
+        if self.device != "cpu":
+            wrong.append(f"device {self.device!r} (it runs on the CPU; use engine: batched on a GPU)")
+        if self.dtype != "float32":
+            wrong.append(f"dtype {self.dtype!r} (its activations are float32)")
+        if wrong:
+            raise ValueError("llm.engine 'onnx' does not take " + "; ".join(wrong))
+        return self

@@ -157,6 +157,8 @@ class LLMRuntime:
         from its config, before any weight is read.
         """
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+        if config.engine == "onnx":
+            return cls._from_onnx_config(config)
         tokenizer, model = _load_pretrained(resolve_model_source(config.model), config)
         model.requires_grad_(False)
         model.to(torch.device(config.device))
@@ -164,6 +166,29 @@ class LLMRuntime:
         report = quantize_model(model, config.quantization, calibration)
         decode_loop = build_decode_loop(model, config)
         return cls(model, tokenizer, max_context=config.max_context, decode_loop=decode_loop, quantization=report)
+
+    @classmethod
+    def _from_onnx_config(cls, config: LLMConfig) -> LLMRuntime:
+        """The ONNX engine: the export runs the layers; torch keeps only the embedding table (prompts,
+        media splicing, each decode step's token), not the layers' float weights."""
+        from modalities.llm.embedding_model import load_embedding_model
+        from modalities.llm.engine.onnx import OnnxForward
+        from modalities.llm.onnx_export import prepare_onnx_for
+
+        source = resolve_model_source(config.model)
+        if not Path(source).is_dir():
+            raise FileNotFoundError(f"llm.engine 'onnx' needs a local model directory to export, got {source!r}")
+        tokenizer, model = load_embedding_model(Path(source))
+        check_batched_architecture(getattr(model.config, "model_type", None), model.config.architectures)
+        forward = OnnxForward(prepare_onnx_for(Path(source)), model.get_input_embeddings(), threads=config.threads)
+        engine = BatchedEngine(
+            forward,
+            max_slots=config.max_batch,
+            max_context=config.max_context,
+            prefix_cache_bytes=int(config.prefix_cache_mib * 2**20),
+        )
+        report = QuantizationReport(mode="int4", quantized=["every linear (ONNX MatMulNBits, blocks of 32)"])
+        return cls(model, tokenizer, max_context=config.max_context, decode_loop=engine, quantization=report)
 
     # --- introspection -------------------------------------------------------------------------
 
@@ -185,8 +210,10 @@ class LLMRuntime:
         return self.decode_loop.stats() if isinstance(self.decode_loop, BatchedEngine) else None
 
     def weight_bytes(self) -> int:
-        """Bytes held by parameters and buffers (quantized storage counted as stored, ties once)."""
-        return weight_bytes(self.model)
+        """Bytes held by parameters and buffers (quantized storage counted as stored, ties once), plus
+        the ONNX engine's weights where it runs the layers."""
+        forward = getattr(self.decode_loop, "forward", None)
+        return weight_bytes(self.model) + getattr(forward, "weight_bytes", 0)
 
     # --- prompt helpers ------------------------------------------------------------------------
 

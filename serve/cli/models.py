@@ -9,7 +9,7 @@ from pathlib import Path
 
 from serve.cli.common import add_command
 
-MODEL_NAMES = ("llm", "whisper")
+MODEL_NAMES = ("llm", "llm-onnx", "whisper")
 
 
 def add_parser(subparsers) -> None:
@@ -23,9 +23,11 @@ def add_parser(subparsers) -> None:
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from modalities.audio.weights import prepare_whisper
+    from modalities.llm.onnx_export import prepare_onnx_llm
     from modalities.llm.weights import prepare_llm
 
-    steps = {"whisper": prepare_whisper, "llm": prepare_llm}
+    # llm-onnx is exported from the prepared llm (ONNX Runtime engine: int4 MatMulNBits, ~15 s)
+    steps = {"whisper": prepare_whisper, "llm": prepare_llm, "llm-onnx": prepare_onnx_llm}
     for name, prepare in steps.items():
         if args.only and args.only != name:
             continue
@@ -37,13 +39,15 @@ def _cmd_models_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_models_info(args: argparse.Namespace) -> int:
     from modalities import paths
+    from modalities.llm.onnx_export import packaged_onnx_dir
 
     info = {
         "cache_dir": str(paths.cache_dir()),
         "llm": str(paths.packaged_llm_dir()),
+        "llm_onnx": str(packaged_onnx_dir()),
         "whisper": str(paths.packaged_whisper_path()),
     }
-    for key in MODEL_NAMES:
+    for key in (name.replace("-", "_") for name in MODEL_NAMES):
         info[f"{key}_prepared"] = Path(info[key]).exists()
     print(json.dumps(info, indent=2))
     return 0

@@ -27,8 +27,9 @@ def test_config() -> dict:
     small = {"num_cpus": 0.25, "max_ongoing_requests": 16}
     return {
         "served_model_name": "chorus",
-        # 24 decode slots: the disconnect test holds 20 streams in flight at once
-        "llm": {"model": "packaged", "quantization": "none", "threads": 1, "max_batch": 24},
+        # the served default's engine (deploy/local.yaml); 24 decode slots: the disconnect test holds 20
+        # streams in flight at once
+        "llm": {"model": "packaged", "engine": "onnx", "quantization": "int4", "threads": 1, "max_batch": 24},
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
         # the shipped audio projector; the tiny CLIP gets an untrained one, explicitly allowed
@@ -57,10 +58,12 @@ def serve_app():
 
     from modalities.audio import prepare_whisper
     from modalities.llm import prepare_llm
+    from modalities.llm.onnx_export import prepare_onnx_llm
     from serve import haproxy
     from serve.app import build_app
 
     prepare_llm()
+    prepare_onnx_llm()
     prepare_whisper()
     # Ray workers import `tests`/`serve` from the repo; the dashboard is not needed here.
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"

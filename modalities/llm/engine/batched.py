@@ -36,6 +36,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -47,10 +48,9 @@ from modalities.llm.engine.prefix import PrefixCache
 from modalities.llm.engine.slots import MIN_CAPACITY, SlotCache
 from modalities.llm.engine.stream import EngineError, Request, TokenStream
 from modalities.llm.params import SamplingParams
-from modalities.llm.quant.memory import module_device
 from modalities.llm.sampling import make_generator, sample_next_token
 
-__all__ = ["BatchedEngine", "EngineError", "EngineStats", "TokenStream"]
+__all__ = ["BatchedEngine", "EngineError", "EngineStats", "Forward", "TokenStream"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,23 @@ PREFILL_TOKEN_BUDGET = 1024
 # (prefilled or cancelled): its embeddings, activations and (once the cache shrinks) K/V were large.
 TRIM_PROMPT_TOKENS = 1024
 IDLE_EXIT_S = 60.0  # an idle engine thread ends after this long (it keeps the model alive)
+
+
+class Forward(Protocol):
+    """What the scheduler runs: `LlamaForward` (torch) or `onnx.OnnxForward` (ONNX Runtime)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    max_positions: int
+
+    def prefill(
+        self, prompts: list[torch.Tensor], cache: SlotCache, first_row: int, cached: list[int] | None = None
+    ) -> torch.Tensor: ...
+
+    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,7 @@ class BatchedEngine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Forward,
         *,
         max_slots: int = DEFAULT_MAX_SLOTS,
         max_context: int | None = None,
@@ -108,10 +125,10 @@ class BatchedEngine:
     ) -> None:
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
-        self.forward = LlamaForward(model)
+        self.forward: Forward = LlamaForward(model) if isinstance(model, nn.Module) else model
         self.max_slots = max_slots
-        self.max_context = max_context or model.config.max_position_embeddings
-        device = module_device(model.get_input_embeddings())
+        self.max_context = max_context or self.forward.max_positions
+        device = self.forward.device
         self.cache = SlotCache(
             self.forward.num_layers,
             self.forward.num_kv_heads,

@@ -21,7 +21,7 @@ from torch import nn
 from modalities.llm.config import check_batched_architecture
 from modalities.llm.engine.slots import SlotCache
 from modalities.llm.quant.fast import fast_linear, fast_linears
-from modalities.llm.quant.memory import compute_dtype
+from modalities.llm.quant.memory import compute_dtype, module_device
 
 __all__ = ["LlamaForward"]
 
@@ -37,6 +37,8 @@ class LlamaForward:
         config = model.config
         body = _llama_body(model)
         self.embed_tokens = body.embed_tokens
+        self.device = module_device(body.embed_tokens)
+        self.max_positions = config.max_position_embeddings
         self.rotary_emb = body.rotary_emb
         self.dtype = dtype = compute_dtype(model)  # the activations' (a stored weight's may differ)
         self.norm = _fast_norm(body.norm, dtype)

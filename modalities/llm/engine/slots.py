@@ -39,6 +39,7 @@ class SlotCache:
         self.values: list[torch.Tensor] = []
         self.rows = 0
         self.capacity = 0
+        self.version = 0  # bumped whenever the K/V tensors are replaced (bindings to their memory go stale)
 
     def reserve(self, rows: int, length: int) -> None:
         """Make room for `rows` rows of `length` positions each (existing contents kept)."""
@@ -62,6 +63,7 @@ class SlotCache:
                 else:
                     store.append(fresh)
         self.rows, self.capacity = new_rows, new_capacity
+        self.version += 1
 
     def nbytes(self) -> int:
         return sum(t.nelement() * t.element_size() for store in (self.keys, self.values) for t in store)
@@ -85,6 +87,7 @@ class SlotCache:
                 fresh[:rows, :, :length] = tensor[:rows, :, :length]
                 store[index] = fresh  # the old tensor goes now, layer by layer: no second full copy
         self.rows, self.capacity = new_rows, new_capacity
+        self.version += 1
         return True
 
     def move(self, source: int, target: int, length: int) -> None:
@@ -109,6 +112,7 @@ class SlotCache:
     def release(self) -> None:
         self.keys, self.values = [], []
         self.rows = self.capacity = 0
+        self.version += 1
 
 
 def _grow(current: int, needed: int, limit: int, start: int) -> int:

@@ -1,0 +1,191 @@
+"""Export a prepared Llama-family model to ONNX for the ONNX Runtime engine (`engine.onnx.OnnxForward`).
+
+The graph comes from onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder`,
+given the local directory: no hub): int4 weights as `MatMulNBits` (blocks of 32, int8 activations
+on CPU: `accuracy_level` 4), attention as `GroupQueryAttention` with rotary inside it, and the
+token embedding left out (`exclude_embeds`): the graph takes `inputs_embeds`, so embed fusion and
+the prompt splicing stay in torch exactly as they are.
+
+One edit follows (`_gather_logits`): the builder's graph computes the head for every position of
+every row (`[B, S, V]` logits: 200 MB of float32 and ~20 % of the work for one 1,024-token prefill
+chunk). A `logits_index` input picks the positions whose logits are wanted (flat indices into
+`B x S`): the head runs on those only and `logits` is `[K, V]`.
+
+The result is a directory (model.onnx + model.onnx.data + genai_config.json) written to a temporary
+directory and renamed into place, with a JSON sidecar naming the SHA-256 of every file, like the
+other prepared weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from modalities import paths
+from modalities.paths import sha256_file
+
+__all__ = [
+    "LOGITS_INDEX",
+    "ONNX_FILES",
+    "export_onnx",
+    "is_complete",
+    "packaged_onnx_dir",
+    "prepare_onnx_for",
+    "prepare_onnx_llm",
+    "verify_onnx_dir",
+]
+
+SIDECAR = "chorus-onnx.json"
+ONNX_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
+LOGITS_INDEX = "logits_index"
+PRECISIONS = ("int4", "fp32")
+BUILDER_TIMEOUT_S = 900
+
+
+def packaged_onnx_dir(precision: str = "int4") -> Path:
+    return paths.models_dir() / f"{paths.PACKAGED_LLM_NAME}-onnx-{precision}"
+
+
+def is_complete(model_dir: Path) -> bool:
+    """Complete when the sidecar exists and every file it names exists."""
+    try:
+        record = json.loads((Path(model_dir) / SIDECAR).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    files = record.get("files_sha256", {})
+    return bool(files) and all((Path(model_dir) / name).is_file() for name in files)
+
+
+def verify_onnx_dir(model_dir: Path) -> bool:
+    """Recompute every file's SHA-256 and compare it with the sidecar."""
+    if not is_complete(model_dir):
+        return False
+    record = json.loads((Path(model_dir) / SIDECAR).read_text())
+    return all(sha256_file(Path(model_dir) / name) == digest for name, digest in record["files_sha256"].items())
+
+
+def export_onnx(hf_dir: Path, out_dir: Path, precision: str = "int4") -> dict:
+    """Build the ONNX model of the transformers directory `hf_dir` into `out_dir` (which must not
+    exist); returns the sidecar record (also written into `out_dir`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True)
+    command = [
+        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", "cpu",
+        "--extra_options", "exclude_embeds=true",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=BUILDER_TIMEOUT_S, check=False)
+    if done.returncode != 0 or not (out_dir / "model.onnx").is_file():
+        raise RuntimeError(f"ONNX export of {hf_dir} failed ({done.returncode}): {done.stderr[-2000:]}")
+    _gather_logits(out_dir / "model.onnx")
+    record = {
+        "source": str(hf_dir),
+        "precision": precision,
+        "builder": _version("onnxruntime-genai"),
+        "onnxruntime": _version("onnxruntime"),
+        "export_seconds": round(time.perf_counter() - started, 1),
+        "files_sha256": {name: sha256_file(out_dir / name) for name in ONNX_FILES},
+    }
+    (out_dir / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")  # last: is_complete checks it
+    return record
+
+
+def prepare_onnx_llm(force: bool = False) -> Path:
+    """The packaged model's int4 export (made now from the prepared model if absent); idempotent."""
+    from modalities.llm.weights import prepare_llm
+
+    return _prepare(prepare_llm(), packaged_onnx_dir(), force=force)
+
+
+def prepare_onnx_for(hf_dir: Path, force: bool = False) -> Path:
+    """The int4 export of a local transformers directory: the packaged one's, or one made on first use
+    under the cache (named by the directory's path and its config's hash)."""
+    hf_dir = Path(hf_dir).resolve()
+    if hf_dir == paths.packaged_llm_dir().resolve():
+        return _prepare(hf_dir, packaged_onnx_dir(), force=force)
+    digest = hashlib.sha256(str(hf_dir).encode() + sha256_file(hf_dir / "config.json").encode()).hexdigest()[:16]
+    return _prepare(hf_dir, paths.models_dir() / f"onnx-int4-{hf_dir.name}-{digest}", force=force)
+
+
+def _prepare(hf_dir: Path, target: Path, precision: str = "int4", force: bool = False) -> Path:
+    if is_complete(target) and not force:
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        staged = tmp / "model"
+        export_onnx(hf_dir, staged, precision)
+        staged.chmod(0o755)
+        if target.exists():
+            if is_complete(target) and not force:
+                return target  # a concurrent preparer finished first
+            stale = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not is_complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _gather_logits(model_path: Path) -> None:
+    """Add the `logits_index` input: the head runs on `reshape(hidden, [-1, H])[logits_index]` only."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path), load_external_data=False)  # weights stay in model.onnx.data
+    graph = model.graph
+    output = next(o for o in graph.output if o.name == "logits")
+    head = next(n for n in graph.node if "logits" in n.output or n.name.startswith("/lm_head/"))
+    if head.output[0] != "logits":
+        raise RuntimeError(f"unexpected graph: the head node {head.name} does not write 'logits' directly")
+    hidden = head.input[0]
+    hidden_size = _input_width(graph, hidden)
+    shape = helper.make_tensor("/chorus/logits_index/shape", TensorProto.INT64, [2], [-1, hidden_size])
+    graph.initializer.append(shape)
+    flat, picked = "/chorus/logits_index/flat", "/chorus/logits_index/picked"
+    nodes = [
+        helper.make_node("Reshape", [hidden, shape.name], [flat], name="/chorus/logits_index/Reshape"),
+        helper.make_node("Gather", [flat, LOGITS_INDEX], [picked], name="/chorus/logits_index/Gather", axis=0),
+    ]
+    position = list(graph.node).index(head)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    head.input[0] = picked
+    graph.input.append(helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["num_logits"]))
+    vocab = output.type.tensor_type.shape.dim[-1].dim_value
+    graph.output.remove(output)
+    graph.output.append(helper.make_tensor_value_info("logits", output.type.tensor_type.elem_type, ["num_logits", vocab]))
+    onnx.save(model, str(model_path))
+
+
+def _input_width(graph, name: str) -> int:
+    """The hidden size feeding the head, from `inputs_embeds`' last dimension (the residual width)."""
+    embeds = next(i for i in graph.input if i.name == "inputs_embeds")
+    width = embeds.type.tensor_type.shape.dim[-1].dim_value
+    if width <= 0:
+        raise RuntimeError(f"cannot tell the hidden size feeding {name}")
+    return width
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
