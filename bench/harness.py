@@ -4,7 +4,8 @@
 
 Sections (in run order): decode (ours vs llama.cpp), bandwidth (decode vs the memory-bandwidth
 bound), quant (none/int8/int4 vs fp32), service (HTTP API vs the engine directly), concurrency
-(1-8 streams), encoders (Whisper window, CLIP batching, feature cache). A section that fails is
+(1-8 streams), encoders (Whisper window, CLIP batching, feature cache), engines (Performance II: llama.cpp,
+the torch and ONNX Runtime engines and the API stream in one table; bench/engines.py). A section that fails is
 reported as not measured with its error; the others still run.
 """
 
@@ -28,6 +29,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "report"
 
 def _sections() -> dict[str, Callable[[BenchContext], None]]:
     from bench.encoders import section_encoders
+    from bench.engines import section_engines
     from bench.llm_sections import section_bandwidth, section_concurrency, section_decode, section_quant
     from bench.service import section_service
 
@@ -38,10 +40,11 @@ def _sections() -> dict[str, Callable[[BenchContext], None]]:
         "service": section_service,
         "concurrency": section_concurrency,
         "encoders": section_encoders,
+        "engines": section_engines,
     }
 
 
-SECTION_NAMES = ("decode", "bandwidth", "quant", "service", "concurrency", "encoders")
+SECTION_NAMES = ("decode", "bandwidth", "quant", "service", "concurrency", "encoders", "engines")
 
 
 def parse_only(value: str | None) -> list[str]:

@@ -14,21 +14,22 @@ import time
 
 import numpy as np
 
-LLAMA_CPP_CONTEXT = 512
+LLAMA_CPP_CONTEXT = 1024  # the prefill figure's 540-token prompt and its answer fit
 NOT_INSTALLED = "llama.cpp not installed: pip install -e '.[bench]'"
 
 
 class LlamaCppDecoder:
     """llama-cpp-python on the Q4_1 GGUF the packaged weights come from, fed our token ids."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, flash_attn: bool = False) -> None:
         from llama_cpp import Llama
 
         from modalities.llm.weights import packaged_gguf_path
 
         self.path = packaged_gguf_path()
         self.llm = Llama(
-            model_path=str(self.path), n_threads=threads, n_threads_batch=threads, n_ctx=LLAMA_CPP_CONTEXT, verbose=False
+            model_path=str(self.path), n_threads=threads, n_threads_batch=threads, n_ctx=LLAMA_CPP_CONTEXT,
+            flash_attn=flash_attn, verbose=False,
         )
 
     def stamps(self, ids: list[int], new_tokens: int) -> tuple[list[float], list[int]]:

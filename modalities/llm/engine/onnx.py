@@ -108,6 +108,20 @@ class OnnxForward:
         index = torch.arange(batch, dtype=torch.int64)
         return self._run(embeds, mask, index, cache, 0, batch)
 
+    def score(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Logits at every position of one prompt `[1, L, H]` (`[L, V]`), in a scratch cache: what
+        teacher-forced agreement and log-probabilities of a given answer need."""
+        length = embeds.shape[1]
+        cache = SlotCache(
+            self.num_layers, self.num_kv_heads, self.head_dim, max_rows=1, max_length=length,
+            dtype=self.dtype, device=self.device, min_capacity=length,
+        )  # fmt: skip
+        cache.reserve(1, length)
+        mask = torch.ones(1, length, dtype=torch.int64)
+        index = torch.arange(length, dtype=torch.int64)
+        with torch.no_grad():
+            return self._run(embeds.to(self.dtype).contiguous(), mask, index, cache, 0, 1).clone()
+
     def _run_fresh(self, prompts: list[torch.Tensor], cache: SlotCache, first_row: int) -> torch.Tensor:
         lengths = [p.shape[1] for p in prompts]
         longest = max(lengths)
