@@ -138,6 +138,21 @@ def _peak_rss_mb(engine: dict) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def _decoder_replica_rss_mb() -> float | None:
+    """RSS of this process's Serve app's decoder replica (the largest process under its title)."""
+    import psutil
+
+    sizes = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = proc.cmdline()[0] if proc.cmdline() else ""
+            if "ServeReplica:chorus:LLMDecoder" in title:
+                sizes.append(proc.memory_info().rss / 2**20)
+        except psutil.Error:
+            continue
+    return max(sizes, default=None)
+
+
 def _api(fp32, ids_text: str, new_tokens: int, repeats: int) -> dict:
     """The served default over HTTP: decode rate, long-prompt TTFT, 8 streams, the decoder replica's RSS."""
     from bench.service import decoder_threads, start_service, stop_service
@@ -184,9 +199,7 @@ def _api(fp32, ids_text: str, new_tokens: int, repeats: int) -> dict:
             for thread in threads:
                 thread.join()
             out["streams"].append(sum(counts) / (time.perf_counter() - begin))
-        from tests.integration.test_replica_memory import replica_rss_mb
-
-        out["decoder_rss_mb"] = replica_rss_mb().get("LLMDecoder")
+        out["decoder_rss_mb"] = _decoder_replica_rss_mb()
     finally:
         client.close()
         stop_service()
@@ -251,6 +264,7 @@ def section_engines(ctx: BenchContext) -> None:  # noqa: C901 - one table, built
         if llamas:
             rss[name] = _peak_rss_mb({"kind": "llama.cpp", "threads": opts.threads, "flash_attn": flash})
 
+    ctx.log(f"[engines] direct: decode {decode}, prefill {prefill}, streams {streams}, agreement {agreement}, rss {rss}")
     torch.set_num_threads(opts.threads)
     api = _api(fp32, PROMPT[0]["content"], new_tokens, repeats)
     decode[API], prefill[API], streams[API] = api["decode"], api["prefill"], api["streams"]

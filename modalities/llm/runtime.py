@@ -117,6 +117,11 @@ class EventStream(Iterator[TokenEvent]):
             if close is not None:
                 close()
 
+    def ready(self) -> bool:
+        """Whether the next token is already decoded (`next()` returns without waiting for the engine).
+        The eager loop computes on demand: never."""
+        return isinstance(self.tokens, TokenStream) and self.tokens.ready()
+
     @property
     def released(self) -> bool:
         """Whether the decode loop has let go of the sequence (a cancelled one: after its next chunk or step)."""

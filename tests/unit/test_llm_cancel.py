@@ -20,6 +20,7 @@ from modalities.heap import trim_heap
 from modalities.llm import EagerDecodeLoop, LLMRuntime, SamplingParams
 from modalities.llm.engine import BatchedEngine, EngineStats, SlotCache
 from modalities.llm.engine import batched as llm_engine
+from serve.deployments import llm as llm_deployment
 from serve.deployments.contracts import DecodeRequest
 from serve.deployments.llm import LLMDecoder
 from tests.helpers.tokenizer import tiny_chat_tokenizer
@@ -377,8 +378,30 @@ def test_a_dropped_generate_leaves_the_engine_queue_without_waiting_for_its_next
         return [event async for event in decoder.generate(decode_request("hi", 5))]
 
     events = asyncio.run(complete())
-    assert len(events) == 5 and events[-1].finish_reason == "length"
+    # tokens decoded while the consumer was away travel together: 5 tokens in at most 5 events
+    assert 1 <= len(events) <= 5 and events[-1].finish_reason == "length" and events[-1].completion_tokens == 5
     assert decoder.info()["active_streams"] == 0
+
+
+def test_tokens_already_decoded_leave_in_one_event(chat_tokenizer, make_engine):
+    """The consumer fell behind: every token queued by then goes in one event (up to the cap), in
+    order, with the same text, and the count and finish reason of the last."""
+    chat_model = build_model(chat_tokenizer)
+    engine = make_engine(chat_model)
+    runtime = LLMRuntime(chat_model, chat_tokenizer, decode_loop=engine)
+    ids = runtime.chat_template([{"role": "user", "content": "hello"}])
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    expected = runtime.generate(input_ids=ids, params=params)
+    stream = runtime.stream(input_ids=ids, params=params)
+    for _ in range(int(WAIT_S / 0.01)):  # the engine decodes all 6 while nobody reads
+        if stream.released:
+            break
+        threading.Event().wait(0.01)
+    events = llm_deployment._next_events(stream, object())
+    assert len(events) == 6 and events[-1].finish_reason == "length"
+    assert "".join(e.text for e in events) == expected.text
+    assert [e.token_id for e in events] == expected.token_ids
+    assert llm_deployment._next_events(stream, object()) == []
 
 
 def test_active_streams_count_a_cancelled_stream_until_the_engine_lets_go(chat_tokenizer, make_engine):

@@ -31,8 +31,10 @@ and future request raises. Iterators never wait on a thread that is gone.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,6 +159,9 @@ class BatchedEngine:
         self._cancelled = 0
         self._prompt_tokens = 0
         self._prefix_hit_tokens = 0
+        # A live engine thread at interpreter exit can abort the process (ONNX Runtime's teardown
+        # then finds it mid-wait: "terminate called without an active exception"): stop it first.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     # --- DecodeLoop ----------------------------------------------------------------------------
 
@@ -477,6 +482,12 @@ class BatchedEngine:
         )
         if self.cache.shrink(rows, length):
             self._trim = True
+
+
+def _close_at_exit(engine_ref: weakref.ref) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.close(timeout=5.0)
 
 
 def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int]:

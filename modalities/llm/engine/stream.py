@@ -126,6 +126,10 @@ class TokenStream(Iterator[int]):
             raise EngineError(f"decoding failed: {item}") from item
         return item
 
+    def ready(self) -> bool:
+        """Whether `next()` would return without waiting (a token or the stream's end is queued)."""
+        return not self._closed and not self._request.out.empty()
+
     @property
     def released(self) -> bool:
         """Whether the engine has let go of the request (a cancelled one holds its row until its next step)."""

@@ -304,14 +304,25 @@ class Int8BlockEmbedding(nn.Module):
     looked-up rows come back as float32. Exact for tables that were int8 blocks already (GGUF Q8_0):
     the block's absmax is then 127 steps, so its scale and every value are recovered."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, *, parts: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """From a float table, or from `parts`: (qweight, scales) as `quantize_rows` returns them for
+        every row (a table read and quantized a slice at a time never exists whole in float)."""
         super().__init__()
-        self.num_embeddings, self.embedding_dim = weight.shape
-        block = EMBEDDING_BLOCK if self.embedding_dim % EMBEDDING_BLOCK == 0 else self.embedding_dim
-        blocks = weight.detach().float().view(self.num_embeddings, -1, block)
+        if (weight is None) == (parts is None):
+            raise ValueError("pass a float weight or its quantized parts")
+        qweight, scales = parts if parts is not None else self.quantize_rows(weight)
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+
+    @staticmethod
+    def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `[N, D]` → int8 `[N, D]` and float32 scales `[N, D / block]`."""
+        rows, width = weight.shape
+        block = EMBEDDING_BLOCK if width % EMBEDDING_BLOCK == 0 else width
+        blocks = weight.detach().float().view(rows, -1, block)
         scales = (blocks.abs().amax(dim=-1, keepdim=True) / WEIGHT_LEVELS).clamp_min(RANGE_FLOOR / WEIGHT_LEVELS)
-        self.register_buffer("qweight", (blocks / scales).round().to(torch.int8).view(self.num_embeddings, -1))
-        self.register_buffer("scales", scales.squeeze(-1))
+        return (blocks / scales).round().to(torch.int8).view(rows, -1), scales.squeeze(-1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.qweight[ids].view(*ids.shape, self.scales.shape[-1], -1).float()
