@@ -16,8 +16,8 @@ figures are medians.
 - greedy agreement with fp32 (torch, unquantized): per position of fp32's greedy answers, fed
   fp32's tokens (teacher-forced); llama.cpp (no logits for a forced sequence through this API):
   free-running, its own tokens compared with fp32's;
-- peak RSS: a fresh process that loads the engine and answers one prompt (the service: the decoder
-  replica's RSS after the run).
+- peak RSS: a fresh process that loads the engine and answers one prompt (its VmHWM; the service:
+  the decoder replica's RSS after the run).
 """
 
 from __future__ import annotations
@@ -113,12 +113,13 @@ def _onnx_teacher_forced(runtime, prompts: list[list[int]], references: list[lis
     return 100.0 * agree / total
 
 
+# Peak RSS from the kernel's high-water mark of this process's memory (VmHWM): ru_maxrss would
+# carry the parent's peak over the exec.
 _RSS_SCRIPT = """
-import json, resource, sys
+import json, sys
 engine = json.loads(sys.argv[1])
 if engine["kind"] == "llama.cpp":
     from bench.llama_cpp_ref import LlamaCppDecoder
-    from modalities.llm import LLMConfig, LLMRuntime
     decoder = LlamaCppDecoder(engine["threads"], flash_attn=engine["flash_attn"])
     decoder.stamps(list(range(1, 47)), 32)
 else:
@@ -127,7 +128,8 @@ else:
                                                threads=engine["threads"]))
     runtime.generate(input_ids=runtime.chat_template([{"role": "user", "content": "Hi"}]),
                      params=SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024, "rss_mb": int(status["VmRSS"].split()[0]) / 1024}))
 """
 
 

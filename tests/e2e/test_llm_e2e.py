@@ -121,7 +121,10 @@ def test_onnx_export_is_prepared_idempotent_and_hashed():
 
 
 def test_onnx_engine_answers_and_streams_what_it_generates(onnx_runtime):
-    completion = onnx_runtime.generate(input_ids=onnx_runtime.chat_template(QUESTION), params=GREEDY)
+    # Not QUESTION: fp32's first answer token to it is a near-tie ("The" 25.33 vs "L" 25.24), which
+    # int8 activations can tip either way; asked like this, the answer is clear.
+    question = [{"role": "user", "content": "Name the capital of France."}]
+    completion = onnx_runtime.generate(input_ids=onnx_runtime.chat_template(question), params=GREEDY)
     assert "Paris" in completion.text
     ids = onnx_runtime.chat_template([{"role": "user", "content": "Write one sentence about the sea."}])
     events = list(onnx_runtime.stream(input_ids=ids, params=GREEDY))
@@ -144,10 +147,10 @@ def test_onnx_engine_follows_fp32_greedy_answers(fp32, onnx_runtime):
 
 
 def test_onnx_engine_keeps_only_the_embedding_in_torch(fp32, onnx_runtime):
-    """The ONNX replica holds the int4 export and an int8-block embedding (exactly the packaged
+    """The ONNX replica holds the export (int4 body, int8 head) and an int8-block embedding (exactly the packaged
     Q8_0 table), not the 538 MB float model."""
     import torch
 
     table = onnx_runtime.model.get_input_embeddings()
     assert torch.equal(table.dequantized(), fp32.model.get_input_embeddings().weight)
-    assert onnx_runtime.weight_bytes() < 0.25 * fp32.weight_bytes()
+    assert onnx_runtime.weight_bytes() < 0.3 * fp32.weight_bytes()  # int4 body, int8 head and embedding: 0.27x

@@ -187,3 +187,60 @@ def test_runtime_with_the_onnx_engine_exports_int4_and_keeps_only_the_embedding(
 def test_onnx_engine_refuses_settings_it_would_ignore(changes, named):
     with pytest.raises(ValueError, match=f"llm.engine 'onnx' does not take {named}"):
         LLMConfig(engine="onnx", **{"quantization": "int4", **changes})
+
+
+# --- int4 blocks with exact offsets ----------------------------------------------------------------
+
+
+def q4_1_grid(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Weights as GGUF Q4_1 stores them: per block of 32, d * q + m with q in 0..15 (both ends used)."""
+    rows, width = weight.shape
+    codes = torch.randint(0, 16, (rows, width // 32, 32), generator=generator)
+    codes[..., 0], codes[..., 1] = 0, 15
+    scale = torch.rand(rows, width // 32, 1, generator=generator) * 0.05 + 0.005
+    low = (torch.rand(rows, width // 32, 1, generator=generator) - 0.7) * 0.4
+    return (codes * scale + low).view(rows, width)
+
+
+def test_int4_blocks_reproduce_q4_1_weights_exactly():
+    from modalities.llm.onnx_export import _int4_blocks, _int8_blocks
+
+    generator = torch.Generator().manual_seed(5)
+    weight = q4_1_grid(torch.empty(48, 96), generator).numpy()
+    packed, scales, offsets = _int4_blocks(weight)
+    codes = torch.stack([torch.from_numpy(packed & 0x0F), torch.from_numpy(packed >> 4)], dim=-1).view(48, 3, 32)
+    rebuilt = (codes.float() - 8) * torch.from_numpy(scales)[..., None] + torch.from_numpy(offsets)[..., None]
+    torch.testing.assert_close(rebuilt.view(48, 96), torch.from_numpy(weight), atol=1e-6, rtol=0)
+    q8_codes = torch.randint(-127, 128, (10, 2, 32), generator=generator)
+    q8_codes[..., 0] = 127  # Q8_0: each block's largest magnitude is 127 steps
+    q8 = (q8_codes.float() * 0.01).view(10, 64).numpy()
+    codes8, scales8 = _int8_blocks(q8)
+    rebuilt8 = (torch.from_numpy(codes8).float() - 128) * torch.from_numpy(scales8)[..., None]
+    torch.testing.assert_close(rebuilt8.view(10, 64), torch.from_numpy(q8), atol=1e-6, rtol=0)
+
+
+def test_int4_export_of_q4_1_weights_follows_the_float_model(tmp_path_factory, tokenizer):
+    """A model whose linears are Q4_1 blocks and whose embedding is Q8_0 (the packaged checkpoint's
+    layout) keeps its float model's logits through the int4 export: only the kernel's int8
+    activations differ. (The builder's own symmetric int4 re-rounds every weight.)"""
+    model = lively_model(tokenizer)
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "embed_tokens" not in name:
+                parameter.copy_(q4_1_grid(parameter, generator) * parameter.abs().mean() / 0.1)
+        table = model.get_input_embeddings().weight
+        step = (table.abs().view(table.shape[0], -1, 32).amax(-1, keepdim=True) / 127).clamp_min(1e-6)  # a padding row is 0
+        table.copy_(((table.view(table.shape[0], -1, 32) / step).round() * step).view_as(table))
+    source = tmp_path_factory.mktemp("q4_1-llama")
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out = tmp_path_factory.mktemp("onnx") / "int4"
+    export_onnx(source, out, "int4")
+    forward = OnnxForward(out, model.get_input_embeddings(), threads=1)
+    ids = torch.randint(0, VOCAB_SIZE, (1, 40), generator=generator)
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits[0]
+        got = forward.score(model.get_input_embeddings()(ids))
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.95
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=-1).min() > 0.999

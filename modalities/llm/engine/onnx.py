@@ -165,7 +165,7 @@ class OnnxForward:
         """An I/O binding with rows `first..first+count-1` of every layer's K and V bound as past and
         present; kept while the cache's tensors and the rows stay the same (a decode step usually
         only rebinds its three small inputs and the logits)."""
-        key = (id(cache), cache.version, first, count)
+        key = (cache.version, first, count)  # versions are unique across caches: no stale memory
         if self._binding is not None and self._binding_key == key:
             return self._binding
         binding = self.session.io_binding()

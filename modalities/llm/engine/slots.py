@@ -9,10 +9,13 @@ it or less (a long prompt has left), and releases it when it goes idle.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 __all__ = ["MIN_CAPACITY", "SlotCache"]
 
+_VERSIONS = itertools.count(1)
 MIN_CAPACITY = 256  # first cache length per row; doubled as sequences grow (never the full context upfront)
 
 
@@ -39,7 +42,9 @@ class SlotCache:
         self.values: list[torch.Tensor] = []
         self.rows = 0
         self.capacity = 0
-        self.version = 0  # bumped whenever the K/V tensors are replaced (bindings to their memory go stale)
+        # Changes whenever the K/V tensors are replaced, to a number no cache in this process has had:
+        # (version, row range) names the memory an I/O binding points at (onnx.OnnxForward).
+        self.version = next(_VERSIONS)
 
     def reserve(self, rows: int, length: int) -> None:
         """Make room for `rows` rows of `length` positions each (existing contents kept)."""
@@ -63,7 +68,7 @@ class SlotCache:
                 else:
                     store.append(fresh)
         self.rows, self.capacity = new_rows, new_capacity
-        self.version += 1
+        self.version = next(_VERSIONS)
 
     def nbytes(self) -> int:
         return sum(t.nelement() * t.element_size() for store in (self.keys, self.values) for t in store)
@@ -87,7 +92,7 @@ class SlotCache:
                 fresh[:rows, :, :length] = tensor[:rows, :, :length]
                 store[index] = fresh  # the old tensor goes now, layer by layer: no second full copy
         self.rows, self.capacity = new_rows, new_capacity
-        self.version += 1
+        self.version = next(_VERSIONS)
         return True
 
     def move(self, source: int, target: int, length: int) -> None:
@@ -112,7 +117,7 @@ class SlotCache:
     def release(self) -> None:
         self.keys, self.values = [], []
         self.rows = self.capacity = 0
-        self.version += 1
+        self.version = next(_VERSIONS)
 
 
 def _grow(current: int, needed: int, limit: int, start: int) -> int:
