@@ -163,7 +163,12 @@ def _read_mono_capped(data: bytes, source_rate: int, max_source_frames: int, lim
             pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None:
         pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, dtype=np.float32)
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    audio = np.concatenate(pieces).astype(np.float32, copy=False)
+    # The resampler rings past full scale on clipped, square-ish input (a mutated MP3 reached 2.03):
+    # back to the playback range Whisper's features assume.
+    return np.clip(audio, -1.0, 1.0, out=audio)
 
 
 def resample(audio: np.ndarray, source_rate: int) -> np.ndarray:
