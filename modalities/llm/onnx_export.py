@@ -176,10 +176,14 @@ def _gather_logits(model_path: Path) -> None:
     onnx.save(model, str(model_path))
 
 
-_WEIGHT = re.compile(r"^(?:model\.layers\.(\d+)\.(attn|mlp)\.(qkv_proj|o_proj|gate_proj|up_proj|down_proj)|(lm_head))\.MatMul\.weight_Q4$")
+_WEIGHT = re.compile(
+    r"^(?:model\.layers\.(\d+)\.(attn|mlp)\.(qkv_proj|o_proj|gate_up_proj|gate_proj|up_proj|down_proj)|(lm_head))"
+    r"\.MatMul\.weight_Q4$"
+)
 _HF_NAMES = {
     "qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "o_proj": ("self_attn.o_proj",),
+    "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
     "gate_proj": ("mlp.gate_proj",),
     "up_proj": ("mlp.up_proj",),
     "down_proj": ("mlp.down_proj",),
@@ -210,6 +214,7 @@ def _requantize_blocks(out_dir: Path, hf_dir: Path) -> None:
     model_path = out_dir / "model.onnx"
     model = onnx.load(str(model_path))  # with its weights: they are rewritten
     graph = model.graph
+    _fuse_gate_up(graph)
     initializers = {init.name: init for init in graph.initializer}
     weights: dict[str, np.ndarray] = {}
     for path in sorted(hf_dir.glob("*.safetensors")):
@@ -269,6 +274,50 @@ def _requantize_blocks(out_dir: Path, hf_dir: Path) -> None:
     onnx.save(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=data.name, size_threshold=1024)
     data.chmod(0o644)  # onnx writes it owner-only; replicas of other users read it
+
+
+def _fuse_gate_up(graph) -> None:
+    """Each layer's gate and up projections (same input) as one `MatMulNBits` followed by a Split into
+    the two outputs the MLP reads: one kernel call and, after `_requantize_blocks`, one offset term
+    instead of two each (~0.6 ms of a ~13 ms 1-row step on SmolLM2-135M)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    nodes = list(graph.node)
+    initializers = {init.name: init for init in graph.initializer}
+    by_weight = {n.input[1]: n for n in nodes if n.op_type == "MatMulNBits"}
+    for gate_weight, gate in list(by_weight.items()):
+        match = _WEIGHT.match(gate_weight)
+        if match is None or match.group(3) != "gate_proj":
+            continue
+        up = by_weight.get(gate_weight.replace("gate_proj", "up_proj"))
+        if up is None or up.input[0] != gate.input[0] or len(gate.input) > 3 or len(up.input) > 3:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in gate.attribute}
+        width = attrs["N"]
+        if {a.name: helper.get_attribute_value(a) for a in up.attribute} != attrs:
+            continue  # not the same shape and quantization: leave them apart
+        stem = gate.name.replace("gate_proj", "gate_up_proj").rsplit("/", 1)[0]
+        names = [gate_weight.replace("gate_proj", "gate_up_proj"), gate.input[2].replace("gate_proj", "gate_up_proj")]
+        for name, index in zip(names, (1, 2)):
+            parts = [numpy_helper.to_array(initializers[n.input[index]]) for n in (gate, up)]
+            graph.initializer.append(numpy_helper.from_array(np.concatenate(parts), name))
+            for n in (gate, up):
+                graph.initializer.remove(initializers[n.input[index]])
+        fused_out = f"{stem}/MatMul/output_0"
+        fused = helper.make_node(
+            "MatMulNBits", [gate.input[0], *names], [fused_out], name=f"{stem}/MatMul_Q4", domain=gate.domain,
+            **{**attrs, "N": 2 * width},
+        )
+        split_sizes = numpy_helper.from_array(np.array([width, width], dtype=np.int64), f"{stem}/split_sizes")
+        graph.initializer.append(split_sizes)
+        split = helper.make_node("Split", [fused_out, split_sizes.name], [gate.output[0], up.output[0]],
+                                 name=f"{stem}/Split", axis=-1)
+        position = list(graph.node).index(gate)
+        graph.node.remove(gate)
+        graph.node.remove(up)
+        graph.node.insert(position, fused)
+        graph.node.insert(position + 1, split)
 
 
 def _int4_blocks(weight):

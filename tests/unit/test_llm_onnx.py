@@ -237,6 +237,10 @@ def test_int4_export_of_q4_1_weights_follows_the_float_model(tmp_path_factory, t
     tokenizer.save_pretrained(source)
     out = tmp_path_factory.mktemp("onnx") / "int4"
     export_onnx(source, out, "int4")
+    nodes = onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node
+    weights = [n.input[1] for n in nodes if n.op_type == "MatMulNBits"]
+    assert sum("gate_up_proj" in w for w in weights) == 2 and not any(".gate_proj." in w for w in weights)
+    assert sum(n.op_type == "MatMul" for n in nodes) == 2 * 4  # one offset term per projection, per layer
     forward = OnnxForward(out, model.get_input_embeddings(), threads=1)
     ids = torch.randint(0, VOCAB_SIZE, (1, 40), generator=generator)
     with torch.inference_mode():
