@@ -142,10 +142,12 @@ class LLMDecoder:
         # does not go through it: a `next()` may be blocked there for a long prefill (or a queue).
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         loop = asyncio.get_running_loop()
+        interval = self.config.llm.stream_interval
         self._open_stream(stream)
         try:
             while True:
-                events = await loop.run_in_executor(executor, _next_events, stream, sentinel)
+                wanted = 1 if completion_tokens == 0 else interval  # the first token never waits for a second
+                events = await loop.run_in_executor(executor, _next_events, stream, sentinel, wanted)
                 if not events:
                     return
                 first_token_s = time.perf_counter() - received if completion_tokens == 0 else None
@@ -205,19 +207,19 @@ class LLMDecoder:
 MAX_TOKENS_PER_EVENT = 16
 
 
-def _next_events(stream: EventStream, sentinel: object) -> list:
-    """The next token event (waiting for it), plus those already decoded behind it; [] at the end.
+def _next_events(stream: EventStream, sentinel: object, at_least: int = 1) -> list:
+    """The next `at_least` token events (waiting for them; fewer if the stream ends), plus those
+    already decoded behind them, up to MAX_TOKENS_PER_EVENT; [] at the end.
 
     One event per token costs a thread hop, a loop wake-up and a Ray streaming item each, on the CPU
     the engine decodes on: when tokens are queued (the consumer is behind), they go together.
     """
-    event = next(stream, sentinel)
-    if event is sentinel:
-        return []
-    events = [event]
-    while event.finish_reason is None and len(events) < MAX_TOKENS_PER_EVENT and stream.ready():
+    events: list = []
+    while len(events) < MAX_TOKENS_PER_EVENT and (len(events) < at_least or stream.ready()):
         event = next(stream, sentinel)
         if event is sentinel:
             break
         events.append(event)
+        if event.finish_reason is not None:
+            break
     return events

@@ -29,7 +29,8 @@ def test_config() -> dict:
         "served_model_name": "chorus",
         # the served default's engine (deploy/local.yaml); 24 decode slots: the disconnect test holds 20
         # streams in flight at once
-        "llm": {"model": "packaged", "engine": "onnx", "quantization": "int4", "threads": 1, "max_batch": 24},
+        "llm": {"model": "packaged", "engine": "onnx", "quantization": "int4", "threads": 1, "max_batch": 24,
+                "stream_interval": 2},
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
         # the shipped audio projector; the tiny CLIP gets an untrained one, explicitly allowed

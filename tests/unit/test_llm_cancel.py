@@ -427,3 +427,23 @@ def test_active_streams_count_a_cancelled_stream_until_the_engine_lets_go(chat_t
     assert len(list(engine.run(runtime.embed(ids).unsqueeze(0), GREEDY, 2, NO_EOS))) == 2
     info = decoder.info()
     assert (info["active_streams"], info["engine_stats"]["running"], info["engine_stats"]["cancelled"]) == (0, 0, 1)
+
+
+def test_stream_interval_sends_the_first_token_alone_then_groups(chat_tokenizer, make_engine):
+    """`llm.stream_interval: 3`: the first token leaves at once (TTFT), then events of at least 3
+    tokens (the last may be shorter), and the text is the same as token by token."""
+    chat_model = build_model(chat_tokenizer)
+    engine = make_engine(chat_model)
+    runtime = LLMRuntime(chat_model, chat_tokenizer, decode_loop=engine)
+    decoder = LLMDecoder({"llm": {"threads": 1, "stream_interval": 3}}, runtime_factory=lambda _config: runtime)
+    one_by_one = LLMDecoder({"llm": {"threads": 1}}, runtime_factory=lambda _config: runtime)
+
+    async def collect(deployment) -> list:
+        return [event async for event in deployment.generate(decode_request("hello", 8))]
+
+    grouped, single = asyncio.run(collect(decoder)), asyncio.run(collect(one_by_one))
+    counts = [event.completion_tokens for event in grouped]
+    assert counts[0] == 1 and counts[-1] == 8 and grouped[-1].finish_reason == "length"
+    assert all(later - earlier >= 3 for earlier, later in zip(counts, counts[1:-1]))
+    assert len(grouped) <= 1 + -(-7 // 3)
+    assert "".join(e.text for e in grouped) == "".join(e.text for e in single)
