@@ -22,12 +22,18 @@ ENGINE_FIELD = "engine"
 REFERENCE_ENGINE = "eager"
 
 
+# The ONNX engine runs only its own int4 export: it has its section (`engines`, bench/engines.py) and
+# stays out of the sections that sweep every engine through fp32 and torch's quantization modes.
+OWN_SECTION_ENGINES = ("onnx",)
+
+
 def available_engines() -> list[str | None]:
-    """Engines `LLMConfig` knows, reference first; [None] when the config has no engine choice."""
+    """Torch engines `LLMConfig` knows, reference first; [None] when the config has no engine choice."""
     field_info = LLMConfig.model_fields.get(ENGINE_FIELD)
     if field_info is None:
         return [None]
     choices = list(getattr(field_info.annotation, "__args__", ()) or [field_info.default])
+    choices = [engine for engine in choices if engine not in OWN_SECTION_ENGINES]
     return sorted(choices, key=lambda engine: engine != REFERENCE_ENGINE)
 
 
