@@ -35,6 +35,7 @@ import torch
 from bench.context import BenchContext, decode_rate, greedy, median_of, new_question, stream_stamps
 from bench.llama_cpp_ref import NOT_INSTALLED, LlamaCppBatch, LlamaCppDecoder
 from bench.llm_sections import AGREEMENT_PROMPTS, AGREEMENT_TOKENS, _answer, _teacher_forced_agreement
+from bench.replicas import replica_rss_mb
 from bench.report import Figure, Stat, Target
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +79,14 @@ def _prefill_s(runtime, ids: list[int]) -> float:
     return time.perf_counter() - start
 
 
+def _stream_prompts(runtime) -> list[list[int]]:
+    """8 chat prompts never sent before (new ticket numbers): the prefix cache reuses the system prompt only."""
+    return [runtime.chat_template([{"role": "user", "content": new_question("Where is my parcel?")}]) for _ in range(STREAMS)]
+
+
 def _streams_tok_s(runtime, new_tokens: int) -> float:
     """8 distinct prompts at once: every token / wall time from the first submission to the last token."""
-    prompts = [runtime.chat_template([{"role": "user", "content": new_question("Where is my parcel?")}]) for _ in range(STREAMS)]
+    prompts = _stream_prompts(runtime)
     counts = [0] * STREAMS
     start = time.perf_counter()
     streams = [runtime.stream(input_ids=ids, params=greedy(new_tokens)) for ids in prompts]
@@ -98,8 +104,7 @@ def _streams_tok_s(runtime, new_tokens: int) -> float:
 
 
 def _llama_streams_tok_s(batch: LlamaCppBatch, runtime, new_tokens: int) -> float:
-    prompts = [runtime.chat_template([{"role": "user", "content": new_question("Where is my parcel?")}]) for _ in range(STREAMS)]
-    seconds, tokens = batch.run(prompts, new_tokens)
+    seconds, tokens = batch.run(_stream_prompts(runtime), new_tokens)
     return sum(map(len, tokens)) / seconds
 
 
@@ -138,21 +143,6 @@ def _peak_rss_mb(engine: dict) -> float:
         [sys.executable, "-c", _RSS_SCRIPT, json.dumps(engine)], cwd=REPO, capture_output=True, text=True, timeout=600, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-
-
-def _decoder_replica_rss_mb() -> float | None:
-    """RSS of this process's Serve app's decoder replica (the largest process under its title)."""
-    import psutil
-
-    sizes = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            title = proc.cmdline()[0] if proc.cmdline() else ""
-            if "ServeReplica:chorus:LLMDecoder" in title:
-                sizes.append(proc.memory_info().rss / 2**20)
-        except psutil.Error:
-            continue
-    return max(sizes, default=None)
 
 
 def _api(fp32, ids_text: str, new_tokens: int, repeats: int) -> dict:
@@ -201,7 +191,7 @@ def _api(fp32, ids_text: str, new_tokens: int, repeats: int) -> dict:
             for thread in threads:
                 thread.join()
             out["streams"].append(sum(counts) / (time.perf_counter() - begin))
-        out["decoder_rss_mb"] = _decoder_replica_rss_mb()
+        out["decoder_rss_mb"] = replica_rss_mb().get("LLMDecoder")
     finally:
         client.close()
         stop_service()

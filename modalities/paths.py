@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENV = "CHORUS_CACHE_DIR"
@@ -54,3 +56,21 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def install_prepared(staged: Path, target: Path, is_complete: Callable[[Path], bool], *, force: bool) -> None:
+    """Rename a fully written `staged` directory to `target`, moving a stale or forced-out old one
+    aside first. A concurrent preparer that finished first wins: its complete `target` is kept (the
+    caller removes `staged`)."""
+    if target.exists():
+        if is_complete(target) and not force:
+            return
+        stale = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(staged, target)
+    except OSError:
+        # Lost a race to a concurrent preparer; its directory is as good as ours.
+        if not is_complete(target):
+            raise

@@ -129,17 +129,7 @@ def _prepare(hf_dir: Path, target: Path, precision: str = "int4", force: bool = 
         staged = tmp / "model"
         export_onnx(hf_dir, staged, precision)
         staged.chmod(0o755)
-        if target.exists():
-            if is_complete(target) and not force:
-                return target  # a concurrent preparer finished first
-            stale = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(staged, target)
-        except OSError:
-            if not is_complete(target):
-                raise
+        paths.install_prepared(staged, target, is_complete, force=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -151,24 +150,8 @@ def prepare_llm(force: bool = False) -> Path:
         record["prepare_seconds"] = round(time.perf_counter() - started, 1)
         # The sidecar is written last: its presence is what `is_complete` checks.
         (tmp / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")
-        _install(tmp, target, force=force)
+        paths.install_prepared(tmp, target, is_complete, force=force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _install(tmp: Path, target: Path, *, force: bool) -> None:
-    """Rename `tmp` to `target`, moving a stale or forced-out old directory aside first."""
-    if target.exists():
-        if is_complete(target) and not force:
-            return  # another process finished first
-        stale = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        # Lost a race to a concurrent preparer; its directory is as good as ours.
-        if not is_complete(target):
-            raise

@@ -12,35 +12,17 @@ import concurrent.futures
 import time
 
 import httpx
-import psutil
+
+from bench.replicas import replica_rss_mb
 
 from .conftest import AUTH
 from .test_hardening import wait_until_idle
 from .test_hostile import CHAT_CASES, WAV, audio_part, chat, image_part, png
 
-REPLICA_TITLE = "ServeReplica:chorus:"
-MiB = 2**20
 INGRESS_REST_BAR_MB = 500
 GROWTH_BAR_MB = 100
 LONG_PROMPT_WORDS = 3000
 RELEASE_TIMEOUT_S = 60.0
-
-
-def replica_rss_mb() -> dict[str, float]:
-    """Resident memory per replica of the shared app: this test process started that cluster, so its
-    replicas descend from it (another cluster on the host, e.g. the deploy test's, does not)."""
-    found: dict[str, float] = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            title = proc.cmdline()[0] if proc.cmdline() else ""
-            if REPLICA_TITLE in title:
-                name = title.split(REPLICA_TITLE, 1)[1].split()[0].split(".")[0]  # "Ingress.handle_request"
-                # the largest process of that name: Ray may briefly run a helper process under
-                # the replica's title, which is not the replica's own memory
-                found[name] = max(found.get(name, 0.0), proc.memory_info().rss / MiB)
-        except psutil.Error:  # ended meanwhile
-            continue
-    return found
 
 
 def _long_prompts(serve_url: str) -> None:
