@@ -19,6 +19,7 @@ __all__ = [
     "DType",
     "DecodeEngine",
     "LLMConfig",
+    "SamplingDefaults",
     "Quantization",
     "check_batched_architecture",
 ]
@@ -44,6 +45,17 @@ def check_batched_architecture(model_type: str | None, architectures: Sequence[s
         f"the batched engine supports {', '.join(SUPPORTED_ARCHITECTURES)}; got {got}: set llm.engine to "
         "'eager' or pick a Llama-architecture model"
     )
+
+
+class SamplingDefaults(BaseModel):
+    """What a request that leaves a sampling field out gets (vLLM's --override-generation-config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="None: the model's, else 1.0")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="None: the model's, else 1.0")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="None: 0")
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="None: 0")
 
 
 class LLMConfig(BaseModel):
@@ -98,6 +110,13 @@ class LLMConfig(BaseModel):
         description="tokens per streamed event after the first (vLLM's --stream-interval): 1 sends every token as it "
         "is decoded; N waits for N (fewer at the end), which cuts the per-event cost of the replica-to-ingress "
         "hop and the SSE chunk on a busy CPU. Tokens decoded while the client is behind always travel together",
+    )
+
+    default_sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="served sampling defaults for requests that omit a field; a field left unset here falls back "
+        "to the model directory's generation_config.json (temperature, top_p, as vLLM reads it), then to "
+        "OpenAI's defaults (temperature 1, top_p 1, no penalties)",
     )
 
     @model_validator(mode="after")

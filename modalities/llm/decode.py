@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from modalities.llm.sampling import SamplingParams, make_generator, sample_next_token
+from modalities.llm.sampling import AnswerSampler, SamplingParams
 
 # Only the last position's logits are needed; skipping the rest avoids a [L, vocab] matmul in prefill.
 LAST_POSITION_ONLY = 1
@@ -31,11 +31,11 @@ class DecodeLoop(Protocol):
     def run(
         self,
         inputs_embeds: torch.Tensor,
-        params: SamplingParams,
+        params: SamplingParams | AnswerSampler,
         max_new_tokens: int,
         eos_token_ids: frozenset[int],
     ) -> Iterator[int]:
-        """Yield generated token ids for one prompt.
+        """Yield generated token ids for one prompt (`params` may be an `AnswerSampler`).
 
         inputs_embeds: `[1, L, H]` on the model's device and dtype.
         Stops after yielding an EOS id or `max_new_tokens` ids; the consumer may stop earlier
@@ -62,7 +62,7 @@ class EagerDecodeLoop:
     def run(
         self,
         inputs_embeds: torch.Tensor,
-        params: SamplingParams,
+        params: SamplingParams | AnswerSampler,
         max_new_tokens: int,
         eos_token_ids: frozenset[int],
     ) -> Iterator[int]:
@@ -70,12 +70,13 @@ class EagerDecodeLoop:
         assert len(shape) == 3 and shape[0] == 1, f"expected [1, L, H], got {shape}"
         assert max_new_tokens >= 1, max_new_tokens
         cache = DynamicCache(config=self._model.config)
-        generator = make_generator(params, inputs_embeds.device)
+        sampler = params if isinstance(params, AnswerSampler) else AnswerSampler(params)
+        sampler.start(inputs_embeds.device)
         logits = self._logits(cache, inputs_embeds=inputs_embeds)
         for step in range(max_new_tokens):
-            token = sample_next_token(logits, params, generator)
-            token_id = int(token)  # the one host sync per step: streaming needs the id now
+            token_id = sampler.choose(logits)  # the one host sync per step: streaming needs the id now
             yield token_id
             if token_id in eos_token_ids or step == max_new_tokens - 1:
                 return
-            logits = self._logits(cache, input_ids=token.view(1, 1))
+            token = torch.tensor([[token_id]], dtype=torch.long, device=logits.device)
+            logits = self._logits(cache, input_ids=token)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from modalities.llm.quant import w8a8 as llm_w8a8
 from modalities.llm.quant.core import quantize_model
 from modalities.llm.quant.memory import compute_dtype, module_device, weight_bytes
 from modalities.llm.quant.report import QuantizationReport
+from modalities.llm.sampling import AnswerSampler, TokenLogprob
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,6 +66,7 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    logprob: TokenLogprob | None = None  # with `SamplingParams.logprobs`
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,10 @@ class LLMRuntime:
         max_context: int | None = None,
         decode_loop: DecodeLoop | None = None,
         quantization: QuantizationReport | None = None,
+        sampling_defaults: dict[str, float] | None = None,
     ) -> None:
         self.model = model.eval()
+        self.sampling_defaults = dict(sampling_defaults or {})  # the model's generation_config's
         self.tokenizer = tokenizer
         model_limit = model.config.max_position_embeddings
         if max_context is not None and max_context > model_limit:
@@ -153,6 +158,8 @@ class LLMRuntime:
         self.eos_token_ids = _eos_token_ids(model, tokenizer)
         self._embedding = model.get_input_embeddings()
         self._dtype = compute_dtype(model)
+        self._grammars = None  # GrammarCompiler, built at the first constrained request
+        self._grammars_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: LLMConfig) -> LLMRuntime:
@@ -164,13 +171,21 @@ class LLMRuntime:
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
         if config.engine == "onnx":
             return cls._from_onnx_config(config)
-        tokenizer, model = _load_pretrained(resolve_model_source(config.model), config)
+        source = resolve_model_source(config.model)
+        tokenizer, model = _load_pretrained(source, config)
         model.requires_grad_(False)
         model.to(torch.device(config.device))
         calibration = llm_w8a8.calibration_ids(tokenizer) if config.quantization == "w8a8" else None
         report = quantize_model(model, config.quantization, calibration)
         decode_loop = build_decode_loop(model, config)
-        return cls(model, tokenizer, max_context=config.max_context, decode_loop=decode_loop, quantization=report)
+        return cls(
+            model,
+            tokenizer,
+            max_context=config.max_context,
+            decode_loop=decode_loop,
+            quantization=report,
+            sampling_defaults=generation_defaults(source),
+        )
 
     @classmethod
     def _from_onnx_config(cls, config: LLMConfig) -> LLMRuntime:
@@ -193,7 +208,14 @@ class LLMRuntime:
             prefix_cache_bytes=int(config.prefix_cache_mib * 2**20),
         )
         report = QuantizationReport(mode="int4", quantized=["every linear (ONNX MatMulNBits, blocks of 32)"])
-        return cls(model, tokenizer, max_context=config.max_context, decode_loop=engine, quantization=report)
+        return cls(
+            model,
+            tokenizer,
+            max_context=config.max_context,
+            decode_loop=engine,
+            quantization=report,
+            sampling_defaults=generation_defaults(source),
+        )
 
     # --- introspection -------------------------------------------------------------------------
 
@@ -268,12 +290,39 @@ class LLMRuntime:
                 code=CONTEXT_EXCEEDED_CODE,
             )
         eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
-        tokens = self.decode_loop.run(embeds, params, budget, eos_token_ids)
-        return EventStream(tokens, lambda stream: self._events(stream, params, budget, prompt_tokens, eos_token_ids))
+        sampler = self.sampler(params)
+        tokens = self.decode_loop.run(embeds, sampler, budget, eos_token_ids)
+        return EventStream(tokens, lambda stream: self._events(stream, sampler, budget, prompt_tokens, eos_token_ids))
+
+    @property
+    def grammars(self):
+        """The `GrammarCompiler` for this tokenizer (built once, at the first constrained request)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from modalities.llm.grammar import GrammarCompiler
+
+                self._grammars = GrammarCompiler(self.tokenizer, self._embedding.num_embeddings)
+            return self._grammars
+
+    def sampler(self, params: SamplingParams) -> AnswerSampler:
+        """The answer's sampler; a constraint is compiled here, on the caller's thread, never on the
+        decode loop's (`InputError` naming the field when the grammar library refuses it)."""
+        vocab = self._embedding.num_embeddings
+        if any(token >= vocab for token, _ in params.logit_bias):
+            raise InputError(f"logit_bias names a token id outside this model's vocabulary (0-{vocab - 1})", param="logit_bias")
+        if params.constraint is None:
+            return AnswerSampler(params)
+        grammars = self.grammars
+        return AnswerSampler(params, grammars.matcher(params.constraint), grammars.vocab_size)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's bytes as the tokenizer spells them (a piece of a UTF-8 character stays a piece)."""
+        return self.grammars.tokenizer.decode_bytes([token_id])
 
     def _events(
-        self, stream: EventStream, params: SamplingParams, budget: int, prompt_tokens: int, eos_token_ids: frozenset[int]
+        self, stream: EventStream, sampler: AnswerSampler, budget: int, prompt_tokens: int, eos_token_ids: frozenset[int]
     ) -> Iterator[TokenEvent]:
+        params = sampler.params
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopStringFilter(params.stop)
         try:
@@ -288,11 +337,12 @@ class LLMRuntime:
                 elif count == budget:
                     text += stops.push(detokenizer.flush())
                     finish = "stop" if stops.stopped else "length"
+                logprob = sampler.logprobs[count - 1] if params.logprobs else None
                 if finish is not None:
                     text += stops.flush()
-                    yield TokenEvent(token_id, text, finish, prompt_tokens, count)
+                    yield TokenEvent(token_id, text, finish, prompt_tokens, count, logprob)
                     return
-                yield TokenEvent(token_id, text)
+                yield TokenEvent(token_id, text, logprob=logprob)
         finally:
             stream.close_tokens()  # a consumer that stops early (client gone) frees the KV cache now
         if not stream.cancelled:  # a cancelled sequence's tokens end early
@@ -361,6 +411,24 @@ def resolve_model_source(model: str) -> str:
     if not HUB_NAME.fullmatch(model):
         raise FileNotFoundError(f"LLM directory not found: {model}")
     return model
+
+
+SAMPLING_KEYS = ("temperature", "top_p")  # what a generation_config.json may set that OpenAI's API has
+
+
+def generation_defaults(source: str) -> dict[str, float]:
+    """The sampling settings a model directory's generation_config.json sets explicitly (vLLM's
+    `--generation-config auto`); {} for a hub name or a file without them."""
+    import json
+
+    path = Path(source) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return {key: float(config[key]) for key in SAMPLING_KEYS if isinstance(config.get(key), (int, float))}
 
 
 def _load_pretrained(source: str, config: LLMConfig) -> tuple[PreTrainedTokenizerBase, nn.Module]:

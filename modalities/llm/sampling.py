@@ -7,11 +7,14 @@ device and model), independent of any other request running in the process. The 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from modalities.llm.params import SEED_RANGE, SamplingParams
 
-__all__ = ["SEED_RANGE", "SamplingParams", "make_generator", "sample_next_token"]
+__all__ = ["SEED_RANGE", "AnswerSampler", "SamplingParams", "TokenLogprob", "make_generator", "sample_next_token"]
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
@@ -49,3 +52,83 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
     return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability and the most likely alternatives (`top`: (id, logprob))."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class AnswerSampler:
+    """Chooses one answer's tokens: logit bias, presence/frequency penalties, the grammar's mask,
+    then temperature/top_p (or argmax) with the answer's own generator; records log-probabilities.
+
+    matcher: an llguidance matcher (`modalities.llm.grammar`) the answer must stay inside, or None.
+    A decode loop calls `start` when it samples the first token and `choose` for every token, on
+    its own thread; `logprobs` grows by one entry per chosen token (before the token is handed to
+    the consumer, so the consumer can read entry i once it has token i).
+    """
+
+    def __init__(self, params: SamplingParams, matcher: Any = None, vocab_size: int = 0) -> None:
+        if (matcher is None) != (params.constraint is None) or (matcher is not None and vocab_size < 1):
+            raise ValueError("a constrained answer needs its matcher and the matcher's vocabulary size")
+        self.params = params
+        self.matcher = matcher
+        self.vocab_size = vocab_size  # the matcher's (the tokenizer's); logits past it are masked
+        self.generator: torch.Generator | None = None
+        self.logprobs: list[TokenLogprob] = []
+        self._counts: torch.Tensor | None = None  # generated tokens per vocabulary entry (penalties)
+        self._bitmask: torch.Tensor | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.params.plain
+
+    def start(self, device: torch.device) -> None:
+        self.generator = make_generator(self.params, device)
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from `[V]` logits (left untouched)."""
+        params = self.params
+        if params.plain:
+            return int(sample_next_token(logits, params, self.generator))
+        scores = logits.float().clone()
+        if params.logit_bias:
+            ids = torch.tensor([t for t, _ in params.logit_bias], device=scores.device)
+            bias = torch.tensor([b for _, b in params.logit_bias], device=scores.device)
+            scores.index_add_(0, ids.clamp(max=scores.shape[0] - 1), bias * (ids < scores.shape[0]))
+        if self._counts is not None:
+            scores -= self._counts * params.frequency_penalty + (self._counts > 0) * params.presence_penalty
+        if self.matcher is not None:
+            self._apply_mask(scores)
+        token = int(sample_next_token(scores, params, self.generator))
+        if params.logprobs:
+            self.logprobs.append(_logprob(logits, token, params.top_logprobs))
+        if params.presence_penalty or params.frequency_penalty:
+            if self._counts is None:
+                self._counts = torch.zeros(scores.shape[0], device=scores.device)
+            self._counts[token] += 1
+        if self.matcher is not None and not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused the token it allowed: {self.matcher.get_error()[:200]}")
+        return token
+
+    def _apply_mask(self, scores: torch.Tensor) -> None:
+        import llguidance.torch as ll_torch
+
+        if self._bitmask is None:
+            self._bitmask = ll_torch.allocate_token_bitmask(1, self.vocab_size)
+        ll_torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        ll_torch.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device, non_blocking=True))
+
+
+def _logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top:
+        values, ids = torch.topk(logprobs, top)
+        alternatives = tuple(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)

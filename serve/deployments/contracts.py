@@ -59,3 +59,5 @@ class DecodeEvent:
     # First event only: seconds from the decoder receiving the request to this token (prompt
     # embedding, queueing for a slot, prefill); the ingress reports it in `Server-Timing`.
     first_token_s: float | None = None
+    # With `params.logprobs`: OpenAI's `logprobs.content` entries for this event's tokens.
+    logprobs: list[dict[str, Any]] | None = None

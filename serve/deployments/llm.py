@@ -123,19 +123,20 @@ class LLMDecoder:
         inputs_embeds, _mask, _counts = splice(plan, text_embeds, media)
         return inputs_embeds
 
-    def _prepare(self, request: DecodeRequest) -> tuple[torch.Tensor, SamplingParams]:
+    def _start(self, request: DecodeRequest) -> tuple[EventStream, int]:
+        """The prompt embedded and queued in the decode loop (its constraint compiled): (stream, prompt tokens)."""
         plan, params, _prompt_tokens = self._plan(request)
-        return self._inputs(plan, request), params
+        inputs_embeds = self._inputs(plan, request)
+        return self.runtime.stream(inputs_embeds=inputs_embeds, params=params), inputs_embeds.shape[1]
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         """Stream decode events; the last one carries finish_reason and usage."""
         received = time.perf_counter()
-        if request.media:  # projectors run: off the event loop
-            inputs_embeds, params = await asyncio.to_thread(self._prepare, request)
+        if request.media or request.params.constraint is not None:
+            # Projectors run, or a grammar compiles (a large schema can take a while): off the event loop.
+            stream, prompt_tokens = await asyncio.to_thread(self._start, request)
         else:  # text only: tokenizing and an embedding lookup, cheaper than the thread hop (TTFT)
-            inputs_embeds, params = self._prepare(request)
-        prompt_tokens = inputs_embeds.shape[1]
-        stream = self.runtime.stream(inputs_embeds=inputs_embeds, params=params)
+            stream, prompt_tokens = self._start(request)
         sentinel = object()
         completion_tokens = 0
         # One thread per stream: steps of concurrent streams interleave token by token. Cancelling
@@ -143,6 +144,7 @@ class LLMDecoder:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         loop = asyncio.get_running_loop()
         interval = self.config.llm.stream_interval
+        params = request.params
         self._open_stream(stream)
         try:
             while True:
@@ -153,7 +155,8 @@ class LLMDecoder:
                 first_token_s = time.perf_counter() - received if completion_tokens == 0 else None
                 completion_tokens += len(events)
                 text = "".join(event.text for event in events)
-                yield DecodeEvent(text, events[-1].finish_reason, prompt_tokens, completion_tokens, first_token_s)
+                logprobs = self._logprobs(events) if params.logprobs else None
+                yield DecodeEvent(text, events[-1].finish_reason, prompt_tokens, completion_tokens, first_token_s, logprobs)
                 if events[-1].finish_reason is not None:
                     return
         finally:
@@ -166,6 +169,18 @@ class LLMDecoder:
             executor.shutdown(wait=False)
             with self._streams_lock:
                 self._generating -= 1
+
+    def _logprobs(self, events: list) -> list[dict[str, Any]]:
+        """OpenAI's `logprobs.content` entries for these tokens: token, logprob, bytes, top_logprobs."""
+        return [
+            {**self._token_entry(e.logprob.token_id, e.logprob.logprob), "top_logprobs": [self._token_entry(t, lp) for t, lp in e.logprob.top]}
+            for e in events
+            if e.logprob is not None
+        ]
+
+    def _token_entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        raw = self.runtime.token_bytes(token_id)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}
 
     def _open_stream(self, stream: EventStream) -> None:
         with self._streams_lock:
@@ -199,6 +214,11 @@ class LLMDecoder:
             "active_streams": self.active_streams,
             "projectors": sorted(self.projectors),
             "random_projectors": self.config.fusion.allow_random_projectors,
+            # What a request that omits a sampling field gets: the config's, over the model's.
+            "default_sampling": {
+                **self.runtime.sampling_defaults,
+                **self.config.llm.default_sampling.model_dump(exclude_none=True),
+            },
         }
 
 

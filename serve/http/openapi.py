@@ -63,18 +63,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 # What ChatCompletionRequest's validators refuse beyond its field types (each a 400), so that the
-# document says it too: n is 1, penalties are 0, no logprobs, at most 4 non-empty stop sequences, a
-# message's content is required.
+# document says it too: n is 1, at most 4 non-empty stop sequences, a message needs content (an
+# assistant's may be tool calls instead), a tool message its tool_call_id and only it.
 def _chat_request_constraints(schema: dict[str, Any], defs: dict[str, Any]) -> None:
     properties = schema["properties"]
     properties["n"] = {**_nullable({"type": "integer", "const": 1}), "title": "N", "description": "Only 1 is supported"}
-    for name in ("frequency_penalty", "presence_penalty"):
-        properties[name] = {
-            **_nullable({"type": "number", "const": 0}),
-            "title": properties[name]["title"],
-            "description": "Penalties are not supported: omit the field or send 0",
-        }
-    properties["logprobs"] = {**_nullable({"type": "boolean", "const": False}), "title": "Logprobs"}
     stop = {"type": "string", "minLength": 1}
     properties["stop"] = {
         "anyOf": [stop, {"type": "array", "items": stop, "maxItems": MAX_STOP_SEQUENCES}, {"type": "null"}],
@@ -82,11 +75,23 @@ def _chat_request_constraints(schema: dict[str, Any], defs: dict[str, Any]) -> N
         "title": "Stop",
     }
     message = defs["ChatMessage"]
-    message["properties"]["content"]["anyOf"] = [
-        option for option in message["properties"]["content"]["anyOf"] if option != {"type": "null"}
+    message["required"] = ["role"]
+    not_null = {"not": {"type": "null"}}
+    message["anyOf"] = [
+        {"required": ["content"], "properties": {"content": not_null}},
+        {"required": ["tool_calls"], "properties": {"role": {"const": "assistant"}, "tool_calls": {"minItems": 1}}},
     ]
-    message["properties"]["content"].pop("default", None)
-    message["required"] = ["role", "content"]
+    message["allOf"] = [
+        {
+            "if": {"properties": {"role": {"const": "tool"}}},
+            "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": not_null}},
+            "else": {"properties": {"tool_call_id": {"type": "null"}}},
+        },
+        {
+            "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+            "then": {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"maxItems": 0}]}}},
+        },
+    ]
 
 
 def _component(model: type[BaseModel], *, response: bool) -> dict[str, Any]:

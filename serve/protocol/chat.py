@@ -7,19 +7,25 @@ precise message (`extra="forbid"`), never silently ignored. Our own extensions l
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fusion.registry import FusionMode
-from modalities.llm.params import MAX_STOP_SEQUENCES, SEED_RANGE
+from modalities.llm.params import MAX_LOGIT_BIAS, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, PENALTY_RANGE, SEED_RANGE
 
 from .common import Strict as _Strict
 
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
 MAX_TOKENS_LIMIT = 2**31 - 1  # a 32-bit count; the context window refuses far fewer
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_SCHEMA_CHARS = 100_000  # one tool's parameters or one response schema, as JSON text
+MAX_CHOICES = 256  # chorus.choice options
+MAX_PATTERN_CHARS = 10_000  # chorus.regex / chorus.grammar
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
 
 
 # --- content parts ---------------------------------------------------------------------------
@@ -53,14 +59,31 @@ class AudioPart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
 
 
+class FunctionCall(_Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str = Field(description="The arguments as JSON text")
+
+
+class ToolCall(_Strict):
+    id: str = Field(max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _content_rules(self) -> ChatMessage:
-        if self.content is None:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is None) != (self.role != "tool"):
+            raise ValueError("tool messages need a tool_call_id, and only they carry one")
+        if self.content is None and not self.tool_calls:
             raise ValueError("message content is required")
         if isinstance(self.content, list) and self.role != "user":
             media = [p for p in self.content if not isinstance(p, TextPart)]
@@ -79,28 +102,107 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+def _check_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is not None and len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        raise ValueError(f"the schema is over {MAX_SCHEMA_CHARS} characters as JSON")
+    return schema
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = Field(default=None, max_length=MAX_SCHEMA_CHARS)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_schema(value)
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchema(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _check_schema(value)
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
+
+
 class ChorusOptions(_Strict):
     """Chorus extensions, fenced under the request's `chorus` key."""
 
     fusion: FusionMode | None = Field(
         default=None, description="How audio reaches the LLM: projected embeddings, Whisper's transcript, or both"
     )
+    regex: str | None = Field(default=None, max_length=MAX_PATTERN_CHARS, description="The answer matches this regex")
+    choice: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_CHOICES, description="The answer is exactly one of these strings"
+    )
+    grammar: str | None = Field(
+        default=None, max_length=MAX_PATTERN_CHARS, description="The answer follows this Lark grammar (llguidance's dialect)"
+    )
+
+    def constraints(self) -> list[str]:
+        """The constraint fields set (at most one may be)."""
+        return [f"chorus.{name}" for name in ("regex", "choice", "grammar") if getattr(self, name) is not None]
 
 
 class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
-    frequency_penalty: float | None = None
+    frequency_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     logprobs: bool | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int | None = None
-    presence_penalty: float | None = None
+    parallel_tool_calls: bool | None = None
+    presence_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    response_format: ResponseFormat | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # torch.Generator: 64 bits
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
     chorus: ChorusOptions | None = None
@@ -119,19 +221,39 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("only n=1 is supported")
         return value
 
-    @field_validator("frequency_penalty", "presence_penalty")
+    @field_validator("logit_bias")
     @classmethod
-    def _no_penalties(cls, value: float | None) -> float | None:
-        if value not in (None, 0, 0.0):
-            raise ValueError("penalties are not supported; omit the field or send 0")
+    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit() or len(key) > 10:
+                raise ValueError("logit_bias keys are token ids (decimal integers)")
+            if not math.isfinite(bias) or not -100 <= bias <= 100:
+                raise ValueError("logit_bias values must be in [-100, 100]")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
+    @model_validator(mode="after")
+    def _tools_and_formats(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names a function that is not in tools: {self.tool_choice.function.name[:64]!r}")
+        if self.tool_choice in ("auto", "required") and not names:
+            raise ValueError(f"tool_choice '{self.tool_choice}' needs tools")
+        return self
+
+    def tools_in_use(self) -> bool:
+        """Whether the model is offered the tools (`tool_choice: none` hides them, as vLLM can)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def constraint_fields(self) -> list[str]:
+        """The request fields that ask for a constrained answer (at most one may be set)."""
+        fields = ["tools"] if self.tools_in_use() else []
+        if self.response_format is not None and self.response_format.type != "text":
+            fields.append("response_format")
+        return fields + (self.chorus.constraints() if self.chorus else [])
 
     @field_validator("stop")
     @classmethod
@@ -157,22 +279,46 @@ def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
+def new_tool_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: None = None
+    tool_calls: list[ResponseToolCall] | None = None
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[dict[str, Any]] | None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: ResponseMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -184,16 +330,29 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

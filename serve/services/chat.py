@@ -36,10 +36,12 @@ from serve.protocol import (
     new_completion_id,
     now,
 )
+from serve.protocol.chat import ChoiceLogprobs
 from serve.redact import RedactingFilter
 
 from .fetch import RemoteMediaFetcher
 from .media import MediaInput, encode_all, extract, with_texts
+from .structured import AnswerReader, constraint_for, delta_dicts, render_conversation
 
 log = logging.getLogger("ray.serve.chorus.chat")
 log.addFilter(RedactingFilter())  # a traceback may quote a prompt
@@ -56,6 +58,7 @@ class Generation:
     decoder_called: float  # perf_counter() when the decoder was called
     completion_id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
+    tools: bool = False  # the answer may be tool calls: read it with an `AnswerReader`
 
 
 class ChatService:
@@ -126,15 +129,30 @@ class ChatService:
             code="fusion_unavailable",
         )
 
-    def _params(self, req: ChatCompletionRequest) -> SamplingParams:
+    def _params(self, req: ChatCompletionRequest, info: dict[str, Any]) -> SamplingParams:
+        """The request's sampling; fields it leaves out get the decoder's served defaults
+        (`llm.default_sampling` over the model's generation_config), then OpenAI's."""
+        defaults = info.get("default_sampling") or {}
+
+        def pick(value: float | None, name: str, fallback: float) -> float:
+            return value if value is not None else defaults.get(name, fallback)
+
         try:
             return SamplingParams(
                 max_tokens=req.requested_max_tokens() or self.config.limits.default_max_tokens,
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
+                temperature=pick(req.temperature, "temperature", 1.0),
+                top_p=pick(req.top_p, "top_p", 1.0),
                 seed=req.seed,
                 stop=req.stop or [],
+                presence_penalty=pick(req.presence_penalty, "presence_penalty", 0.0),
+                frequency_penalty=pick(req.frequency_penalty, "frequency_penalty", 0.0),
+                logit_bias=tuple((int(token), bias) for token, bias in (req.logit_bias or {}).items()),
+                logprobs=bool(req.logprobs),
+                top_logprobs=req.top_logprobs or 0,
+                constraint=constraint_for(req),
             )
+        except InputError as err:
+            raise from_input_error(err) from err
         except ValueError as err:
             raise InvalidRequest(str(err)[:300], code="invalid_value") from err
 
@@ -145,8 +163,9 @@ class ChatService:
         self._check_request(req)
         info = await self.decoder_info()
         modes = self.modes(req)
-        params = self._params(req)
+        params = self._params(req, info)
         messages, media = await extract(req, self.fetcher, self.config.limits.max_media_items)
+        messages = render_conversation(messages, req)
         for item in media:
             self._check_media(item, modes, info)
         encoded = await encode_all(media, modes, self.encoders)
@@ -164,7 +183,7 @@ class ChatService:
         # replicas' 4 MiB gRPC message limit doesn't bound.
         called = time.perf_counter()
         events = self.decoder.options(stream=True, _by_reference=bool(encoded.features)).generate.remote(decode)
-        return Generation(events=events, cancel=events.cancel, decoder_called=called)
+        return Generation(events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use())
 
     async def first_event(self, generation: Generation) -> tuple[DecodeEvent | None, AsyncIterator[DecodeEvent]]:
         """(first event or None, the events from the first on). The first is awaited here, so a
@@ -192,16 +211,31 @@ class ChatService:
         """The whole answer as a `ChatCompletion` payload."""
         _first, events = await self.first_event(generation)
         text: list[str] = []
+        logprobs: list[dict[str, Any]] | None = None
         finish, prompt_tokens, completion_tokens = "stop", 0, 0
         first_at = None
         async for event in events:
             first_at = first_at or time.perf_counter()
             text.append(event.text)
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
             finish = event.finish_reason or finish
         record_timing(started, first_at, completion_tokens)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
-        choice = Choice(message=ResponseMessage(content="".join(text)), finish_reason=finish)  # type: ignore[arg-type]
+        message = ResponseMessage(content="".join(text))
+        if generation.tools:
+            reader = AnswerReader()
+            reader.push(message.content)
+            reader.finish()
+            if reader.ids:
+                message = ResponseMessage(content=None, tool_calls=reader.tool_calls())
+                finish = "tool_calls" if finish == "stop" else finish
+        choice = Choice(
+            message=message,
+            finish_reason=finish,  # type: ignore[arg-type]
+            logprobs=None if logprobs is None else ChoiceLogprobs(content=logprobs),
+        )
         model = self.config.served_model_name
         completion = ChatCompletion(
             id=generation.completion_id, created=generation.created, model=model, choices=[choice], usage=usage
@@ -226,14 +260,21 @@ class ChatService:
         chunk = _ChunkMaker(generation, self.config.served_model_name, include_usage)
         pending: list[dict[str, Any] | str] = [chunk(Delta(role="assistant", content=""))]
         counts = _Counts()
+        reader = AnswerReader() if generation.tools else None
+        logprobs: list[dict[str, Any]] | None = None  # of tokens whose text is not out yet
         try:
             async for event in events:
                 counts.see(event)
-                if event.text:
-                    yield [*pending, chunk(Delta(content=event.text))]
-                    pending = []
+                if event.logprobs is not None:
+                    logprobs = (logprobs or []) + event.logprobs
+                out = _deltas(reader, event.text, final=bool(event.finish_reason))
+                if out:
+                    yield [*pending, *(chunk(delta, logprobs=logprobs) for delta in out)]
+                    pending, logprobs = [], None
                 if event.finish_reason:
                     counts.finish = event.finish_reason
+                    if reader is not None and reader.ids and counts.finish == "stop":
+                        counts.finish = "tool_calls"
                 elif deadline is not None and time.monotonic() > deadline:
                     raise DeadlineExceeded("the request did not complete in time", code="timeout")
         except DeadlineExceeded as err:
@@ -252,6 +293,18 @@ class ChatService:
         if include_usage:
             closing.append(chunk(Delta(), usage=counts.usage(), empty=True))
         yield [*closing, DONE]
+
+
+def _deltas(reader: AnswerReader | None, text: str, final: bool) -> list[Delta]:
+    """The chunk deltas one decoder event makes: its text, or (tools) released text and call deltas."""
+    if reader is None:
+        return [Delta(content=text)] if text else []
+    released, calls = reader.push(text)
+    if final:
+        more_text, more_calls = reader.finish()
+        released, calls = released + more_text, calls + more_calls
+    deltas = [Delta(content=released)] if released else []
+    return deltas + ([Delta(tool_calls=calls)] if calls else [])
 
 
 class _Counts:
@@ -281,12 +334,22 @@ class _ChunkMaker:
     def __init__(self, generation: Generation, model: str, include_usage: bool) -> None:
         self.generation, self.model, self.include_usage = generation, model, include_usage
 
-    def __call__(self, delta: Delta, finish: str | None = None, usage: Usage | None = None, empty: bool = False) -> dict[str, Any]:
-        choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish)]  # type: ignore[arg-type]
+    def __call__(
+        self,
+        delta: Delta,
+        finish: str | None = None,
+        usage: Usage | None = None,
+        empty: bool = False,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        entries = None if logprobs is None else ChoiceLogprobs(content=logprobs)
+        choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish, logprobs=entries)]  # type: ignore[arg-type]
         g = self.generation
         payload = ChatCompletionChunk(id=g.completion_id, created=g.created, model=self.model, choices=choices, usage=usage).model_dump()
         for choice in payload["choices"]:  # OpenAI sends only the delta fields that are set
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            if delta.tool_calls:
+                choice["delta"]["tool_calls"] = delta_dicts(delta.tool_calls)
         if not self.include_usage:  # `usage` appears on chunks only when the client asked for it
             payload.pop("usage")
         return payload

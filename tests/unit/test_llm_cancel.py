@@ -69,9 +69,9 @@ class Recorder:
                 assert self.release.wait(WAIT_S), "the test never released the prefill"
             return prefill(chunks, cache, first_row, cached)
 
-        def spy_decode(token_ids, positions, span, cache):
+        def spy_decode(token_ids, positions, span, cache, first_row=0):
             self.calls.append(("D", token_ids.shape[0]))
-            return decode(token_ids, positions, span, cache)
+            return decode(token_ids, positions, span, cache, first_row)
 
         monkeypatch.setattr(engine.forward, "prefill", spy_prefill)
         monkeypatch.setattr(engine.forward, "decode", spy_decode)

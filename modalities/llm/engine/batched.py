@@ -50,7 +50,7 @@ from modalities.llm.engine.prefix import PrefixCache
 from modalities.llm.engine.slots import MIN_CAPACITY, SlotCache
 from modalities.llm.engine.stream import EngineError, Request, TokenStream
 from modalities.llm.params import SamplingParams
-from modalities.llm.sampling import make_generator, sample_next_token
+from modalities.llm.sampling import AnswerSampler
 
 __all__ = ["BatchedEngine", "EngineError", "EngineStats", "Forward", "TokenStream"]
 
@@ -80,7 +80,9 @@ class Forward(Protocol):
         self, prompts: list[torch.Tensor], cache: SlotCache, first_row: int, cached: list[int] | None = None
     ) -> torch.Tensor: ...
 
-    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache) -> torch.Tensor: ...
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache, first_row: int = 0
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -168,11 +170,12 @@ class BatchedEngine:
     def run(
         self,
         inputs_embeds: torch.Tensor,
-        params: SamplingParams,
+        params: SamplingParams | AnswerSampler,
         max_new_tokens: int,
         eos_token_ids: frozenset[int],
     ) -> TokenStream:
-        """Enqueue one prompt `[1, L, H]` now; iterate the result for its token ids."""
+        """Enqueue one prompt `[1, L, H]` now; iterate the result for its token ids. `params` may be an
+        `AnswerSampler` (a constraint's matcher, penalties, logprobs); plain parameters get one here."""
         shape = tuple(inputs_embeds.shape)
         if len(shape) != 3 or shape[0] != 1 or shape[1] < 1:
             raise ValueError(f"inputs_embeds must be [1, L, H] with L >= 1, got {shape}")
@@ -183,7 +186,8 @@ class BatchedEngine:
             raise ValueError(
                 f"prompt {shape[1]} + {max_new_tokens} new tokens exceed the engine's context {self.max_context}"
             )
-        request = Request(inputs_embeds.detach(), params, max_new_tokens, frozenset(eos_token_ids))
+        sampler = params if isinstance(params, AnswerSampler) else AnswerSampler(params)
+        request = Request(inputs_embeds.detach(), sampler, max_new_tokens, frozenset(eos_token_ids))
         with self._lock:
             if self.failure is not None or self._stopping:
                 raise EngineError("the decode engine has stopped") from self.failure
@@ -330,8 +334,8 @@ class BatchedEngine:
         hits = 0
         try:
             for request in self._prefilling:
-                if budget <= 0:
-                    break
+                if budget <= 0 or (pack and (request.isolated or pack[0][0].isolated)):
+                    break  # a seeded prompt is prefilled alone: its numbers never depend on a neighbour
                 pack.append((request, 0))
                 if not request.started:
                     self.cache.reserve(request.row + 1, request.prompt_length)
@@ -349,8 +353,8 @@ class BatchedEngine:
                 if not request.prefilled:
                     break
                 self._keep_prefix(request)
-                request.generator = make_generator(request.params, logits.device)
-                tokens.append(int(sample_next_token(logits[row], request.params, request.generator)))
+                request.sampler.start(logits.device)
+                tokens.append(request.sampler.choose(logits[row]))
         except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
             with self._lock:
@@ -386,6 +390,8 @@ class BatchedEngine:
         if self.prefix is None:
             return 0
         request.prefix_keys = self.prefix.keys(request.embeds)
+        if request.isolated:  # computed afresh, so its answer cannot depend on what came before it
+            return 0
         blocks = self.prefix.lookup(request.prefix_keys, request.prompt_length)
         if not blocks:
             return 0
@@ -407,13 +413,12 @@ class BatchedEngine:
         if not active:
             return False
         try:
-            lengths = [r.length for r in active]
-            span = max(lengths) + 1
-            self.cache.reserve(len(active), span)
-            device = self.cache.keys[0].device
-            tokens = torch.tensor([r.last_token for r in active], dtype=torch.long, device=device)
-            positions = torch.tensor(lengths, dtype=torch.long, device=device)
-            logits = self.forward.decode(tokens, positions, span, self.cache)
+            self.cache.reserve(len(active), max(r.length for r in active) + 1)
+            groups = _decode_groups(active)
+            if len(groups) == 1:
+                logits = self._decode_rows(active, 0, len(active))
+            else:  # a forward's logits may live in a buffer the next forward reuses (ONNX): copied
+                logits = torch.cat([self._decode_rows(active, first, count).clone() for first, count in groups])
             chosen = _sample_rows(logits, active)
         except Exception as e:  # noqa: BLE001 - fail this batch, keep serving the queue
             log.exception("decode step failed")
@@ -433,6 +438,15 @@ class BatchedEngine:
         with self._lock:  # leavers go before anyone sees their end, so stats never lag a finished stream
             self._drop_finished_locked()
         return True
+
+    def _decode_rows(self, active: list[Request], first: int, count: int) -> torch.Tensor:
+        """One decode forward over rows `first..first+count-1`: `[count, V]` logits."""
+        rows = active[first : first + count]
+        lengths = [r.length for r in rows]
+        device = self.cache.keys[0].device
+        tokens = torch.tensor([r.last_token for r in rows], dtype=torch.long, device=device)
+        positions = torch.tensor(lengths, dtype=torch.long, device=device)
+        return self.forward.decode(tokens, positions, max(lengths) + 1, self.cache, first)
 
     def _release_locked(self, request: Request) -> None:
         """The engine lets go of a request: its stream ends, its prompt is dropped."""
@@ -490,10 +504,22 @@ def _close_at_exit(engine_ref: weakref.ref) -> None:
         engine.close(timeout=5.0)
 
 
+def _decode_groups(active: list[Request]) -> list[tuple[int, int]]:
+    """(first row, count) per decode forward: one for all the shared rows in a run, one for each
+    seeded (batch-invariant) row, which must see the same forward whoever else is decoding."""
+    groups: list[tuple[int, int]] = []
+    for row, request in enumerate(active):
+        if groups and not request.isolated and not active[row - 1].isolated:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((row, 1))
+    return groups
+
+
 def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """Next token per row `[B, V]`: greedy rows with one argmax, others with their own generator."""
+    """Next token per row `[B, V]`: plain greedy rows with one argmax, the others by their sampler."""
     chosen = torch.argmax(logits, dim=-1)
     for row, request in enumerate(requests):
-        if not request.params.greedy:
-            chosen[row] = sample_next_token(logits[row], request.params, request.generator)
+        if not (request.params.greedy and request.params.plain):
+            chosen[row] = request.sampler.choose(logits[row])
     return chosen.tolist()  # the one host sync per step

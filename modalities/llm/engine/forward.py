@@ -114,8 +114,10 @@ class LlamaForward:
             query, keys[row, :, : span.end], values[row, :, : span.end], attn_mask=span.mask, scale=self.scale, enable_gqa=True
         )
 
-    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache) -> torch.Tensor:
-        """One token for each of the first B cache rows.
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache, first_row: int = 0
+    ) -> torch.Tensor:
+        """One token for each of the B cache rows from `first_row` on.
 
         token_ids, positions: `[B]` long; row b's token sits at `positions[b]` (= its cached length).
         span: `max(positions) + 1`, the cache length attended (a Python int: no host sync here).
@@ -124,7 +126,7 @@ class LlamaForward:
         batch = token_ids.shape[0]
         x = self.embed_tokens(token_ids).unsqueeze(1)  # [B, 1, H]
         cos, sin = _rope_tables(*self.rotary_emb(x, positions.unsqueeze(1)))  # [B, 1, 1, D]
-        rows = torch.arange(batch, device=token_ids.device)
+        rows = torch.arange(first_row, first_row + batch, device=token_ids.device)
         # Row b sees its own cached positions 0..positions[b] and nothing past them.
         mask = (torch.arange(span, device=token_ids.device) <= positions.unsqueeze(1)).view(batch, 1, 1, span)
         for index, (ln1, qkv, o_proj, ln2, mlp) in enumerate(self.layers):
@@ -136,7 +138,12 @@ class LlamaForward:
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v
             attn = F.scaled_dot_product_attention(
-                q, keys[:batch, :, :span], values[:batch, :, :span], attn_mask=mask, scale=self.scale, enable_gqa=True
+                q,
+                keys[first_row : first_row + batch, :, :span],
+                values[first_row : first_row + batch, :, :span],
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=True,
             )
             x = x + o_proj(attn.transpose(1, 2).reshape(batch, 1, -1))
             x = x + mlp(ln2(x))

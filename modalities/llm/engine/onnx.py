@@ -84,8 +84,9 @@ class OnnxForward:
         self._past = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(self.num_layers)]
         self._present = [(f"present.{i}.key", f"present.{i}.value") for i in range(self.num_layers)]
         self._logits = torch.empty(0, self.vocab_size)
-        self._binding = None
-        self._binding_key: tuple | None = None
+        # I/O bindings by (cache version, first row, rows): a step usually reuses the last one; a
+        # step split into several forwards (seeded rows decode alone) reuses one per group.
+        self._bindings: dict[tuple, object] = {}
         self._inputs: tuple[torch.Tensor, ...] = ()
 
     def prefill(
@@ -99,14 +100,16 @@ class OnnxForward:
         rows = [self._run_continuation(p, cache, first_row + i, past) for i, (p, past) in enumerate(zip(prompts, cached))]
         return torch.cat(rows)  # each run's logits were copied out of the shared buffer
 
-    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache) -> torch.Tensor:
-        """One token for each of the first B cache rows (`LlamaForward.decode`'s contract): `[B, V]`."""
+    def decode(
+        self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache, first_row: int = 0
+    ) -> torch.Tensor:
+        """One token for each of the B cache rows from `first_row` on (`LlamaForward.decode`'s contract): `[B, V]`."""
         batch = token_ids.shape[0]
         with torch.no_grad():
             embeds = self.embed_tokens(token_ids).to(self.dtype).unsqueeze(1).contiguous()
         mask = (torch.arange(span) <= positions.unsqueeze(1)).to(torch.int64)
         index = torch.arange(batch, dtype=torch.int64)
-        return self._run(embeds, mask, index, cache, 0, batch)
+        return self._run(embeds, mask, index, cache, first_row, batch)
 
     def score(self, embeds: torch.Tensor) -> torch.Tensor:
         """Logits at every position of one prompt `[1, L, H]` (`[L, V]`), in a scratch cache: what
@@ -166,8 +169,11 @@ class OnnxForward:
         present; kept while the cache's tensors and the rows stay the same (a decode step usually
         only rebinds its three small inputs and the logits)."""
         key = (cache.version, first, count)  # versions are unique across caches: no stale memory
-        if self._binding is not None and self._binding_key == key:
-            return self._binding
+        binding = self._bindings.get(key)
+        if binding is not None:
+            return binding
+        if len(self._bindings) >= MAX_BINDINGS or any(k[0] != cache.version for k in self._bindings):
+            self._bindings.clear()  # a new cache (version): the old bindings point at freed memory
         binding = self.session.io_binding()
         for (past_k, past_v), (present_k, present_v), keys, values in zip(
             self._past, self._present, cache.keys, cache.values
@@ -177,8 +183,11 @@ class OnnxForward:
             _bind(binding.bind_input, past_v, v)
             _bind(binding.bind_output, present_k, k)
             _bind(binding.bind_output, present_v, v)
-        self._binding, self._binding_key = binding, key
+        self._bindings[key] = binding
         return binding
+
+
+MAX_BINDINGS = 2 * 8 + 1  # enough for a step of 8 rows split into groups, twice over
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from modalities.llm.params import SamplingParams
+from modalities.llm.sampling import AnswerSampler
 
 __all__ = ["EngineError", "Request", "StreamSource", "TokenStream"]
 
@@ -47,14 +48,15 @@ class Request:
     changes the scheduling fields; the consumer only sets `cancelled` (under the engine's lock).
     """
 
-    def __init__(self, embeds: torch.Tensor, params: SamplingParams, max_new_tokens: int, eos: frozenset[int]):
+    def __init__(self, embeds: torch.Tensor, sampler: AnswerSampler, max_new_tokens: int, eos: frozenset[int]):
         self.embeds: torch.Tensor | None = embeds
         self.prompt_length = embeds.shape[1]
         self.prefix_keys: list[str] | None = None  # the prompt's block keys while it is prefilled
-        self.params = params
+        self.sampler: AnswerSampler | None = sampler
+        self.params: SamplingParams = sampler.params
+        self.isolated = sampler.params.batch_invariant  # decodes in forwards of its own
         self.max_new_tokens = max_new_tokens
         self.eos_token_ids = eos
-        self.generator: torch.Generator | None = None
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False  # set by the consumer; honoured by the engine between chunks and steps
         self.row = -1  # its cache row while prefilling or decoding
@@ -91,7 +93,7 @@ class Request:
         self.released = True
         self.embeds = None
         self.prefix_keys = None
-        self.generator = None
+        self.sampler = None  # its grammar matcher and penalty counts go with it
         self.row = -1
         self.end(error)
 

@@ -1,0 +1,137 @@
+"""Constraints compiled for the decoder: llguidance matchers, one per request, from a cache by hash.
+
+Why llguidance (measured in `bench/grammar_backends.py`, results in docs/benchmarks.md): it compiles
+a JSON schema in 1-2 ms and computes a token mask in ~10 µs on SmolLM2's 49k vocabulary (next to a
+~15 ms decode step either cost is noise); its Lark dialect embeds JSON schemas (`%json`), so one
+grammar says "text, or a tool call whose arguments follow that tool's schema"; it names the schema
+features it does not implement ("Unimplemented keys: [\"not\"]"), which becomes the 400 a client
+sees; and it is a self-contained wheel (no torch, no compiler at run time). xgrammar was as good
+on masks (~1 µs) but slower to compile (5-11 ms) and brings a second FFI runtime; outlines-core builds an
+index over the whole vocabulary per schema (11-260 ms here) and needs a byte-level vocabulary.
+
+`GrammarCompiler.matcher(constraint)` compiles (or takes from its cache) and returns a fresh
+matcher for one request; call it off the decode loop (the runtime does, before queueing).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import llguidance
+import llguidance.hf
+
+from modalities.errors import InputError
+from modalities.llm.constraint import Constraint
+from modalities.llm.tools import (
+    ARGUMENTS_PREFIX,
+    CALL_OPEN,
+    CALL_SEPARATOR,
+    CALL_SUFFIX,
+    MAX_PARALLEL_CALLS,
+    NAME_PREFIX,
+)
+
+CACHE_ENTRIES = 256  # compiled grammars kept (by hash): a deployment's schemas are few and reused
+# Compact JSON with one space after ':' and ',' — the layout the model reads everywhere — and no
+# free whitespace: a small model given free whitespace can spend its whole budget on newlines.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+INVALID_SCHEMA = "invalid_schema"
+
+
+class GrammarCompiler:
+    """Compiles constraints against one tokenizer; thread-safe; keeps an LRU of compiled matchers."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int | None = None) -> None:
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self.vocab_size = self.tokenizer.vocab_size
+        self.eos_token_id = self.tokenizer.eos_token
+        self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compiled = 0  # grammars compiled (cache misses), for tests and stats
+
+    def matcher(self, constraint: Constraint) -> llguidance.LLMatcher:
+        """A fresh matcher for one answer; raises `InputError` (param: the constraint's) if refused."""
+        with self._lock:
+            pristine = self._cache.get(constraint.key)
+            if pristine is not None:
+                self._cache.move_to_end(constraint.key)
+                return pristine.deep_copy()
+        pristine = self._compile(constraint)
+        with self._lock:
+            self._cache[constraint.key] = pristine
+            self.compiled += 1
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return pristine.deep_copy()
+
+    def _compile(self, constraint: Constraint) -> llguidance.LLMatcher:
+        try:
+            lark = to_lark(constraint)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"invalid {constraint.kind}: {e}", param=constraint.param, code=INVALID_SCHEMA) from e
+        matcher = llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
+        if matcher.is_error():
+            raise InputError(_explain(constraint, matcher.get_error()), param=constraint.param, code=INVALID_SCHEMA)
+        return matcher
+
+
+def _explain(constraint: Constraint, error: str) -> str:
+    error = error.strip().splitlines()[0] if error.strip() else "rejected"
+    if "Unimplemented keys" in error:
+        return f"unsupported JSON Schema feature(s) in {constraint.param}: {error.split(':', 1)[1].strip()}"
+    return f"{constraint.param} cannot be used as a constraint: {error[:300]}"
+
+
+def _json(schema: Any) -> str:
+    """A schema as an llguidance `%json` body, in our JSON style (a client's own x-guidance dropped)."""
+    if isinstance(schema, bool):
+        schema = {} if schema else {"not": {}}
+    if not isinstance(schema, dict):
+        raise ValueError("a JSON Schema must be an object or a boolean")
+    styled = {k: v for k, v in schema.items() if k != "x-guidance"}
+    styled["x-guidance"] = JSON_STYLE
+    return "%json " + json.dumps(styled, ensure_ascii=False)
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a Lark string literal is JSON-escaped text
+
+
+def to_lark(constraint: Constraint) -> str:
+    """The constraint as a Lark grammar in llguidance's dialect."""
+    header = "%llguidance {}\n"
+    if constraint.kind == "json_schema":
+        return f"{header}start: {_json(constraint.data)}\n"
+    if constraint.kind == "regex":
+        return header + "start: /" + llguidance.regex_to_lark(constraint.payload) + "/\n"
+    if constraint.kind == "choice":
+        options = constraint.data
+        if not options or not all(isinstance(o, str) and o for o in options):
+            raise ValueError("choices must be non-empty strings")
+        return header + "start: " + " | ".join(_literal(o) for o in options) + "\n"
+    if constraint.kind == "grammar":
+        return constraint.payload
+    if constraint.kind == "tool_calls":
+        return _tool_calls_lark(constraint.data)
+    raise ValueError(f"unknown constraint kind {constraint.kind!r}")
+
+
+def _tool_calls_lark(spec: dict[str, Any]) -> str:
+    """One or more calls (`MAX_PARALLEL_CALLS` at most; one unless parallel), each `CALL_OPEN` +
+    `{"name": "<tool>", "arguments": <its schema>}` + `CALL_CLOSE`; with `auto`, plain text not
+    starting with '<' is the other choice."""
+    tools = spec["tools"]
+    if not tools:
+        raise ValueError("no tools to call")
+    rules = []
+    for index, tool in enumerate(tools):
+        head = _literal(CALL_OPEN + NAME_PREFIX + tool["name"] + ARGUMENTS_PREFIX)
+        parameters = tool["parameters"] or {"type": "object", "properties": {}}
+        rules.append(f"call_{index}: {head} {_json(parameters)} {_literal(CALL_SUFFIX)}")
+    repeat = f'(({_literal(CALL_SEPARATOR)}) call){{0,{MAX_PARALLEL_CALLS - 1}}}' if spec["parallel"] else ""
+    start = f"calls: call {repeat}\ncall: " + " | ".join(f"call_{i}" for i in range(len(tools)))
+    top = "start: calls | TEXT\nTEXT: /[^<][\\s\\S]*/\n" if spec["mode"] == "auto" else "start: calls\n"
+    return "%llguidance {}\n" + top + start + "\n" + "\n".join(rules) + "\n"
