@@ -39,6 +39,14 @@ CACHE_ENTRIES = 256  # compiled grammars kept (by hash): a deployment's schemas 
 # free whitespace: a small model given free whitespace can spend its whole budget on newlines.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 INVALID_SCHEMA = "invalid_schema"
+# Bounds for values a schema leaves open: a small model that loses the thread inside a string or a
+# list would otherwise write until max_tokens and leave the JSON unfinished (invalid). A schema's own
+# maxLength / maxItems / enum / pattern / format always wins; the bounded answer is still valid.
+MAX_FREE_STRING_CHARS = 200
+MAX_FREE_ARRAY_ITEMS = 32
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMAS = ("items", "additionalProperties", "contains", "not")
 
 
 class GrammarCompiler:
@@ -91,9 +99,34 @@ def _json(schema: Any) -> str:
         schema = {} if schema else {"not": {}}
     if not isinstance(schema, dict):
         raise ValueError("a JSON Schema must be an object or a boolean")
-    styled = {k: v for k, v in schema.items() if k != "x-guidance"}
+    styled = {k: v for k, v in bounded(schema).items() if k != "x-guidance"}
     styled["x-guidance"] = JSON_STYLE
     return "%json " + json.dumps(styled, ensure_ascii=False)
+
+
+def bounded(schema: Any) -> Any:
+    """A copy of `schema` in which strings and arrays it leaves unbounded get `MAX_FREE_STRING_CHARS`
+    and `MAX_FREE_ARRAY_ITEMS` (every answer valid against the copy is valid against the original)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    types = out.get("type")
+    types = types if isinstance(types, list) else [types]
+    open_value = not any(key in out for key in ("enum", "const"))
+    if "string" in types and open_value and not any(key in out for key in ("maxLength", "pattern", "format")):
+        out["maxLength"] = MAX_FREE_STRING_CHARS
+    if "array" in types and open_value and "maxItems" not in out:
+        out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, out.get("minItems", 0) if isinstance(out.get("minItems"), int) else 0)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [bounded(sub) for sub in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: bounded(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMAS:
+        if isinstance(out.get(key), dict):
+            out[key] = bounded(out[key])
+    return out
 
 
 def _literal(text: str) -> str:

@@ -63,7 +63,9 @@ def _tools_constraint(req: ChatCompletionRequest) -> Constraint:
         tools = [t for t in tools if t.name == choice.function.name]
     specs = [constraints.ToolSpec(t.name, t.parameters or {"type": "object", "properties": {}}) for t in tools]
     mode = "auto" if choice == "auto" else "required"
-    parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
+    # Opt-in, as llama.cpp's server has it (OpenAI's default is on): a small model offered another
+    # call after each one keeps calling until max_tokens cuts the last call short.
+    parallel = bool(req.parallel_tool_calls)
     return constraints.tool_calls(specs, mode, parallel)
 
 
