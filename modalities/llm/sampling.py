@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from modalities.llm.params import SEED_RANGE, SamplingParams
@@ -117,12 +118,18 @@ class AnswerSampler:
         return token
 
     def _apply_mask(self, scores: torch.Tensor) -> None:
+        """Every token the grammar does not allow next gets -inf. The bitmask (bit j of 32-bit word w
+        allows token 32w+j) is unpacked with numpy: llguidance's torch helper runs a torch.compile'd
+        kernel that costs ~4 ms a call on this CPU, a quarter of a decode step; this costs ~0.1 ms."""
         import llguidance.torch as ll_torch
 
         if self._bitmask is None:
             self._bitmask = ll_torch.allocate_token_bitmask(1, self.vocab_size)
         ll_torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-        ll_torch.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device, non_blocking=True))
+        bits = np.unpackbits(self._bitmask.numpy().view(np.uint8), bitorder="little")[: self.vocab_size]
+        allowed = torch.from_numpy(bits).to(device=scores.device, dtype=torch.bool)
+        scores[: self.vocab_size].masked_fill_(~allowed, float("-inf"))
+        scores[self.vocab_size :] = float("-inf")
 
 
 def _logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
