@@ -71,7 +71,7 @@ class EagerDecodeLoop:
         assert max_new_tokens >= 1, max_new_tokens
         cache = DynamicCache(config=self._model.config)
         sampler = params if isinstance(params, AnswerSampler) else AnswerSampler(params)
-        sampler.start(inputs_embeds.device)
+        sampler.start(inputs_embeds.device, max_new_tokens)
         logits = self._logits(cache, inputs_embeds=inputs_embeds)
         for step in range(max_new_tokens):
             token_id = sampler.choose(logits)  # the one host sync per step: streaming needs the id now

@@ -22,6 +22,7 @@ from typing import Any
 
 import llguidance
 import llguidance.hf
+import torch
 
 from modalities.errors import InputError
 from modalities.llm.constraint import Constraint
@@ -39,11 +40,13 @@ CACHE_ENTRIES = 256  # compiled grammars kept (by hash): a deployment's schemas 
 # free whitespace: a small model given free whitespace can spend its whole budget on newlines.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 INVALID_SCHEMA = "invalid_schema"
+CLOSING_BIAS = 100.0  # logit bonus of a closing token in an answer's last tokens (`closing_bias`)
 # Bounds for values a schema leaves open: a small model that loses the thread inside a string or a
 # list would otherwise write until max_tokens and leave the JSON unfinished (invalid). A schema's own
-# maxLength / maxItems / enum / pattern / format always wins; the bounded answer is still valid.
-MAX_FREE_STRING_CHARS = 200
-MAX_FREE_ARRAY_ITEMS = 32
+# maxLength / maxItems / enum / const always wins (a pattern or format alone does not bound a string:
+# an email pattern let the model write a 500-token address); the bounded answer is still valid.
+MAX_FREE_STRING_CHARS = 160
+MAX_FREE_ARRAY_ITEMS = 16
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SUBSCHEMAS = ("items", "additionalProperties", "contains", "not")
@@ -59,6 +62,34 @@ class GrammarCompiler:
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
         self.compiled = 0  # grammars compiled (cache misses), for tests and stats
+        self._closing: torch.Tensor | None = None
+        self.call_openers: frozenset[int] = frozenset()
+
+    @property
+    def closing_bias(self) -> torch.Tensor:
+        """`[vocab_size]` logit bias that makes a nearly spent answer finish: tokens starting with a
+        closing quote or bracket (or EOS) strongly preferred, a comma (the next required key) less.
+        The grammar's mask still decides what is allowed; this only ranks the allowed tokens."""
+        if self._closing is None:
+            bias = torch.zeros(self.vocab_size)
+            openers = set()
+            for token in range(self.vocab_size):
+                head = self.tokenizer.decode_bytes([token])[:1]
+                if head in (b'"', b"]", b"}", b"<"):  # "<": the call's closing </tool_call>
+                    bias[token] = CLOSING_BIAS
+                    if head == b"<":
+                        openers.add(token)
+                elif head == b",":
+                    bias[token] = CLOSING_BIAS / 2
+            bias[self.eos_token_id] = CLOSING_BIAS
+            self.call_openers = frozenset(openers)  # tokens that can begin `CALL_OPEN`
+            self._closing = bias
+        return self._closing
+
+    def closing_for(self, constraint: Constraint) -> torch.Tensor | None:
+        """The closing bias where the constraint's structure is JSON (schemas, tool calls); None for
+        regexes, choices and free grammars, whose 'closing' tokens mean nothing in particular."""
+        return self.closing_bias if constraint.kind in ("json_schema", "tool_calls") else None
 
     def matcher(self, constraint: Constraint) -> llguidance.LLMatcher:
         """A fresh matcher for one answer; raises `InputError` (param: the constraint's) if refused."""
@@ -113,10 +144,10 @@ def bounded(schema: Any) -> Any:
     types = out.get("type")
     types = types if isinstance(types, list) else [types]
     open_value = not any(key in out for key in ("enum", "const"))
-    if "string" in types and open_value and not any(key in out for key in ("maxLength", "pattern", "format")):
-        out["maxLength"] = MAX_FREE_STRING_CHARS
+    if "string" in types and open_value and "maxLength" not in out:
+        out["maxLength"] = max(MAX_FREE_STRING_CHARS, _int(out.get("minLength")))
     if "array" in types and open_value and "maxItems" not in out:
-        out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, out.get("minItems", 0) if isinstance(out.get("minItems"), int) else 0)
+        out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, _int(out.get("minItems")))
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
             out[key] = [bounded(sub) for sub in out[key]]
@@ -127,6 +158,10 @@ def bounded(schema: Any) -> Any:
         if isinstance(out.get(key), dict):
             out[key] = bounded(out[key])
     return out
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _literal(text: str) -> str:

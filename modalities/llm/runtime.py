@@ -313,7 +313,9 @@ class LLMRuntime:
         if params.constraint is None:
             return AnswerSampler(params)
         grammars = self.grammars
-        return AnswerSampler(params, grammars.matcher(params.constraint), grammars.vocab_size)
+        closing = grammars.closing_for(params.constraint)
+        matcher = grammars.matcher(params.constraint)
+        return AnswerSampler(params, matcher, grammars.vocab_size, closing, grammars.call_openers)
 
     def token_bytes(self, token_id: int) -> bytes:
         """A token's bytes as the tokenizer spells them (a piece of a UTF-8 character stays a piece)."""

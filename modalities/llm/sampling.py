@@ -55,6 +55,11 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
 
 
+# A constrained answer's last tokens (a tenth of its budget, within these bounds) steer it to finish.
+MIN_CLOSING_RESERVE = 16
+MAX_CLOSING_RESERVE = 64
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """A chosen token's log-probability and the most likely alternatives (`top`: (id, logprob))."""
@@ -74,12 +79,29 @@ class AnswerSampler:
     the consumer, so the consumer can read entry i once it has token i).
     """
 
-    def __init__(self, params: SamplingParams, matcher: Any = None, vocab_size: int = 0) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        matcher: Any = None,
+        vocab_size: int = 0,
+        closing: torch.Tensor | None = None,
+        call_openers: frozenset[int] = frozenset(),
+    ) -> None:
         if (matcher is None) != (params.constraint is None) or (matcher is not None and vocab_size < 1):
             raise ValueError("a constrained answer needs its matcher and the matcher's vocabulary size")
         self.params = params
         self.matcher = matcher
         self.vocab_size = vocab_size  # the matcher's (the tokenizer's); logits past it are masked
+        # [vocab_size] bias towards tokens that close what is open (`GrammarCompiler.closing_bias`),
+        # applied over the last `closing_reserve` tokens of the budget (see `choose`).
+        self.closing = closing
+        self.budget = params.max_tokens
+        self.chosen = 0
+        # `auto` tool choice: a text answer (it cannot start with '<', the call's opening) is prose,
+        # never steered; a call is.
+        constraint = params.constraint
+        self._text_or_call = constraint is not None and constraint.kind == "tool_calls" and constraint.data["mode"] == "auto"
+        self._call_openers = call_openers  # tokens that can begin a call (`GrammarCompiler.call_openers`)
         self.generator: torch.Generator | None = None
         self.logprobs: list[TokenLogprob] = []
         self._counts: torch.Tensor | None = None  # generated tokens per vocabulary entry (penalties)
@@ -89,8 +111,14 @@ class AnswerSampler:
     def plain(self) -> bool:
         return self.params.plain
 
-    def start(self, device: torch.device) -> None:
+    def start(self, device: torch.device, budget: int | None = None) -> None:
+        """Before the first token; `budget`: the most tokens the decode loop will ask for."""
         self.generator = make_generator(self.params, device)
+        self.budget = budget or self.params.max_tokens
+
+    @property
+    def closing_reserve(self) -> int:
+        return min(MAX_CLOSING_RESERVE, max(MIN_CLOSING_RESERVE, self.budget // 10))
 
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from `[V]` logits (left untouched)."""
@@ -106,7 +134,14 @@ class AnswerSampler:
             scores -= self._counts * params.frequency_penalty + (self._counts > 0) * params.presence_penalty
         if self.matcher is not None:
             self._apply_mask(scores)
+            if self.closing is not None and self.budget - self.chosen <= self.closing_reserve:
+                # The budget is nearly spent: an answer still open would be cut short, invalid.
+                # Where the grammar allows it, close what is open (a string, a list, an object).
+                scores[: self.vocab_size] += self.closing.to(scores.device)
         token = int(sample_next_token(scores, params, self.generator))
+        self.chosen += 1
+        if self._text_or_call and self.chosen == 1 and token not in self._call_openers:
+            self.closing = None  # a text answer
         if params.logprobs:
             self.logprobs.append(_logprob(logits, token, params.top_logprobs))
         if params.presence_penalty or params.frequency_penalty:

@@ -353,7 +353,7 @@ class BatchedEngine:
                 if not request.prefilled:
                     break
                 self._keep_prefix(request)
-                request.sampler.start(logits.device)
+                request.sampler.start(logits.device, request.max_new_tokens)
                 tokens.append(request.sampler.choose(logits[row]))
         except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
