@@ -16,6 +16,7 @@ matcher for one request; call it off the decode loop (the runtime does, before q
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -118,10 +119,16 @@ class GrammarCompiler:
 
 
 def _explain(constraint: Constraint, error: str) -> str:
-    error = error.strip().splitlines()[0] if error.strip() else "rejected"
-    if "Unimplemented keys" in error:
-        return f"unsupported JSON Schema feature(s) in {constraint.param}: {error.split(':', 1)[1].strip()}"
-    return f"{constraint.param} cannot be used as a constraint: {error[:300]}"
+    """llguidance's refusal in a sentence that names the feature, without quoting the client's input."""
+    unimplemented = re.search(r"Unimplemented keys: (\[[^\]]*\])", error)
+    if unimplemented:
+        return f"unsupported JSON Schema feature(s) in {constraint.param}: {unimplemented.group(1)}"
+    # Regex errors come as "<where>: invalid regex "<the pattern>" ...", then "error: <what>".
+    reasons = [line.strip()[len("error:") :].strip() for line in error.splitlines() if line.strip().startswith("error:")]
+    if reasons:
+        return f"{constraint.param} uses an unsupported regular expression feature: {reasons[0][:200]}"
+    first = error.strip().splitlines()[0] if error.strip() else "rejected"
+    return f"{constraint.param} cannot be used as a constraint: {first[:200]}"
 
 
 def _json(schema: Any) -> str:

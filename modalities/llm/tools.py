@@ -120,8 +120,8 @@ class ToolCallParser:
                 self._released = 0
                 deltas.append(CallDelta(len(self.calls) - 1, name=name))
                 continue
-            end = self._buffer.find(CALL_SUFFIX)
-            if end >= 0 and _balanced(self._buffer[:end]):
+            end = _call_end(self._buffer)
+            if end >= 0:
                 arguments = self._buffer[:end]
                 self._buffer = self._buffer[end + len(CALL_SUFFIX) :]
                 current["done"] = "1"
@@ -149,6 +149,15 @@ def _add(deltas: list[CallDelta], index: int, piece: str) -> None:
         deltas[-1].arguments += piece
     else:
         deltas.append(CallDelta(index, arguments=piece))
+
+
+def _call_end(buffer: str) -> int:
+    """Where the call's closing `}</tool_call>` starts in `buffer` (the arguments before it complete
+    JSON: one inside an argument string does not count), or -1."""
+    end = buffer.find(CALL_SUFFIX)
+    while end >= 0 and not _balanced(buffer[:end]):
+        end = buffer.find(CALL_SUFFIX, end + 1)
+    return end
 
 
 def _balanced(text: str) -> bool:
