@@ -8,9 +8,11 @@ could not continue with. Kinds:
 - `regex`: the whole answer matches the regular expression;
 - `choice`: the answer is exactly one of the strings;
 - `grammar`: a Lark grammar in llguidance's dialect (`chorus.grammar`);
+- `no_tool_calls`: plain text that never writes a call (tools offered with `tool_choice: none`, or a
+  history with calls in it: a small model imitates the markup it sees);
 - `tool_calls`: the answer is one or more tool calls in `modalities.llm.tools`' format, each naming
   one of the tools and carrying arguments valid against its parameters schema; with `auto`, plain
-  text (not starting with the call marker) is allowed instead, and a call is constrained once it starts.
+  text (never containing the call marker) is allowed instead, and a call is constrained once it starts.
 
 `param` names the request field the constraint came from, so a schema the compiler refuses is
 reported against it (400 with `param`).
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ConstraintKind = Literal["json_schema", "regex", "choice", "grammar", "tool_calls"]
+ConstraintKind = Literal["json_schema", "regex", "choice", "grammar", "tool_calls", "no_tool_calls"]
 ToolMode = Literal["required", "auto"]
 
 
@@ -81,3 +83,7 @@ def tool_calls(tools: Sequence[ToolSpec], mode: ToolMode, parallel: bool, param:
     """Calls to `tools` (a named `tool_choice` passes just that tool with mode `required`)."""
     payload = {"mode": mode, "parallel": parallel, "tools": [{"name": t.name, "parameters": t.parameters} for t in tools]}
     return Constraint("tool_calls", _canonical(payload), param)
+
+
+def no_tool_calls(param: str = "tool_choice") -> Constraint:
+    return Constraint("no_tool_calls", "", param)

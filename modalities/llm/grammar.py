@@ -41,6 +41,7 @@ CACHE_ENTRIES = 256  # compiled grammars kept (by hash): a deployment's schemas 
 # free whitespace: a small model given free whitespace can spend its whole budget on newlines.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 INVALID_SCHEMA = "invalid_schema"
+MAX_FORCED_TOKENS = 4096  # more forced tokens than any answer's budget: the schema has no finite answer
 CLOSING_BIAS = 100.0  # logit bonus of a closing token in an answer's last tokens (`closing_bias`)
 # Bounds for values a schema leaves open: a small model that loses the thread inside a string or a
 # list would otherwise write until max_tokens and leave the JSON unfinished (invalid). A schema's own
@@ -115,6 +116,15 @@ class GrammarCompiler:
         matcher = llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
         if matcher.is_error():
             raise InputError(_explain(constraint, matcher.get_error()), param=constraint.param, code=INVALID_SCHEMA)
+        # The tokens the grammar forces from the start: a schema whose recursion is required (every
+        # node must have a child) forces an endless answer; llguidance gives up after 50,000 items.
+        probe = matcher.deep_copy()
+        if len(probe.compute_ff_tokens()) >= MAX_FORCED_TOKENS or probe.is_error():
+            raise InputError(
+                f"{constraint.param} admits no finite answer (a required property recurses without end)",
+                param=constraint.param,
+                code=INVALID_SCHEMA,
+            )
         return matcher
 
 
@@ -191,13 +201,20 @@ def to_lark(constraint: Constraint) -> str:
         return constraint.payload
     if constraint.kind == "tool_calls":
         return _tool_calls_lark(constraint.data)
+    if constraint.kind == "no_tool_calls":
+        return header + "start: TEXT\n" + _TEXT_RULE
     raise ValueError(f"unknown constraint kind {constraint.kind!r}")
+
+
+# Text that never contains the call marker (llguidance regexes take `&` and `~`): the text choice of
+# `auto`, and the whole answer where calls are off.
+_TEXT_RULE = "TEXT: /(?s:.*)/ & ~/(?s:.*)" + CALL_OPEN + "(?s:.*)/\n"
 
 
 def _tool_calls_lark(spec: dict[str, Any]) -> str:
     """One or more calls (`MAX_PARALLEL_CALLS` at most; one unless parallel), each `CALL_OPEN` +
-    `{"name": "<tool>", "arguments": <its schema>}` + `CALL_CLOSE`; with `auto`, plain text not
-    starting with '<' is the other choice."""
+    `{"name": "<tool>", "arguments": <its schema>}` + `CALL_CLOSE`; with `auto`, plain text that never
+    writes the call marker is the other choice."""
     tools = spec["tools"]
     if not tools:
         raise ValueError("no tools to call")
@@ -208,5 +225,5 @@ def _tool_calls_lark(spec: dict[str, Any]) -> str:
         rules.append(f"call_{index}: {head} {_json(parameters)} {_literal(CALL_SUFFIX)}")
     repeat = f'(({_literal(CALL_SEPARATOR)}) call){{0,{MAX_PARALLEL_CALLS - 1}}}' if spec["parallel"] else ""
     start = f"calls: call {repeat}\ncall: " + " | ".join(f"call_{i}" for i in range(len(tools)))
-    top = "start: calls | TEXT\nTEXT: /[^<][\\s\\S]*/\n" if spec["mode"] == "auto" else "start: calls\n"
+    top = "start: calls | TEXT\n" + _TEXT_RULE if spec["mode"] == "auto" else "start: calls\n"
     return "%llguidance {}\n" + top + start + "\n" + "\n".join(rules) + "\n"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modalities.errors import InputError
 from modalities.llm.params import SEED_RANGE, SamplingParams
 
 __all__ = ["SEED_RANGE", "AnswerSampler", "SamplingParams", "TokenLogprob", "make_generator", "sample_next_token"]
@@ -149,7 +150,13 @@ class AnswerSampler:
                 self._counts = torch.zeros(scores.shape[0], device=scores.device)
             self._counts[token] += 1
         if self.matcher is not None and not self.matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused the token it allowed: {self.matcher.get_error()[:200]}")
+            # The mask allowed it, so the grammar itself gave up (llguidance's limits: a schema
+            # that nests without end): the client's constraint cannot be met, a 400 naming it.
+            raise InputError(
+                f"the answer cannot follow {params.constraint.param}: {self.matcher.get_error()[:200]}",
+                param=params.constraint.param,
+                code="invalid_schema",
+            )
         return token
 
     def _apply_mask(self, scores: torch.Tensor) -> None:

@@ -73,7 +73,7 @@ class ToolCallParser:
 
     Text that could still become `CALL_OPEN` is held back until it can't; a call's arguments are
     released as they come, less the tail that could be the call's closing `}</tool_call>`. The
-    answer's grammar guarantees the layout; a text answer (which may not start with `<`) is text.
+    answer's grammar guarantees the layout; a text answer (which never writes `CALL_OPEN`) is text.
     """
 
     text_mode: bool | None = None  # None: undecided (the answer so far is a prefix of CALL_OPEN)

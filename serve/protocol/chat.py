@@ -18,6 +18,7 @@ from fusion.registry import FusionMode
 from modalities.llm.params import MAX_LOGIT_BIAS, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, PENALTY_RANGE, SEED_RANGE
 
 from .common import Strict as _Strict
+from .common import refuse
 
 AudioFormat = Literal["wav", "mp3", "flac", "ogg"]
 MAX_TOKENS_LIMIT = 2**31 - 1  # a 32-bit count; the context window refuses far fewer
@@ -234,14 +235,14 @@ class ChatCompletionRequest(_Strict):
     @model_validator(mode="after")
     def _tools_and_formats(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
+            raise refuse("top_logprobs needs logprobs: true", "top_logprobs")
         names = [t.function.name for t in self.tools or []]
         if len(set(names)) != len(names):
-            raise ValueError("tool names must be unique")
+            raise refuse("tool names must be unique", "tools")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise ValueError(f"tool_choice names a function that is not in tools: {self.tool_choice.function.name[:64]!r}")
+            raise refuse("tool_choice names a function that is not in tools", "tool_choice.function.name")
         if self.tool_choice in ("auto", "required") and not names:
-            raise ValueError(f"tool_choice '{self.tool_choice}' needs tools")
+            raise refuse(f"tool_choice '{self.tool_choice}' needs tools", "tool_choice")
         return self
 
     def tools_in_use(self) -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
+
+CROSS_FIELD = "cross_field"  # the error type of `refuse`: a rule over several fields
 
 
 class Strict(BaseModel):
@@ -16,3 +19,8 @@ class Strict(BaseModel):
 def now() -> int:
     """OpenAI's `created`: Unix seconds."""
     return int(time.time())
+
+
+def refuse(message: str, param: str) -> PydanticCustomError:
+    """The error a model validator raises for a rule over several fields: the 400 names `param`."""
+    return PydanticCustomError(CROSS_FIELD, message, {"param": param})

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from serve.errors import InvalidRequest
 
+from .common import CROSS_FIELD
+
 Model = TypeVar("Model", bound=BaseModel)
 MAX_MESSAGE_CHARS = 300
 MAX_JSON_DEPTH = 32  # deepest legitimate request: messages → content parts → part → field
@@ -155,6 +157,8 @@ def validation_error(errors: list[dict[str, Any]], body: Any = None) -> InvalidR
 
 def _describe(error: dict[str, Any], parts: list[str], value: Any, expected: list[str]) -> InvalidRequest:
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
+    if kind == CROSS_FIELD:  # a rule over several fields names the one to change
+        return InvalidRequest(str(error.get("msg", "invalid value"))[:MAX_MESSAGE_CHARS], param=ctx.get("param"), code="invalid_value")
     param = _dotted(tuple(parts)) or None
     if kind == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")

@@ -38,7 +38,10 @@ def constraint_for(req: ChatCompletionRequest) -> Constraint | None:
             code="conflicting_constraints",
         )
     if not fields:
-        return None
+        # Tools offered with tool_choice "none", or calls in the history: the answer is text, and a
+        # small model that saw the call markup would otherwise write it (it is the service's own).
+        has_calls = any(m.tool_calls for m in req.messages)
+        return constraints.no_tool_calls() if req.tools or has_calls else None
     if fields[0] == "tools":
         return _tools_constraint(req)
     if fields[0] == "response_format":

@@ -143,7 +143,8 @@ def test_grammar_shapes_of_tool_modes():
     auto = C.tool_calls([C.ToolSpec("add", ADD)], "auto", True)
     assert accepts(single, one) and not accepts(single, one + "\n" + one)
     assert accepts(auto, one + "\n" + one) and accepts(auto, "Plain text, no call.")
-    assert not accepts(auto, "<b>html</b>")  # text must not start with the call marker's '<'
+    assert accepts(auto, "<b>html</b>")  # text may hold any markup but the call marker
+    assert not accepts(auto, "Let me look. <tool_call>{}")
     assert not accepts(single, render_call("add", '{"a": 10, "b": true}'))  # maximum 9
     assert not accepts(single, render_call("sub", '{"a": 1, "b": true}'))
 
@@ -440,7 +441,8 @@ def test_constraint_for_tools():
     assert named.data["mode"] == "required" and [t["name"] for t in named.data["tools"]] == ["ping"]
     required = constraint_for(request(tools=tools, tool_choice="required", parallel_tool_calls=False))
     assert (required.data["mode"], required.data["parallel"], len(required.data["tools"])) == ("required", False, 2)
-    assert constraint_for(request(tools=tools, tool_choice="none")) is None
+    hidden = constraint_for(request(tools=tools, tool_choice="none"))  # text that never writes a call
+    assert (hidden.kind, hidden.param) == ("no_tool_calls", "tool_choice")
 
 
 def test_parallel_tool_calls_are_opt_in():
@@ -547,3 +549,62 @@ def test_protocol_refuses(fields, reason):
 def test_protocol_accepts_the_limits():
     request(tools=[tool(f"f{i}") for i in range(MAX_TOOLS)], tool_choice="required", logprobs=True, top_logprobs=20)
     request(messages=with_result("r"), logit_bias={"5": -100})
+
+
+# --- refusals that only decoding or compiling can find -------------------------------------------
+
+
+def test_calls_off_means_text_that_never_writes_the_markup():
+    """tool_choice "none" (or a history with calls): the service's call markup cannot leak as text."""
+    matcher = COMPILER.matcher(C.no_tool_calls())
+    assert all(matcher.consume_token(t) for t in ids_of("Your parcel <b>ships</b> today."))
+    matcher = COMPILER.matcher(C.no_tool_calls())
+    assert not all(matcher.consume_token(t) for t in ids_of("Sure: <tool_call>{"))
+    history = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "pong"}]
+    assert constraint_for(request(messages=history)).kind == "no_tool_calls"  # no tools at all, calls in history
+
+
+def test_a_schema_with_no_finite_answer_is_refused_at_compile():
+    endless = {"$ref": "#/$defs/node", "$defs": {"node": {
+        "type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}, "required": ["next"]}}}
+    with pytest.raises(InputError, match="no finite answer") as refused:
+        COMPILER.matcher(C.json_schema(endless))
+    assert refused.value.param == SCHEMA_PARAM
+    optional = {"$ref": "#/$defs/node", "$defs": {"node": {
+        "type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}}
+    COMPILER.matcher(C.json_schema(optional))  # recursion that may stop is fine
+
+
+class GivesUp:
+    """A real matcher that stops accepting after `after` tokens, as llguidance does at its limits."""
+
+    def __init__(self, matcher, after: int) -> None:
+        self._matcher, self._left = matcher, after
+
+    def consume_token(self, token: int) -> bool:
+        self._left -= 1
+        return self._left >= 0 and self._matcher.consume_token(token)
+
+    def __getattr__(self, name):
+        return getattr(self._matcher, name)
+
+
+def test_a_constraint_that_gives_up_fails_only_its_own_request(model):
+    engine = BatchedEngine(model, max_slots=4)
+    try:
+        constraint = C.json_schema(SCHEMA)
+        params = SamplingParams(temperature=0, max_tokens=40, constraint=constraint)
+        doomed = AnswerSampler(params, GivesUp(COMPILER.matcher(constraint), after=3), VOCAB)
+        plain = SamplingParams(temperature=0, max_tokens=20)
+        embeds = model.get_input_embeddings()(torch.tensor([PROMPT]))
+        neighbour = engine.run(embeds, plain, 20, NO_EOS)
+        failing = engine.run(embeds, doomed, 40, NO_EOS)
+        with pytest.raises(InputError) as refused:
+            list(failing)
+        assert refused.value.param == SCHEMA_PARAM
+        assert len(list(neighbour)) == 20  # decoded to its end beside it
+    finally:
+        engine.close()

@@ -43,6 +43,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from modalities.errors import InputError
 from modalities.heap import trim_heap
 from modalities.llm.config import DEFAULT_MAX_SLOTS
 from modalities.llm.engine.forward import LlamaForward
@@ -354,7 +355,7 @@ class BatchedEngine:
                     break
                 self._keep_prefix(request)
                 request.sampler.start(logits.device, request.max_new_tokens)
-                tokens.append(request.sampler.choose(logits[row]))
+                tokens.append(_choose(request, logits[row]))
         except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
             with self._lock:
@@ -377,7 +378,8 @@ class BatchedEngine:
                 request.prefix_keys = None
                 if request.prompt_length >= TRIM_PROMPT_TOKENS:
                     self._trim = True
-                request.emit(token)
+                if token is not None:  # None: refused by its constraint, dropped before the next step
+                    request.emit(token)
 
     def _start_prefill(self, request: Request) -> int:
         """Begin a request's prefill: its cached prefix (if any) goes into its row; returns its length."""
@@ -433,6 +435,8 @@ class BatchedEngine:
                     self.cache.release()
             return False
         for request, token in zip(active, chosen):
+            if token is None:  # refused by its constraint: its stream has ended with the error
+                continue
             request.length += 1
             request.emit(token)  # a cancelled request's stream has ended: nothing reaches it
         with self._lock:  # leavers go before anyone sees their end, so stats never lag a finished stream
@@ -516,10 +520,21 @@ def _decode_groups(active: list[Request]) -> list[tuple[int, int]]:
     return groups
 
 
-def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """Next token per row `[B, V]`: plain greedy rows with one argmax, the others by their sampler."""
-    chosen = torch.argmax(logits, dim=-1)
+def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int | None]:
+    """Next token per row `[B, V]`: plain greedy rows with one argmax, the others by their sampler
+    (None for a row whose constraint gave up: `_choose`)."""
+    chosen: list[int | None] = torch.argmax(logits, dim=-1).tolist()  # the one host sync per step
     for row, request in enumerate(requests):
         if not (request.params.greedy and request.params.plain):
-            chosen[row] = request.sampler.choose(logits[row])
-    return chosen.tolist()  # the one host sync per step
+            chosen[row] = _choose(request, logits[row])
+    return chosen
+
+
+def _choose(request: Request, logits: torch.Tensor) -> int | None:
+    """The request's next token; None when its constraint cannot be met (the client's schema: its
+    stream ends with the `InputError`, the rows beside it go on)."""
+    try:
+        return request.sampler.choose(logits)
+    except InputError as e:
+        request.refuse(e)
+        return None

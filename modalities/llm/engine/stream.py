@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from modalities.errors import InputError
 from modalities.llm.params import SamplingParams
 from modalities.llm.sampling import AnswerSampler
 
@@ -82,6 +83,12 @@ class Request:
         if token_id in self.eos_token_ids or self.produced >= self.max_new_tokens:
             self.done = True
 
+    def refuse(self, error: BaseException) -> None:
+        """The request cannot go on (its constraint gave up): its stream ends with `error` now, and
+        the engine drops it at its next scheduling point like any finished request."""
+        self.done = True
+        self.end(error)
+
     def end(self, error: BaseException | None = None) -> None:
         """End the consumer's stream (once): `_DONE`, or the error that failed the request."""
         if not self.ended:
@@ -123,6 +130,9 @@ class TokenStream(Iterator[int]):
         if item is _DONE:
             self._closed = True
             raise StopIteration
+        if isinstance(item, InputError):  # the client's (a constraint that cannot be met): told as such
+            self._closed = True
+            raise item
         if isinstance(item, BaseException):
             self._closed = True
             raise EngineError(f"decoding failed: {item}") from item
