@@ -27,6 +27,7 @@ import torch
 
 from modalities.errors import InputError
 from modalities.llm.constraint import Constraint
+from modalities.llm.schema_bounds import Unsatisfiable, finite
 from modalities.llm.tools import (
     ARGUMENTS_PREFIX,
     CALL_OPEN,
@@ -43,15 +44,6 @@ JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separat
 INVALID_SCHEMA = "invalid_schema"
 MAX_FORCED_TOKENS = 4096  # more forced tokens than any answer's budget: the schema has no finite answer
 CLOSING_BIAS = 100.0  # logit bonus of a closing token in an answer's last tokens (`closing_bias`)
-# Bounds for values a schema leaves open: a small model that loses the thread inside a string or a
-# list would otherwise write until max_tokens and leave the JSON unfinished (invalid). A schema's own
-# maxLength / maxItems / enum / const always wins (a pattern or format alone does not bound a string:
-# an email pattern let the model write a 500-token address); the bounded answer is still valid.
-MAX_FREE_STRING_CHARS = 160
-MAX_FREE_ARRAY_ITEMS = 16
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
-_SUBSCHEMAS = ("items", "additionalProperties", "contains", "not")
 
 
 class GrammarCompiler:
@@ -111,6 +103,8 @@ class GrammarCompiler:
     def _compile(self, constraint: Constraint) -> llguidance.LLMatcher:
         try:
             lark = to_lark(constraint)
+        except Unsatisfiable as e:
+            raise InputError(f"{constraint.param} admits {e}", param=constraint.param, code=INVALID_SCHEMA) from e
         except (TypeError, ValueError) as e:
             raise InputError(f"invalid {constraint.kind}: {e}", param=constraint.param, code=INVALID_SCHEMA) from e
         matcher = llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
@@ -143,42 +137,15 @@ def _explain(constraint: Constraint, error: str) -> str:
 
 def _json(schema: Any) -> str:
     """A schema as an llguidance `%json` body, in our JSON style (a client's own x-guidance dropped)."""
-    if isinstance(schema, bool):
-        schema = {} if schema else {"not": {}}
+    if schema is False:
+        raise Unsatisfiable("no answer (the schema is false)")
+    if schema is True:
+        schema = {}
     if not isinstance(schema, dict):
         raise ValueError("a JSON Schema must be an object or a boolean")
-    styled = {k: v for k, v in bounded(schema).items() if k != "x-guidance"}
+    styled = {k: v for k, v in finite(schema).items() if k != "x-guidance"}
     styled["x-guidance"] = JSON_STYLE
     return "%json " + json.dumps(styled, ensure_ascii=False)
-
-
-def bounded(schema: Any) -> Any:
-    """A copy of `schema` in which strings and arrays it leaves unbounded get `MAX_FREE_STRING_CHARS`
-    and `MAX_FREE_ARRAY_ITEMS` (every answer valid against the copy is valid against the original)."""
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    types = out.get("type")
-    types = types if isinstance(types, list) else [types]
-    open_value = not any(key in out for key in ("enum", "const"))
-    if "string" in types and open_value and "maxLength" not in out:
-        out["maxLength"] = max(MAX_FREE_STRING_CHARS, _int(out.get("minLength")))
-    if "array" in types and open_value and "maxItems" not in out:
-        out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, _int(out.get("minItems")))
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [bounded(sub) for sub in out[key]]
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {name: bounded(sub) for name, sub in out[key].items()}
-    for key in _SUBSCHEMAS:
-        if isinstance(out.get(key), dict):
-            out[key] = bounded(out[key])
-    return out
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _literal(text: str) -> str:

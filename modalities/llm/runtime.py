@@ -315,7 +315,7 @@ class LLMRuntime:
         grammars = self.grammars
         closing = grammars.closing_for(params.constraint)
         matcher = grammars.matcher(params.constraint)
-        return AnswerSampler(params, matcher, grammars.vocab_size, closing, grammars.call_openers)
+        return AnswerSampler(params, matcher, grammars.vocab_size, closing, grammars.call_openers, self.token_bytes)
 
     def token_bytes(self, token_id: int) -> bytes:
         """A token's bytes as the tokenizer spells them (a piece of a UTF-8 character stays a piece)."""

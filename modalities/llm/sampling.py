@@ -7,6 +7,7 @@ device and model), independent of any other request running in the process. The 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,32 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 # A constrained answer's last tokens (a tenth of its budget, within these bounds) steer it to finish.
 MIN_CLOSING_RESERVE = 16
 MAX_CLOSING_RESERVE = 64
+CLOSING_TOKENS_PER_LEVEL = 6  # to close one open level: a required key and a short value, then } or ]
+
+
+class JsonDepth:
+    """How deep the JSON written so far nests (objects and lists open outside strings), byte by byte."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._in_string = False
+        self._escaped = False
+
+    def push(self, data: bytes) -> None:
+        for byte in data:
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif byte == 0x5C:  # backslash
+                    self._escaped = True
+                elif byte == 0x22:  # quote
+                    self._in_string = False
+            elif byte == 0x22:
+                self._in_string = True
+            elif byte in (0x7B, 0x5B):  # { [
+                self.depth += 1
+            elif byte in (0x7D, 0x5D) and self.depth:  # } ]
+                self.depth -= 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,7 @@ class AnswerSampler:
         vocab_size: int = 0,
         closing: torch.Tensor | None = None,
         call_openers: frozenset[int] = frozenset(),
+        token_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         if (matcher is None) != (params.constraint is None) or (matcher is not None and vocab_size < 1):
             raise ValueError("a constrained answer needs its matcher and the matcher's vocabulary size")
@@ -94,8 +122,11 @@ class AnswerSampler:
         self.matcher = matcher
         self.vocab_size = vocab_size  # the matcher's (the tokenizer's); logits past it are masked
         # [vocab_size] bias towards tokens that close what is open (`GrammarCompiler.closing_bias`),
-        # applied over the last `closing_reserve` tokens of the budget (see `choose`).
+        # applied over the last tokens of the budget: `closing_reserve`, plus a few per level of
+        # nesting still open (`_depth`, read from each chosen token's bytes).
         self.closing = closing
+        self._token_bytes = token_bytes
+        self._depth = JsonDepth()
         self.budget = params.max_tokens
         self.chosen = 0
         # `auto` tool choice: a text answer (it cannot start with '<', the call's opening) is prose,
@@ -121,6 +152,10 @@ class AnswerSampler:
     def closing_reserve(self) -> int:
         return min(MAX_CLOSING_RESERVE, max(MIN_CLOSING_RESERVE, self.budget // 10))
 
+    def _closing_cost(self) -> int:
+        """Tokens that closing the open objects and lists may take (a required key each, say)."""
+        return CLOSING_TOKENS_PER_LEVEL * self._depth.depth
+
     def choose(self, logits: torch.Tensor) -> int:
         """The next token from `[V]` logits (left untouched)."""
         params = self.params
@@ -135,12 +170,14 @@ class AnswerSampler:
             scores -= self._counts * params.frequency_penalty + (self._counts > 0) * params.presence_penalty
         if self.matcher is not None:
             self._apply_mask(scores)
-            if self.closing is not None and self.budget - self.chosen <= self.closing_reserve:
+            if self.closing is not None and self.budget - self.chosen <= self.closing_reserve + self._closing_cost():
                 # The budget is nearly spent: an answer still open would be cut short, invalid.
                 # Where the grammar allows it, close what is open (a string, a list, an object).
                 scores[: self.vocab_size] += self.closing.to(scores.device)
         token = int(sample_next_token(scores, params, self.generator))
         self.chosen += 1
+        if self.closing is not None and self._token_bytes is not None:
+            self._depth.push(self._token_bytes(token))
         if self._text_or_call and self.chosen == 1 and token not in self._call_openers:
             self.closing = None  # a text answer
         if params.logprobs:

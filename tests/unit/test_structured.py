@@ -608,3 +608,24 @@ def test_a_constraint_that_gives_up_fails_only_its_own_request(model):
         assert len(list(neighbour)) == 20  # decoded to its end beside it
     finally:
         engine.close()
+
+
+def test_recursion_is_unrolled_to_a_depth_and_answers_stay_valid_against_the_original(runtime):
+    from modalities.llm.schema_bounds import MAX_RECURSION_DEPTH, finite
+
+    node = {"$ref": "#/$defs/node", "$defs": {"node": _obj(value={"type": "integer", "minimum": 0, "maximum": 9})}}
+    node["$defs"]["node"]["properties"]["next"] = {"$ref": "#/$defs/node"}
+    node["$defs"]["node"]["required"] = ["value"]
+    unrolled = finite(node)
+    depth, level = 0, unrolled
+    while isinstance(level, dict):
+        depth, level = depth + 1, level["properties"]["next"]
+    assert depth == MAX_RECURSION_DEPTH and level is False
+    deep = {"value": 1}
+    for _ in range(MAX_RECURSION_DEPTH + 2):
+        deep = {"value": 1, "next": deep}
+    jsonschema.validate(deep, node)  # the original takes any depth; the unrolled one only a finite one
+    assert not jsonschema.Draft202012Validator(unrolled).is_valid(deep)
+    for seed in SEEDS:  # what the model writes under the unrolled schema is valid against the original
+        jsonschema.validate(json.loads(generate(runtime, C.json_schema(node), seed).text), node)
+
