@@ -69,10 +69,10 @@ class GrammarCompiler:
             openers = set()
             for token in range(self.vocab_size):
                 head = self.tokenizer.decode_bytes([token])[:1]
-                if head in (b'"', b"]", b"}", b"<"):  # "<": the call's closing </tool_call>
+                if head in (b'"', b"]", b"}"):  # what follows (`</tool_call>`, EOS) the grammar forces
                     bias[token] = CLOSING_BIAS
-                    if head == b"<":
-                        openers.add(token)
+                elif head == b"<":
+                    openers.add(token)
                 elif head == b",":
                     bias[token] = CLOSING_BIAS / 2
             bias[self.eos_token_id] = CLOSING_BIAS

@@ -240,7 +240,8 @@ class ChatCompletionRequest(_Strict):
         if len(set(names)) != len(names):
             raise refuse("tool names must be unique", "tools")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise refuse("tool_choice names a function that is not in tools", "tool_choice.function.name")
+            missing = self.tool_choice.function.name[:64]
+            raise refuse(f"tool_choice names a function that is not in tools: {missing!r}", "tool_choice")
         if self.tool_choice in ("auto", "required") and not names:
             raise refuse(f"tool_choice '{self.tool_choice}' needs tools", "tool_choice")
         return self
