@@ -44,6 +44,7 @@ JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separat
 INVALID_SCHEMA = "invalid_schema"
 MAX_FORCED_TOKENS = 4096  # more forced tokens than any answer's budget: the schema has no finite answer
 CLOSING_BIAS = 100.0  # logit bonus of a closing token in an answer's last tokens (`closing_bias`)
+OUTSIDE_STRING, IN_STRING = 0, 1  # the rows of `closing_bias`
 
 
 class GrammarCompiler:
@@ -61,21 +62,28 @@ class GrammarCompiler:
 
     @property
     def closing_bias(self) -> torch.Tensor:
-        """`[vocab_size]` logit bias that makes a nearly spent answer finish: tokens starting with a
-        closing quote or bracket (or EOS) strongly preferred, a comma (the next required key) less.
-        The grammar's mask still decides what is allowed; this only ranks the allowed tokens."""
+        """`[2, vocab_size]` logit biases that make a nearly spent JSON answer finish, ranking the
+        tokens the grammar allows (it still decides what is allowed). Row `OUTSIDE_STRING`: a closing
+        bracket or EOS first, then a comma (the next required key), then a quote (a key, or a string
+        value, which closes at once) over anything that opens more. Row `IN_STRING`: the closing quote
+        (there a bracket is text and would only lengthen the string), less so one that brings a comma."""
         if self._closing is None:
-            bias = torch.zeros(self.vocab_size)
+            bias = torch.zeros(2, self.vocab_size)
             openers = set()
             for token in range(self.vocab_size):
                 head = self.tokenizer.decode_bytes([token])[:1]
-                if head in (b'"', b"]", b"}"):  # what follows (`</tool_call>`, EOS) the grammar forces
-                    bias[token] = CLOSING_BIAS
+                if head in (b"]", b"}"):  # what follows (`</tool_call>`, EOS) the grammar forces
+                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS
+                elif head == b",":
+                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS / 2
+                elif head == b'"':
+                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS / 4
+                    # `",` closes the string but asks for more; a bare `"` or `"}` lets what is open close
+                    text = self.tokenizer.decode_bytes([token])
+                    bias[IN_STRING, token] = CLOSING_BIAS / 2 if text[1:2] == b"," else CLOSING_BIAS
                 elif head == b"<":
                     openers.add(token)
-                elif head == b",":
-                    bias[token] = CLOSING_BIAS / 2
-            bias[self.eos_token_id] = CLOSING_BIAS
+            bias[OUTSIDE_STRING, self.eos_token_id] = CLOSING_BIAS
             self.call_openers = frozenset(openers)  # tokens that can begin `CALL_OPEN`
             self._closing = bias
         return self._closing

@@ -68,20 +68,20 @@ class JsonDepth:
 
     def __init__(self) -> None:
         self.depth = 0
-        self._in_string = False
+        self.in_string = False
         self._escaped = False
 
     def push(self, data: bytes) -> None:
         for byte in data:
-            if self._in_string:
+            if self.in_string:
                 if self._escaped:
                     self._escaped = False
                 elif byte == 0x5C:  # backslash
                     self._escaped = True
                 elif byte == 0x22:  # quote
-                    self._in_string = False
+                    self.in_string = False
             elif byte == 0x22:
-                self._in_string = True
+                self.in_string = True
             elif byte in (0x7B, 0x5B):  # { [
                 self.depth += 1
             elif byte in (0x7D, 0x5D) and self.depth:  # } ]
@@ -121,7 +121,8 @@ class AnswerSampler:
         self.params = params
         self.matcher = matcher
         self.vocab_size = vocab_size  # the matcher's (the tokenizer's); logits past it are masked
-        # [vocab_size] bias towards tokens that close what is open (`GrammarCompiler.closing_bias`),
+        # [2, vocab_size] biases towards tokens that close what is open, outside and inside a JSON
+        # string (`GrammarCompiler.closing_bias`),
         # applied over the last tokens of the budget: `closing_reserve`, plus a few per level of
         # nesting still open (`_depth`, read from each chosen token's bytes).
         self.closing = closing
@@ -173,7 +174,7 @@ class AnswerSampler:
             if self.closing is not None and self.budget - self.chosen <= self.closing_reserve + self._closing_cost():
                 # The budget is nearly spent: an answer still open would be cut short, invalid.
                 # Where the grammar allows it, close what is open (a string, a list, an object).
-                scores[: self.vocab_size] += self.closing.to(scores.device)
+                scores[: self.vocab_size] += self.closing[int(self._depth.in_string)].to(scores.device)
         token = int(sample_next_token(scores, params, self.generator))
         self.chosen += 1
         if self.closing is not None and self._token_bytes is not None:

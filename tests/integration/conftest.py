@@ -116,3 +116,11 @@ def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
             last = err
         time.sleep(1.0)
     raise RuntimeError(f"service did not become healthy: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def client(serve_url):
+    """The official openai client against the live app, with the test key."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{serve_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -21,11 +21,6 @@ SPOKEN = "Please cancel my order and send me a refund."
 
 
 @pytest.fixture(scope="module")
-def client(serve_url):
-    return openai.OpenAI(base_url=f"{serve_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def wav_b64():
     return base64.b64encode(to_wav_bytes(synthesize(SPOKEN))).decode()
 

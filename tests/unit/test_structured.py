@@ -629,3 +629,16 @@ def test_recursion_is_unrolled_to_a_depth_and_answers_stay_valid_against_the_ori
     for seed in SEEDS:  # what the model writes under the unrolled schema is valid against the original
         jsonschema.validate(json.loads(generate(runtime, C.json_schema(node), seed).text), node)
 
+
+
+def test_served_sampling_defaults_fill_only_what_the_request_leaves_out():
+    from serve.config import ChorusConfig
+    from serve.services.chat import ChatService
+
+    service = ChatService(ChorusConfig.model_validate({}), {}, decoder=None)
+    info = {"default_sampling": {"temperature": 0.2, "top_p": 0.9, "frequency_penalty": 0.5}}
+    served = service._params(request(), info)
+    assert (served.temperature, served.top_p, served.frequency_penalty, served.presence_penalty) == (0.2, 0.9, 0.5, 0.0)
+    asked = service._params(request(temperature=0.0, top_p=1.0, frequency_penalty=0.0), info)
+    assert (asked.temperature, asked.top_p, asked.frequency_penalty) == (0.0, 1.0, 0.0)
+    assert service._params(request(), {}).temperature == 1.0  # nothing served: OpenAI's default
