@@ -5,7 +5,8 @@
 Sections (in run order): decode (ours vs llama.cpp), bandwidth (decode vs the memory-bandwidth
 bound), quant (none/int8/int4 vs fp32), service (HTTP API vs the engine directly), concurrency
 (1-8 streams), encoders (Whisper window, CLIP batching, feature cache), engines (Performance II: llama.cpp,
-the torch and ONNX Runtime engines and the API stream in one table; bench/engines.py). A section that fails is
+the torch and ONNX Runtime engines and the API stream in one table; bench/engines.py), structured (what
+constrained decoding costs per token, compile times, validity; bench/structured.py). A section that fails is
 reported as not measured with its error; the others still run.
 """
 
@@ -32,6 +33,7 @@ def _sections() -> dict[str, Callable[[BenchContext], None]]:
     from bench.engines import section_engines
     from bench.llm_sections import section_bandwidth, section_concurrency, section_decode, section_quant
     from bench.service import section_service
+    from bench.structured import section_structured
 
     return {
         "decode": section_decode,
@@ -41,10 +43,11 @@ def _sections() -> dict[str, Callable[[BenchContext], None]]:
         "concurrency": section_concurrency,
         "encoders": section_encoders,
         "engines": section_engines,
+        "structured": section_structured,
     }
 
 
-SECTION_NAMES = ("decode", "bandwidth", "quant", "service", "concurrency", "encoders", "engines")
+SECTION_NAMES = ("decode", "bandwidth", "quant", "service", "concurrency", "encoders", "engines", "structured")
 
 
 def parse_only(value: str | None) -> list[str]:

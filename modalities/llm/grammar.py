@@ -71,17 +71,11 @@ class GrammarCompiler:
             bias = torch.zeros(2, self.vocab_size)
             openers = set()
             for token in range(self.vocab_size):
-                head = self.tokenizer.decode_bytes([token])[:1]
-                if head in (b"]", b"}"):  # what follows (`</tool_call>`, EOS) the grammar forces
-                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS
-                elif head == b",":
-                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS / 2
-                elif head == b'"':
-                    bias[OUTSIDE_STRING, token] = CLOSING_BIAS / 4
-                    # `",` closes the string but asks for more; a bare `"` or `"}` lets what is open close
-                    text = self.tokenizer.decode_bytes([token])
+                text = self.tokenizer.decode_bytes([token])
+                bias[OUTSIDE_STRING, token] = _outside_rank(text)
+                if text[:1] == b'"':  # `",` closes the string but asks for more: less than `"` or `"}`
                     bias[IN_STRING, token] = CLOSING_BIAS / 2 if text[1:2] == b"," else CLOSING_BIAS
-                elif head == b"<":
+                elif text[:1] == b"<":
                     openers.add(token)
             bias[OUTSIDE_STRING, self.eos_token_id] = CLOSING_BIAS
             self.call_openers = frozenset(openers)  # tokens that can begin `CALL_OPEN`
@@ -128,6 +122,20 @@ class GrammarCompiler:
                 code=INVALID_SCHEMA,
             )
         return matcher
+
+
+def _outside_rank(text: bytes) -> float:
+    """How much a token closes, outside a string: only brackets (`}`, `]}`): all of `CLOSING_BIAS`; a
+    bracket then a comma (`},`: closes one, asks for another) or a comma alone: half; a quote (a key,
+    or a string value that the in-string row then closes at once): a quarter; anything else: 0."""
+    body = text.strip()
+    if not body:
+        return 0.0
+    if body[:1] in (b"}", b"]"):
+        return CLOSING_BIAS if body.strip(b"}]") == b"" else CLOSING_BIAS / 2
+    if body[:1] == b",":
+        return CLOSING_BIAS / 2
+    return CLOSING_BIAS / 4 if body[:1] == b'"' else 0.0
 
 
 def _explain(constraint: Constraint, error: str) -> str:

@@ -57,9 +57,10 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
 
 
-# A constrained answer's last tokens (a tenth of its budget, within these bounds) steer it to finish.
-MIN_CLOSING_RESERVE = 16
-MAX_CLOSING_RESERVE = 64
+# A constrained answer's last tokens (a sixth of its budget, within these bounds, plus a few per level
+# still open) steer it to finish: a required key still to come costs ~6-8 tokens of forced markup.
+MIN_CLOSING_RESERVE = 24
+MAX_CLOSING_RESERVE = 128
 CLOSING_TOKENS_PER_LEVEL = 6  # to close one open level: a required key and a short value, then } or ]
 
 
@@ -151,7 +152,7 @@ class AnswerSampler:
 
     @property
     def closing_reserve(self) -> int:
-        return min(MAX_CLOSING_RESERVE, max(MIN_CLOSING_RESERVE, self.budget // 10))
+        return min(MAX_CLOSING_RESERVE, max(MIN_CLOSING_RESERVE, self.budget // 6))
 
     def _closing_cost(self) -> int:
         """Tokens that closing the open objects and lists may take (a required key each, say)."""
