@@ -141,12 +141,16 @@ def bench_outlines(tokenizer, schema: dict, tokens: list[int], cache: dict) -> d
     from outlines_core import Guide, Index, Vocabulary
     from outlines_core.json_schema import build_regex_from_schema
 
-    if "vocab" not in cache:
+    if "vocab" not in cache:  # each token by its bytes (not the byte-level BPE spelling, "Ġ" for a space)
+        import llguidance.hf
+
+        spelled = llguidance.hf.from_tokenizer(tokenizer)
         eos = tokenizer.eos_token_id
-        vocab: dict[str, list[int]] = {}
-        for token, index in tokenizer.get_vocab().items():
-            if index != eos:
-                vocab.setdefault(token, []).append(index)
+        special = set(tokenizer.all_special_ids)
+        vocab: dict[bytes, list[int]] = {}
+        for index in range(len(tokenizer)):
+            if index != eos and index not in special:
+                vocab.setdefault(spelled.decode_bytes([index]), []).append(index)
         cache["vocab"] = Vocabulary(eos, vocab)
     started = time.perf_counter()
     try:
@@ -167,6 +171,14 @@ def bench_outlines(tokenizer, schema: dict, tokens: list[int], cache: dict) -> d
     return {"compile_ms": compile_s * 1000, "mask_us": statistics.median(times) * 1e6, "tokens": len(tokens)}
 
 
+def _installed(bench, *args) -> dict:
+    """The library's figures, or a note that it is not installed (the bench extra brings both)."""
+    try:
+        return bench(*args)
+    except ImportError as e:
+        return {"error": f"not installed ({e.name}): pip install -e '.[bench]'"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/structured/grammar_backends.json"))
@@ -179,8 +191,8 @@ def main() -> None:
         tokens = _doc_tokens(tokenizer, document)
         results[name] = {
             "llguidance": bench_llguidance(tokenizer, schema, tokens),
-            "xgrammar": bench_xgrammar(tokenizer, schema, tokens, xgr_cache),
-            "outlines-core": bench_outlines(tokenizer, schema, tokens, outlines_cache),
+            "xgrammar": _installed(bench_xgrammar, tokenizer, schema, tokens, xgr_cache),
+            "outlines-core": _installed(bench_outlines, tokenizer, schema, tokens, outlines_cache),
         }
         print(name, json.dumps(results[name]))
     results["xgrammar_tokenizer_setup_ms"] = xgr_cache.get("setup_ms")

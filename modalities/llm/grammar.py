@@ -1,13 +1,13 @@
 """Constraints compiled for the decoder: llguidance matchers, one per request, from a cache by hash.
 
 Why llguidance (measured in `bench/grammar_backends.py`, results in docs/benchmarks.md): it compiles
-a JSON schema in 1-2 ms and computes a token mask in ~10 µs on SmolLM2's 49k vocabulary (next to a
-~15 ms decode step either cost is noise); its Lark dialect embeds JSON schemas (`%json`), so one
+a JSON schema in 1-2 ms and computes a token mask in ~11 µs on SmolLM2's 49k vocabulary (next to a
+~12 ms decode step either cost is noise); its Lark dialect embeds JSON schemas (`%json`), so one
 grammar says "text, or a tool call whose arguments follow that tool's schema"; it names the schema
 features it does not implement ("Unimplemented keys: [\"not\"]"), which becomes the 400 a client
-sees; and it is a self-contained wheel (no torch, no compiler at run time). xgrammar was as good
-on masks (~1 µs) but slower to compile (5-11 ms) and brings a second FFI runtime; outlines-core builds an
-index over the whole vocabulary per schema (11-260 ms here) and needs a byte-level vocabulary.
+sees; and it is a self-contained wheel (no torch, no compiler at run time). xgrammar masks faster
+(~1 µs) but compiles slower (3-16 ms) and brings a second FFI runtime; outlines-core builds an
+index over the whole vocabulary per schema (15-307 ms here) and has no grammar beyond regexes.
 
 `GrammarCompiler.matcher(constraint)` compiles (or takes from its cache) and returns a fresh
 matcher for one request; call it off the decode loop (the runtime does, before queueing).
