@@ -202,7 +202,7 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)  # [] refused, as OpenAI
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
