@@ -37,17 +37,16 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from modalities.errors import InputError
 from modalities.heap import trim_heap
 from modalities.llm.config import DEFAULT_MAX_SLOTS
+from modalities.llm.engine.contracts import EngineStats, Forward
 from modalities.llm.engine.forward import LlamaForward
 from modalities.llm.engine.prefix import PrefixCache
+from modalities.llm.engine.rows import choose, decode_groups, sample_rows
 from modalities.llm.engine.slots import MIN_CAPACITY, SlotCache
 from modalities.llm.engine.stream import EngineError, Request, TokenStream
 from modalities.llm.params import SamplingParams
@@ -65,46 +64,6 @@ PREFILL_TOKEN_BUDGET = 1024
 # (prefilled or cancelled): its embeddings, activations and (once the cache shrinks) K/V were large.
 TRIM_PROMPT_TOKENS = 1024
 IDLE_EXIT_S = 60.0  # an idle engine thread ends after this long (it keeps the model alive)
-
-
-class Forward(Protocol):
-    """What the scheduler runs: `LlamaForward` (torch) or `onnx.OnnxForward` (ONNX Runtime)."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-    device: torch.device
-    max_positions: int
-
-    def prefill(
-        self, prompts: list[torch.Tensor], cache: SlotCache, first_row: int, cached: list[int] | None = None
-    ) -> torch.Tensor: ...
-
-    def decode(
-        self, token_ids: torch.Tensor, positions: torch.Tensor, span: int, cache: SlotCache, first_row: int = 0
-    ) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot of the engine: requests decoding, being prefilled and waiting, and counters since start."""
-
-    active: int  # rows decoding now
-    prefilling: int  # requests whose prompt is being prefilled (each holds a row)
-    queued: int  # requests waiting for a row
-    running: int  # requests holding a row: active + prefilling
-    max_slots: int
-    cache_capacity: int  # positions per row currently allocated (0 when idle)
-    cache_bytes: int  # K/V memory the slot cache holds now
-    steps: int  # batched decode steps run
-    prefill_chunks: int  # prefill forwards run
-    completed: int  # requests that finished, were cancelled or failed
-    cancelled: int  # of those, cancelled by their consumer before their last token
-    prompt_tokens: int  # prompt positions prefilled or taken from the prefix cache
-    prefix_hit_tokens: int  # of those, taken from the prefix cache (0 with the cache off)
-    prefix_cache_bytes: int  # K/V held by the prefix cache now
-    alive: bool  # False once the engine thread has died or the engine was closed (requests then fail)
 
 
 class BatchedEngine:
@@ -355,7 +314,7 @@ class BatchedEngine:
                     break
                 self._keep_prefix(request)
                 request.sampler.start(logits.device, request.max_new_tokens)
-                tokens.append(_choose(request, logits[row]))
+                tokens.append(choose(request, logits[row]))
         except Exception as e:  # noqa: BLE001 - these requests fail, the running ones go on
             log.exception("prefill failed")
             with self._lock:
@@ -416,12 +375,12 @@ class BatchedEngine:
             return False
         try:
             self.cache.reserve(len(active), max(r.length for r in active) + 1)
-            groups = _decode_groups(active)
+            groups = decode_groups(active)
             if len(groups) == 1:
                 logits = self._decode_rows(active, 0, len(active))
             else:  # a forward's logits may live in a buffer the next forward reuses (ONNX): copied
                 logits = torch.cat([self._decode_rows(active, first, count).clone() for first, count in groups])
-            chosen = _sample_rows(logits, active)
+            chosen = sample_rows(logits, active)
         except Exception as e:  # noqa: BLE001 - fail this batch, keep serving the queue
             log.exception("decode step failed")
             with self._lock:
@@ -506,35 +465,3 @@ def _close_at_exit(engine_ref: weakref.ref) -> None:
     engine = engine_ref()
     if engine is not None:
         engine.close(timeout=5.0)
-
-
-def _decode_groups(active: list[Request]) -> list[tuple[int, int]]:
-    """(first row, count) per decode forward: one for all the shared rows in a run, one for each
-    seeded (batch-invariant) row, which must see the same forward whoever else is decoding."""
-    groups: list[tuple[int, int]] = []
-    for row, request in enumerate(active):
-        if groups and not request.isolated and not active[row - 1].isolated:
-            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
-        else:
-            groups.append((row, 1))
-    return groups
-
-
-def _sample_rows(logits: torch.Tensor, requests: list[Request]) -> list[int | None]:
-    """Next token per row `[B, V]`: plain greedy rows with one argmax, the others by their sampler
-    (None for a row whose constraint gave up: `_choose`)."""
-    chosen: list[int | None] = torch.argmax(logits, dim=-1).tolist()  # the one host sync per step
-    for row, request in enumerate(requests):
-        if not (request.params.greedy and request.params.plain):
-            chosen[row] = _choose(request, logits[row])
-    return chosen
-
-
-def _choose(request: Request, logits: torch.Tensor) -> int | None:
-    """The request's next token; None when its constraint cannot be met (the client's schema: its
-    stream ends with the `InputError`, the rows beside it go on)."""
-    try:
-        return request.sampler.choose(logits)
-    except InputError as e:
-        request.refuse(e)
-        return None
