@@ -172,7 +172,8 @@ class AnswerSampler:
             scores -= self._counts * params.frequency_penalty + (self._counts > 0) * params.presence_penalty
         if self.matcher is not None:
             self._apply_mask(scores)
-            if self.closing is not None and self.budget - self.chosen <= self.closing_reserve + self._closing_cost():
+            undecided = self._text_or_call and self.chosen == 0  # `auto`: text or call is the model's choice
+            if self.closing is not None and not undecided and self.budget - self.chosen <= self.closing_reserve + self._closing_cost():
                 # The budget is nearly spent: an answer still open would be cut short, invalid.
                 # Where the grammar allows it, close what is open (a string, a list, an object).
                 scores[: self.vocab_size] += self.closing[int(self._depth.in_string)].to(scores.device)
@@ -189,14 +190,18 @@ class AnswerSampler:
                 self._counts = torch.zeros(scores.shape[0], device=scores.device)
             self._counts[token] += 1
         if self.matcher is not None and not self.matcher.consume_token(token):
-            # The mask allowed it, so the grammar itself gave up (llguidance's limits: a schema
-            # that nests without end): the client's constraint cannot be met, a 400 naming it.
-            raise InputError(
-                f"the answer cannot follow {params.constraint.param}: {self.matcher.get_error()[:200]}",
-                param=params.constraint.param,
-                code="invalid_schema",
-            )
+            raise self._gave_up()
         return token
+
+    def _gave_up(self) -> InputError:
+        """The grammar itself failed (llguidance's limits, a grammar with no way on): the client's
+        constraint cannot be met, a 400 naming it (or an error event once the stream has begun)."""
+        constraint = self.params.constraint
+        return InputError(
+            f"the answer cannot follow {constraint.param}: {self.matcher.get_error()[:200]}",
+            param=constraint.param,
+            code="invalid_schema",
+        )
 
     def _apply_mask(self, scores: torch.Tensor) -> None:
         """Every token the grammar does not allow next gets -inf. The bitmask (bit j of 32-bit word w
@@ -207,6 +212,8 @@ class AnswerSampler:
         if self._bitmask is None:
             self._bitmask = ll_torch.allocate_token_bitmask(1, self.vocab_size)
         ll_torch.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        if self.matcher.is_error():  # it then allows only EOS: the answer would end cut, as if done
+            raise self._gave_up()
         bits = np.unpackbits(self._bitmask.numpy().view(np.uint8), bitorder="little")[: self.vocab_size]
         allowed = torch.from_numpy(bits).to(device=scores.device, dtype=torch.bool)
         scores[: self.vocab_size].masked_fill_(~allowed, float("-inf"))

@@ -8,20 +8,21 @@ until max_tokens and leaves its JSON unfinished (invalid). The bounds keep every
   one path; deeper, the reference becomes `false` (nothing matches), so an optional recursive property
   can no longer appear there. A schema whose recursion is *required* becomes `false` altogether: it
   has no finite answer, and is refused.
-- A string without `maxLength`, `enum` or `const` gets `MAX_FREE_STRING_CHARS` (a pattern or a format
-  alone does not bound it: an email pattern let the model write a 500-token address), an array
-  without `maxItems` gets `MAX_FREE_ARRAY_ITEMS`. A schema's own bounds always win.
+- A string without `maxLength`, `pattern`, `enum` or `const` gets `MAX_FREE_STRING_CHARS`, an array
+  without `maxItems` gets `MAX_FREE_ARRAY_ITEMS`. A schema's own bounds always win. A pattern is left
+  as it is (a cap can make llguidance refuse it: "unable to determine if regex is empty" for
+  `^[0-9a-f]{200}$`); an open-ended one is ended by the sampler's closing steer near the budget.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 MAX_FREE_STRING_CHARS = 160
 MAX_FREE_ARRAY_ITEMS = 16
 MAX_RECURSION_DEPTH = 4
-MAX_UNROLLED_CHARS = 400_000  # the schema after inlining (a tree with several recursive children grows fast)
+MAX_UNROLLED_NODES = 20_000  # subschemas after inlining (a tree with several recursive children grows fast)
+MAX_NESTING = 200  # subschemas inside one another, references followed (Python's recursion stays far off)
 
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties")
@@ -34,18 +35,23 @@ class Unsatisfiable(ValueError):
 
 
 def finite(schema: Any) -> Any:
-    """`schema` unrolled and bounded; raises `Unsatisfiable`, or ValueError when unrolling is too large."""
-    unrolled = _Unroller(schema).walk(schema, ())
+    """`schema` unrolled and bounded; raises `Unsatisfiable`, or ValueError when unrolling grows past
+    `MAX_UNROLLED_NODES` (counted as it goes: a few hundred bytes of references that fan out would
+    otherwise take minutes and gigabytes) or nests past `MAX_NESTING`."""
+    unroller = _Unroller(schema)
+    try:
+        unrolled = unroller.walk(schema, ())
+    except RecursionError as e:
+        raise ValueError(f"the schema nests more than {MAX_NESTING} levels") from e
     if unrolled is False:
         raise Unsatisfiable("no finite answer (a required property recurses without end)")
-    if len(json.dumps(unrolled)) > MAX_UNROLLED_CHARS:
-        raise ValueError(f"the schema's recursion unrolls past {MAX_UNROLLED_CHARS} characters")
     return bounded(unrolled)
 
 
 class _Unroller:
     def __init__(self, root: Any) -> None:
         self.root = root
+        self.nodes = 0  # subschemas walked so far
         self.definitions: dict[str, Any] = {}
         if isinstance(root, dict):
             for key in _DEFINITIONS:
@@ -57,10 +63,15 @@ class _Unroller:
             return {k: v for k, v in self.root.items() if k not in _DEFINITIONS} if isinstance(self.root, dict) else self.root
         return self.definitions.get(ref)
 
-    def walk(self, node: Any, path: tuple[str, ...]) -> Any:
+    def walk(self, node: Any, path: tuple[str, ...], level: int = 0) -> Any:
         """`node` with local references inlined; `False` where nothing can match (depth spent)."""
         if not isinstance(node, dict):
             return node
+        self.nodes += 1
+        if self.nodes > MAX_UNROLLED_NODES:
+            raise ValueError(f"the schema's references unroll past {MAX_UNROLLED_NODES} subschemas")
+        if level > MAX_NESTING:
+            raise ValueError(f"the schema nests more than {MAX_NESTING} levels")
         ref = node.get("$ref")
         if isinstance(ref, str) and self._target(ref) is not None:
             if path.count(ref) >= MAX_RECURSION_DEPTH:
@@ -68,17 +79,17 @@ class _Unroller:
             siblings = {k: v for k, v in node.items() if k != "$ref"}
             target = self._target(ref)
             merged = {**target, **siblings} if isinstance(target, dict) else target
-            return self.walk(merged, (*path, ref))
+            return self.walk(merged, (*path, ref), level + 1)
         out = dict(node)  # the root keeps its $defs: a reference deeper into them stays llguidance's to resolve
         for key in _SUBSCHEMA_LISTS:
             if isinstance(out.get(key), list):
-                out[key] = [self.walk(sub, path) for sub in out[key]]
+                out[key] = [self.walk(sub, path, level + 1) for sub in out[key]]
         for key in _SUBSCHEMA_MAPS:
             if isinstance(out.get(key), dict):
-                out[key] = {name: self.walk(sub, path) for name, sub in out[key].items()}
+                out[key] = {name: self.walk(sub, path, level + 1) for name, sub in out[key].items()}
         for key in _SUBSCHEMAS:
             if isinstance(out.get(key), dict):
-                out[key] = self.walk(out[key], path)
+                out[key] = self.walk(out[key], path, level + 1)
         return False if _impossible(out) else out
 
 
@@ -105,7 +116,7 @@ def bounded(schema: Any) -> Any:
     types = out.get("type")
     types = types if isinstance(types, list) else [types]
     open_value = not any(key in out for key in ("enum", "const"))
-    if "string" in types and open_value and "maxLength" not in out:
+    if "string" in types and open_value and not any(key in out for key in ("maxLength", "pattern")):
         out["maxLength"] = max(MAX_FREE_STRING_CHARS, _int(out.get("minLength")))
     if "array" in types and open_value and "maxItems" not in out:
         out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, _int(out.get("minItems")))

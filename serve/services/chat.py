@@ -91,6 +91,9 @@ class ChatService:
             raise model_not_found(req.model)
         text_chars = sum(len(p.text) for m in req.messages for p in m.parts() if isinstance(p, TextPart))
         text_chars += sum(len(s) for s in req.stop or [])
+        # Tools and past calls become prompt text too (the tools' JSON lines, the calls' arguments).
+        text_chars += sum(len(t.model_dump_json(exclude_none=True)) for t in req.tools or [])
+        text_chars += sum(len(c.function.arguments) for m in req.messages for c in m.tool_calls or [])
         limit = self.config.limits.max_text_chars
         if text_chars > limit:
             raise InvalidRequest(
@@ -224,10 +227,11 @@ class ChatService:
         record_timing(started, first_at, completion_tokens)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
         message = ResponseMessage(content="".join(text))
-        if generation.tools:
+        if generation.tools:  # read as the stream reads it: a call cut inside its header is no text
             reader = AnswerReader()
-            reader.push(message.content)
-            reader.finish()
+            released, _ = reader.push(message.content)
+            more, _ = reader.finish()
+            message = ResponseMessage(content=released + more)
             if reader.ids:
                 message = ResponseMessage(content=None, tool_calls=reader.tool_calls())
                 finish = "tool_calls" if finish == "stop" else finish
@@ -289,7 +293,7 @@ class ChatService:
             yield [*pending, failure.body(), DONE]
             return
         record_timing(started, counts.first_at, counts.completion_tokens)
-        closing = [*pending, chunk(Delta(), finish=counts.finish)]
+        closing = [*pending, chunk(Delta(), finish=counts.finish, logprobs=logprobs)]  # EOS's entry, held text's
         if include_usage:
             closing.append(chunk(Delta(), usage=counts.usage(), empty=True))
         yield [*closing, DONE]

@@ -642,3 +642,46 @@ def test_served_sampling_defaults_fill_only_what_the_request_leaves_out():
     asked = service._params(request(temperature=0.0, top_p=1.0, frequency_penalty=0.0), info)
     assert (asked.temperature, asked.top_p, asked.frequency_penalty) == (0.0, 1.0, 0.0)
     assert service._params(request(), {}).temperature == 1.0  # nothing served: OpenAI's default
+
+
+# --- found in review ------------------------------------------------------------------------------
+
+
+def test_schemas_that_unroll_too_far_are_refused_not_computed():
+    fan_out = {"type": "object", "properties": {f"p{i}": {"$ref": "#"} for i in range(25)}}  # 574 bytes
+    chain = {"$ref": "#/$defs/d0", "$defs": {f"d{i}": {"type": "object", "properties": {"n": {"$ref": f"#/$defs/d{i + 1}"}}}
+                                             for i in range(400)}}
+    chain["$defs"]["d400"] = {"type": "integer"}
+    for schema in (fan_out, chain):
+        with pytest.raises(InputError) as refused:
+            COMPILER.matcher(C.json_schema(schema))
+        assert refused.value.param == SCHEMA_PARAM
+
+
+def test_a_grammar_that_fails_at_its_mask_is_a_refusal_not_a_finished_answer(runtime):
+    empty_lexeme = C.grammar('start: "hello " B\nB: /[a-z]+/ & /[0-9]+/')
+    with pytest.raises(InputError) as refused:
+        generate(runtime, empty_lexeme, 0)
+    assert refused.value.param == "chorus.grammar"
+
+
+def test_stop_strings_cannot_cut_a_structured_answer():
+    with pytest.raises(InputError) as refused:
+        SamplingParams(stop=["}"], constraint=C.json_object())
+    assert refused.value.param == "stop"
+    SamplingParams(stop=["Bye"], constraint=C.no_tool_calls())  # plain text may stop anywhere
+
+
+def test_auto_tool_choice_is_not_steered_before_it_chooses_text_or_a_call():
+    constraint = C.tool_calls([C.ToolSpec("add", ADD)], "auto", False)
+    params = SamplingParams(temperature=0, max_tokens=16, constraint=constraint)
+    sampler = AnswerSampler(params, COMPILER.matcher(constraint), VOCAB, COMPILER.closing_for(constraint),
+                            COMPILER.call_openers)
+    sampler.start(torch.device("cpu"), 16)  # the whole budget is within the closing reserve
+    logits = torch.zeros(VOCAB)
+    logits[ids_of("H")[0]] = 15.0
+    assert sampler.choose(logits) == ids_of("H")[0]  # text, not an empty answer (EOS)
+
+
+def test_a_long_fixed_pattern_is_left_as_written():
+    COMPILER.matcher(C.json_schema({"type": "string", "pattern": "^[0-9a-f]{200}$"}))
