@@ -102,14 +102,22 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
         return pristine.deep_copy()
 
-    def _compile(self, constraint: Constraint) -> llguidance.LLMatcher:
+    def _build(self, constraint: Constraint, cap_patterns: bool) -> llguidance.LLMatcher:
         try:
-            lark = to_lark(constraint)
+            lark = to_lark(constraint, cap_patterns)
         except Unsatisfiable as e:
             raise InputError(f"{constraint.param} admits {e}", param=constraint.param, code=INVALID_SCHEMA) from e
         except (TypeError, ValueError) as e:
             raise InputError(f"invalid {constraint.kind}: {e}", param=constraint.param, code=INVALID_SCHEMA) from e
-        matcher = llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
+        return llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
+
+    def _compile(self, constraint: Constraint) -> llguidance.LLMatcher:
+        matcher = self._build(constraint, cap_patterns=True)
+        if matcher.is_error():
+            # A pattern under the length cap can be more than llguidance decides ("unable to determine
+            # if regex is empty" for ^[0-9a-f]{200}$): then the patterns go uncapped, as written.
+            uncapped = self._build(constraint, cap_patterns=False)
+            matcher = matcher if uncapped.is_error() else uncapped
         if matcher.is_error():
             raise InputError(_explain(constraint, matcher.get_error()), param=constraint.param, code=INVALID_SCHEMA)
         # The tokens the grammar forces from the start: a schema whose recursion is required (every
@@ -151,7 +159,7 @@ def _explain(constraint: Constraint, error: str) -> str:
     return f"{constraint.param} cannot be used as a constraint: {first[:200]}"
 
 
-def _json(schema: Any) -> str:
+def _json(schema: Any, cap_patterns: bool = True) -> str:
     """A schema as an llguidance `%json` body, in our JSON style (a client's own x-guidance dropped)."""
     if schema is False:
         raise Unsatisfiable("no answer (the schema is false)")
@@ -159,7 +167,7 @@ def _json(schema: Any) -> str:
         schema = {}
     if not isinstance(schema, dict):
         raise ValueError("a JSON Schema must be an object or a boolean")
-    styled = {k: v for k, v in finite(schema).items() if k != "x-guidance"}
+    styled = {k: v for k, v in finite(schema, cap_patterns).items() if k != "x-guidance"}
     styled["x-guidance"] = JSON_STYLE
     return "%json " + json.dumps(styled, ensure_ascii=False)
 
@@ -168,11 +176,11 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a Lark string literal is JSON-escaped text
 
 
-def to_lark(constraint: Constraint) -> str:
+def to_lark(constraint: Constraint, cap_patterns: bool = True) -> str:
     """The constraint as a Lark grammar in llguidance's dialect."""
     header = "%llguidance {}\n"
     if constraint.kind == "json_schema":
-        return f"{header}start: {_json(constraint.data)}\n"
+        return f"{header}start: {_json(constraint.data, cap_patterns)}\n"
     if constraint.kind == "regex":
         return header + "start: /" + llguidance.regex_to_lark(constraint.payload) + "/\n"
     if constraint.kind == "choice":
@@ -183,7 +191,7 @@ def to_lark(constraint: Constraint) -> str:
     if constraint.kind == "grammar":
         return constraint.payload
     if constraint.kind == "tool_calls":
-        return _tool_calls_lark(constraint.data)
+        return _tool_calls_lark(constraint.data, cap_patterns)
     if constraint.kind == "no_tool_calls":
         return header + "start: TEXT\n" + _TEXT_RULE
     raise ValueError(f"unknown constraint kind {constraint.kind!r}")
@@ -194,7 +202,7 @@ def to_lark(constraint: Constraint) -> str:
 _TEXT_RULE = "TEXT: /(?s:.*)/ & ~/(?s:.*)" + CALL_OPEN + "(?s:.*)/\n"
 
 
-def _tool_calls_lark(spec: dict[str, Any]) -> str:
+def _tool_calls_lark(spec: dict[str, Any], cap_patterns: bool = True) -> str:
     """One or more calls (`MAX_PARALLEL_CALLS` at most; one unless parallel), each `CALL_OPEN` +
     `{"name": "<tool>", "arguments": <its schema>}` + `CALL_CLOSE`; with `auto`, plain text that never
     writes the call marker is the other choice."""
@@ -205,7 +213,7 @@ def _tool_calls_lark(spec: dict[str, Any]) -> str:
     for index, tool in enumerate(tools):
         head = _literal(CALL_OPEN + NAME_PREFIX + tool["name"] + ARGUMENTS_PREFIX)
         parameters = tool["parameters"] or {"type": "object", "properties": {}}
-        rules.append(f"call_{index}: {head} {_json(parameters)} {_literal(CALL_SUFFIX)}")
+        rules.append(f"call_{index}: {head} {_json(parameters, cap_patterns)} {_literal(CALL_SUFFIX)}")
     repeat = f'(({_literal(CALL_SEPARATOR)}) call){{0,{MAX_PARALLEL_CALLS - 1}}}' if spec["parallel"] else ""
     start = f"calls: call {repeat}\ncall: " + " | ".join(f"call_{i}" for i in range(len(tools)))
     top = "start: calls | TEXT\n" + _TEXT_RULE if spec["mode"] == "auto" else "start: calls\n"

@@ -8,10 +8,11 @@ until max_tokens and leaves its JSON unfinished (invalid). The bounds keep every
   one path; deeper, the reference becomes `false` (nothing matches), so an optional recursive property
   can no longer appear there. A schema whose recursion is *required* becomes `false` altogether: it
   has no finite answer, and is refused.
-- A string without `maxLength`, `pattern`, `enum` or `const` gets `MAX_FREE_STRING_CHARS`, an array
-  without `maxItems` gets `MAX_FREE_ARRAY_ITEMS`. A schema's own bounds always win. A pattern is left
-  as it is (a cap can make llguidance refuse it: "unable to determine if regex is empty" for
-  `^[0-9a-f]{200}$`); an open-ended one is ended by the sampler's closing steer near the budget.
+- A string without `maxLength`, `enum` or `const` gets `MAX_FREE_STRING_CHARS` (a pattern alone does
+  not bound it: an email pattern let the model write a 500-token address), an array without
+  `maxItems` gets `MAX_FREE_ARRAY_ITEMS`. A schema's own bounds always win. Where llguidance cannot
+  decide a pattern under the cap ("unable to determine if regex is empty" for `^[0-9a-f]{200}$`),
+  the grammar compiler drops the caps on patterns (`cap_patterns=False`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Unsatisfiable(ValueError):
     """No finite JSON value satisfies the schema."""
 
 
-def finite(schema: Any) -> Any:
+def finite(schema: Any, cap_patterns: bool = True) -> Any:
     """`schema` unrolled and bounded; raises `Unsatisfiable`, or ValueError when unrolling grows past
     `MAX_UNROLLED_NODES` (counted as it goes: a few hundred bytes of references that fan out would
     otherwise take minutes and gigabytes) or nests past `MAX_NESTING`."""
@@ -45,7 +46,7 @@ def finite(schema: Any) -> Any:
         raise ValueError(f"the schema nests more than {MAX_NESTING} levels") from e
     if unrolled is False:
         raise Unsatisfiable("no finite answer (a required property recurses without end)")
-    return bounded(unrolled)
+    return bounded(unrolled, cap_patterns)
 
 
 class _Unroller:
@@ -107,28 +108,29 @@ def _impossible(node: dict[str, Any]) -> bool:
     return node.get("items") is False and _int(node.get("minItems")) > 0
 
 
-def bounded(schema: Any) -> Any:
+def bounded(schema: Any, cap_patterns: bool = True) -> Any:
     """A copy of `schema` in which strings and arrays it leaves unbounded get `MAX_FREE_STRING_CHARS`
-    and `MAX_FREE_ARRAY_ITEMS`."""
+    and `MAX_FREE_ARRAY_ITEMS` (strings with a pattern too, unless `cap_patterns` is False)."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     types = out.get("type")
     types = types if isinstance(types, list) else [types]
     open_value = not any(key in out for key in ("enum", "const"))
-    if "string" in types and open_value and not any(key in out for key in ("maxLength", "pattern")):
+    uncapped = ("maxLength",) if cap_patterns else ("maxLength", "pattern")
+    if "string" in types and open_value and not any(key in out for key in uncapped):
         out["maxLength"] = max(MAX_FREE_STRING_CHARS, _int(out.get("minLength")))
     if "array" in types and open_value and "maxItems" not in out:
         out["maxItems"] = max(MAX_FREE_ARRAY_ITEMS, _int(out.get("minItems")))
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [bounded(sub) for sub in out[key]]
+            out[key] = [bounded(sub, cap_patterns) for sub in out[key]]
     for key in (*_SUBSCHEMA_MAPS, *_DEFINITIONS):
         if isinstance(out.get(key), dict):
-            out[key] = {name: bounded(sub) for name, sub in out[key].items()}
+            out[key] = {name: bounded(sub, cap_patterns) for name, sub in out[key].items()}
     for key in _SUBSCHEMAS:
         if isinstance(out.get(key), dict):
-            out[key] = bounded(out[key])
+            out[key] = bounded(out[key], cap_patterns)
     return out
 
 

@@ -683,5 +683,11 @@ def test_auto_tool_choice_is_not_steered_before_it_chooses_text_or_a_call():
     assert sampler.choose(logits) == ids_of("H")[0]  # text, not an empty answer (EOS)
 
 
-def test_a_long_fixed_pattern_is_left_as_written():
-    COMPILER.matcher(C.json_schema({"type": "string", "pattern": "^[0-9a-f]{200}$"}))
+def test_patterns_are_capped_unless_llguidance_cannot_decide_them():
+    from modalities.llm.schema_bounds import MAX_FREE_STRING_CHARS, bounded
+
+    assert bounded({"type": "string", "pattern": "^[^@]+@[^@]+$"})["maxLength"] == MAX_FREE_STRING_CHARS  # open-ended
+    assert "maxLength" not in bounded({"type": "string", "pattern": "^a+$"}, cap_patterns=False)
+    long_fixed = {"type": "string", "pattern": "^[0-9a-f]{200}$"}  # refused under the cap: compiled uncapped
+    matcher = COMPILER.matcher(C.json_schema(long_fixed))
+    assert all(matcher.consume_token(t) for t in ids_of('"' + "a" * 200 + '"'))
