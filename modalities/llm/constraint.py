@@ -42,6 +42,11 @@ class Constraint:
         object.__setattr__(self, "key", digest)
 
     @property
+    def structured(self) -> bool:
+        """Whether the answer has a shape a stop string would cut (all but `no_tool_calls`' text)."""
+        return self.kind != "no_tool_calls"
+
+    @property
     def data(self) -> Any:
         """The payload decoded (JSON kinds); the text itself for `regex` and `grammar`."""
         return self.payload if self.kind in ("regex", "grammar") else json.loads(self.payload)

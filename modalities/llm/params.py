@@ -113,7 +113,7 @@ class SamplingParams:
             raise _invalid("constraint must be a Constraint", "constraint")
         if self.constraint is not None and self.ignore_eos:  # a finished grammar allows only EOS
             raise _invalid("ignore_eos cannot be combined with a constraint", "ignore_eos")
-        if self.constraint is not None and self.stop and self.constraint.kind != "no_tool_calls":
+        if self.constraint is not None and self.stop and self.constraint.structured:
             # A stop string would cut the structure short: an invalid answer reported as finished.
             raise _invalid("stop sequences cannot be combined with tools, response_format or chorus constraints", "stop")
 

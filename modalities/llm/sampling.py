@@ -140,6 +140,7 @@ class AnswerSampler:
         self.logprobs: list[TokenLogprob] = []
         self._counts: torch.Tensor | None = None  # generated tokens per vocabulary entry (penalties)
         self._bitmask: torch.Tensor | None = None
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # `logit_bias` as tensors
 
     @property
     def plain(self) -> bool:
@@ -165,9 +166,8 @@ class AnswerSampler:
             return int(sample_next_token(logits, params, self.generator))
         scores = logits.float().clone()
         if params.logit_bias:
-            ids = torch.tensor([t for t, _ in params.logit_bias], device=scores.device)
-            bias = torch.tensor([b for _, b in params.logit_bias], device=scores.device)
-            scores.index_add_(0, ids.clamp(max=scores.shape[0] - 1), bias * (ids < scores.shape[0]))
+            ids, bias = self._logit_bias(scores)
+            scores.index_add_(0, ids, bias)
         if self._counts is not None:
             scores -= self._counts * params.frequency_penalty + (self._counts > 0) * params.presence_penalty
         if self.matcher is not None:
@@ -192,6 +192,15 @@ class AnswerSampler:
         if self.matcher is not None and not self.matcher.consume_token(token):
             raise self._gave_up()
         return token
+
+    def _logit_bias(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logit_bias` as (ids, values) tensors, built at the first token (the runtime has checked
+        every id against the vocabulary; one past the logits' width is dropped)."""
+        if self._bias is None:
+            pairs = [(t, b) for t, b in self.params.logit_bias if t < scores.shape[0]]
+            ids = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=scores.device)
+            self._bias = (ids, torch.tensor([b for _, b in pairs], dtype=scores.dtype, device=scores.device))
+        return self._bias
 
     def _gave_up(self) -> InputError:
         """The grammar itself failed (llguidance's limits, a grammar with no way on): the client's

@@ -12,7 +12,7 @@ import math
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fusion.registry import FusionMode
 from modalities.llm.params import MAX_LOGIT_BIAS, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS, PENALTY_RANGE, SEED_RANGE
@@ -109,16 +109,15 @@ def _check_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return schema
 
 
+# A JSON Schema a client sends (tool parameters, a response schema): at most MAX_SCHEMA_CHARS as JSON.
+ClientSchema = Annotated[dict[str, Any] | None, AfterValidator(_check_schema)]
+
+
 class FunctionDefinition(_Strict):
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = Field(default=None, max_length=MAX_SCHEMA_CHARS)
-    parameters: dict[str, Any] | None = None
+    parameters: ClientSchema = None
     strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_schema(value)
 
 
 class Tool(_Strict):
@@ -140,13 +139,8 @@ class JSONSchema(_Strict):
 
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: ClientSchema = Field(default=None, alias="schema")
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _check_schema(value)
 
 
 class TextFormat(_Strict):

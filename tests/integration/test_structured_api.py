@@ -443,6 +443,8 @@ REFUSED = [
     ("tools and a JSON response_format", {"tools": [tool("t")], "response_format": {"type": "json_object"}}, "response_format", ["tools"]),
     ("top_logprobs without logprobs", {"top_logprobs": 3}, "top_logprobs", ["logprobs"]),
     ("logit_bias beyond the vocabulary", {"logit_bias": {"99999999": 5}}, "logit_bias", ["vocabulary"]),
+    ("stop with a JSON response_format", {"response_format": {"type": "json_object"}, "stop": ["}"]}, "stop", ["stop"]),
+    ("an empty tools array", {"tools": []}, "tools", []),
 ]
 
 
