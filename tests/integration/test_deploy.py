@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,11 +50,31 @@ def _wait(predicate, what: str, timeout_s: float = STARTUP_TIMEOUT_S):
     raise AssertionError(f"timed out waiting for {what}: {last!r}")
 
 
+def _distinct_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"({path}: {err})"
+
+
 @pytest.fixture
 def ray_head():
-    """A head node of our own, stopped (with everything it started) when the test ends."""
-    gcs_port, dashboard_port = free_port(), free_port()
+    """A head node of our own, stopped (with everything it started) when the test ends.
+
+    The shared cluster of the other integration tests runs on this host at the same time, so every
+    port Ray would otherwise take at a fixed default (the dashboard agent's 52365, the client
+    server's 10001, ...) is a free one of our own, and the head keeps its own temp dir: its logs
+    are shown when it does not come up."""
+    gcs, dashboard, agent_http, agent_grpc, client, metrics, runtime_env = _distinct_ports(7)
     token = secrets.token_hex(32)
+    temp_dir = Path(tempfile.mkdtemp(prefix="chorus-ray-"))  # short: Ray's socket paths must fit 107 bytes
     proxy_env = haproxy.cluster_env(enabled=True)  # HAProxy in front (README "Deploying", opt-in)
     # Ray ≥ 2.5x protects the dashboard (which `serve deploy` talks to) with a token; use our own.
     env = {
@@ -63,18 +85,37 @@ def ray_head():
         "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         **proxy_env,
     }
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs_port}",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
-            "--disable-usage-stats",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard_port}"
+    env.pop("RAY_ADDRESS", None)
+    head_log = temp_dir / "ray-start.log"
+    with head_log.open("wb") as out:
+        head = subprocess.Popen(
+            [
+                str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}",
+                "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+                f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}",
+                f"--runtime-env-agent-port={runtime_env}", f"--temp-dir={temp_dir}",
+                "--num-cpus=4", "--disable-usage-stats",
+            ],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    address = f"http://127.0.0.1:{dashboard}"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def dashboard_up() -> bool:
+        if head.poll() is not None:
+            raise pytest.fail.Exception(f"`ray start --head` exited with {head.returncode}:\n{_tail(head_log)}")
+        return httpx.get(f"{address}/api/version", headers=auth, timeout=5).status_code == 200
+
     try:
-        auth = {"Authorization": f"Bearer {token}"}
-        _wait(lambda: httpx.get(f"{address}/api/version", headers=auth, timeout=5).status_code == 200, "the dashboard", 120)
+        try:
+            _wait(dashboard_up, "the dashboard", 180)
+        except AssertionError as err:
+            logs = temp_dir / "session_latest" / "logs"
+            raise AssertionError(
+                f"{err}\n--- ray start:\n{_tail(head_log)}\n--- dashboard.log:\n{_tail(logs / 'dashboard.log')}"
+                f"\n--- dashboard.err:\n{_tail(logs / 'dashboard.err')}"
+            ) from None
         yield address, env, proxy_env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # --block: ray start stops the cluster's processes on exit
@@ -83,6 +124,7 @@ def ray_head():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         haproxy.cleanup(proxy_env)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _replicas(address: str, env: dict[str, str], deployment: str) -> int:
