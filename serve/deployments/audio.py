@@ -124,10 +124,11 @@ class AudioEncoder(BatchedEncoder):
     ) -> AudioResult:
         return await self._submit((data, want_features, want_transcript, language))
 
-    async def encode_item(self, data: bytes, want_features: bool, want_text: bool) -> EncodedItem:
+    async def encode_item(self, data: bytes, want_features: bool, want_text: bool, kind: str = "audio") -> EncodedItem:
         """The chat path's call (every encoder has it): features and/or the transcript."""
         result = await self.encode(data, want_features, want_text)
-        return EncodedItem(result.features, result.transcript)
+        detail = {"language": result.language, "duration_s": round(result.duration_s, 3)} if want_text else None
+        return EncodedItem(result.features, result.transcript, detail)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,10 @@ class EncodedItem:
     """One media item as its encoder answers the chat path (`encode_item`)."""
 
     features: np.ndarray | None  # the modality's feature shape (`ModalitySpec.feature_shape`), float16
-    text: str | None  # what the encoder read from it (Whisper's transcript), for cascade modes
+    text: str | None  # what the encoder read from it (Whisper's transcript, OCR text), for cascade modes
+    # What the client may see with `chorus.return_media_text`: OCR lines with boxes and confidences,
+    # a document's pages, a clip's language; plain JSON-able data.
+    detail: dict[str, Any] | None = None
 
 
 @dataclass

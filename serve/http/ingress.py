@@ -67,7 +67,9 @@ class Ingress:
             except Exception as err:  # a sick deployment is reported, not raised
                 return {"status": "unavailable", "error": type(err).__name__}
 
-        handles = {_snake(m.deployment): self.encoders.get(m.kind) for m in MODALITIES.values()}
+        handles: dict[str, Any] = {}
+        for media in MODALITIES.values():  # images and documents share one deployment
+            handles[_snake(media.deployment)] = handles.get(_snake(media.deployment)) or self.encoders.get(media.kind)
         handles["llm_decoder"] = self.llm
         results = dict(zip(handles, await asyncio.gather(*(probe(h) for h in handles.values()))))
         healthy = all(r["status"] in ("ok", "not_configured") for r in results.values())

@@ -57,7 +57,21 @@ class AudioPart(_Strict):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
+class InputFile(_Strict):
+    file_data: str | None = Field(
+        default=None, description="The document as a base64 data URL (data:application/pdf;base64,...)"
+    )
+    filename: str | None = Field(default=None, max_length=255)
+    file_id: str | None = Field(default=None, max_length=256, description="Not supported here (no Files API): send file_data")
+
+
+class FilePart(_Strict):
+    type: Literal["file"]
+    file: InputFile
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+MediaPart = ImagePart | AudioPart | FilePart
 
 
 class FunctionCall(_Strict):
@@ -92,7 +106,7 @@ class ChatMessage(_Strict):
                 raise ValueError(f"'{self.role}' messages may only contain text parts; media goes in user messages")
         return self
 
-    def parts(self) -> list[TextPart | ImagePart | AudioPart]:
+    def parts(self) -> list[TextPart | MediaPart]:
         """Content as a list of parts (a plain string becomes one text part)."""
         if isinstance(self.content, str):
             return [TextPart(type="text", text=self.content)]
@@ -162,8 +176,16 @@ ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Fie
 class ChorusOptions(_Strict):
     """Chorus extensions, fenced under the request's `chorus` key."""
 
-    fusion: FusionMode | None = Field(
-        default=None, description="How audio reaches the LLM: projected embeddings, Whisper's transcript, or both"
+    fusion: FusionMode | dict[Literal["audio", "image"], FusionMode] | None = Field(
+        default=None,
+        description="How media reaches the LLM. A mode applies to every kind in the request that has it (audio: "
+        "embed | transcript | both; images: ocr | embed | both); an object sets it per kind, e.g. "
+        '{"audio": "transcript", "image": "ocr"}',
+    )
+    return_media_text: bool = Field(
+        default=False,
+        description="Return what was read from each media item (OCR lines with boxes and confidences, a "
+        "document's pages, a clip's transcript) in the response's `chorus.media`",
     )
     regex: str | None = Field(default=None, max_length=MAX_PATTERN_CHARS, description="The answer matches this regex")
     choice: list[str] | None = Field(
@@ -324,6 +346,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    chorus: dict[str, Any] | None = None  # extensions (`chorus.media` with return_media_text); left out when None
 
 
 class DeltaFunctionCall(BaseModel):

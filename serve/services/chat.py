@@ -40,7 +40,7 @@ from serve.protocol.chat import ChoiceLogprobs
 from serve.redact import RedactingFilter
 
 from .fetch import RemoteMediaFetcher
-from .media import MediaInput, encode_all, extract, with_texts
+from .media import EncodedMedia, MediaInput, encode_all, extract, with_texts
 from .structured import AnswerReader, constraint_for, delta_dicts, render_conversation
 
 log = logging.getLogger("ray.serve.chorus.chat")
@@ -59,6 +59,7 @@ class Generation:
     completion_id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=now)
     tools: bool = False  # the answer may be tool calls: read it with an `AnswerReader`
+    chorus: dict[str, Any] | None = None  # the response's `chorus` extension (media text), if asked for
 
 
 class ChatService:
@@ -103,10 +104,29 @@ class ChatService:
             )
 
     def modes(self, req: ChatCompletionRequest) -> dict[str, FusionMode]:
-        """The fusion mode per modality: the config's, with the request's `chorus.fusion` for audio."""
-        modes = {media.kind: self.config.fusion.mode(media) for media in self.config.enabled_modalities()}
-        if req.chorus and req.chorus.fusion and "audio" in modes:
-            modes["audio"] = req.chorus.fusion
+        """The fusion mode per modality: the config's, with the request's `chorus.fusion` over it (a
+        mode: every configured kind that has it; an object: per kind)."""
+        enabled = {media.kind: media for media in self.config.enabled_modalities()}
+        modes = {kind: self.config.fusion.mode(media) for kind, media in enabled.items()}
+        chosen = req.chorus.fusion if req.chorus else None
+        if isinstance(chosen, str):
+            takers = [kind for kind, media in enabled.items() if chosen in media.modes]
+            if not takers:
+                raise InvalidRequest(
+                    f"fusion mode '{chosen}' applies to no input kind this deployment takes", param="chorus.fusion", code="invalid_value"
+                )
+            modes.update(dict.fromkeys(takers, chosen))
+        elif chosen:
+            for kind, mode in chosen.items():
+                media = enabled.get(kind)
+                if media is not None and mode not in media.modes:
+                    raise InvalidRequest(
+                        f"{kind} takes fusion modes {', '.join(media.modes)}; got '{mode}'",
+                        param=f"chorus.fusion.{kind}",
+                        code="invalid_value",
+                    )
+                if media is not None:
+                    modes[kind] = mode
         return modes
 
     def _check_media(self, item: MediaInput, modes: Mapping[str, FusionMode], info: dict[str, Any]) -> None:
@@ -118,13 +138,13 @@ class ChatService:
         has_projector = media.kind in info.get("projectors", []) or info.get("random_projectors")
         if not media.wants_features(mode) or has_projector:
             return
-        if len(media.modes) == 1:  # no other mode to suggest
+        others = [m for m in media.modes if not media.wants_features(m)]
+        if not others:  # no other mode to suggest
             raise InvalidRequest(
-                f"no {media.config_field} projector is configured",
+                f"no {media.kind} projector is configured",
                 param=item.param,
                 code=f"{media.config_field}_not_configured",
             )
-        others = [m for m in media.modes if not media.wants_features(m)]
         raise InvalidRequest(
             f"fusion mode '{mode}' needs an {media.kind} projector, and none is configured; use "
             f"chorus.fusion='{others[0]}'",
@@ -186,7 +206,8 @@ class ChatService:
         # replicas' 4 MiB gRPC message limit doesn't bound.
         called = time.perf_counter()
         events = self.decoder.options(stream=True, _by_reference=bool(encoded.features)).generate.remote(decode)
-        return Generation(events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use())
+        chorus = {"media": media_text(media, modes, encoded)} if req.chorus and req.chorus.return_media_text else None
+        return Generation(events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus)
 
     async def first_event(self, generation: Generation) -> tuple[DecodeEvent | None, AsyncIterator[DecodeEvent]]:
         """(first event or None, the events from the first on). The first is awaited here, so a
@@ -242,9 +263,17 @@ class ChatService:
         )
         model = self.config.served_model_name
         completion = ChatCompletion(
-            id=generation.completion_id, created=generation.created, model=model, choices=[choice], usage=usage
+            id=generation.completion_id,
+            created=generation.created,
+            model=model,
+            choices=[choice],
+            usage=usage,
+            chorus=generation.chorus,
         )
-        return completion.model_dump()
+        payload = completion.model_dump()
+        if generation.chorus is None:
+            payload.pop("chorus")
+        return payload
 
     async def chunks(
         self,
@@ -263,6 +292,8 @@ class ChatService:
         """
         chunk = _ChunkMaker(generation, self.config.served_model_name, include_usage)
         pending: list[dict[str, Any] | str] = [chunk(Delta(role="assistant", content=""))]
+        if generation.chorus is not None:  # what was read from the media leaves with the first chunk
+            pending[0]["chorus"] = generation.chorus
         counts = _Counts()
         reader = AnswerReader() if generation.tools else None
         logprobs: list[dict[str, Any]] | None = None  # of tokens whose text is not out yet
@@ -297,6 +328,19 @@ class ChatService:
         if include_usage:
             closing.append(chunk(Delta(), usage=counts.usage(), empty=True))
         yield [*closing, DONE]
+
+
+def media_text(media: list[MediaInput], modes: Mapping[str, FusionMode], encoded: EncodedMedia) -> list[dict[str, Any]]:
+    """`chorus.media`: per media item, what its encoder read (OCR lines and boxes, a document's
+    pages, a transcript), in request order; items whose mode reads no text have only their place."""
+    out = []
+    for item in media:
+        entry: dict[str, Any] = {"index": item.index, "kind": item.spec.kind, "param": item.param, "mode": modes[item.spec.kind]}
+        if item.index in encoded.texts:
+            entry["text"] = encoded.texts[item.index]
+        entry.update(encoded.details.get(item.index, {}))
+        out.append(entry)
+    return out
 
 
 def _deltas(reader: AnswerReader | None, text: str, final: bool) -> list[Delta]:

@@ -22,7 +22,7 @@ from fusion.prompt import MediaItem, Message
 from fusion.registry import BY_PART_TYPE, FusionMode, ModalitySpec
 from modalities.errors import MediaError
 from serve.errors import InvalidRequest
-from serve.protocol import AudioPart, ChatCompletionRequest, ImagePart, TextPart
+from serve.protocol import AudioPart, ChatCompletionRequest, FilePart, ImagePart, MediaPart, TextPart
 
 from .fetch import RemoteMediaFetcher, is_remote_url
 
@@ -40,7 +40,8 @@ class MediaInput:
 @dataclass
 class EncodedMedia:
     features: dict[int, np.ndarray] = field(default_factory=dict)  # media index → encoder features
-    texts: dict[int, str] = field(default_factory=dict)  # media index → the encoder's text (transcript)
+    texts: dict[int, str] = field(default_factory=dict)  # media index → the encoder's text (transcript, OCR)
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)  # media index → what the encoder read, in full
 
 
 def _b64(data: str, param: str) -> bytes:
@@ -71,6 +72,39 @@ async def decode_image_url(url: str, param: str, fetcher: RemoteMediaFetcher | N
     raise InvalidRequest("image_url must be a data: URL", param=param, code="invalid_image_url")
 
 
+DOCUMENT_TYPES = {"application/pdf": "PDF"}  # the document formats a `file` part may carry
+
+
+def decode_file_data(part: FilePart, param: str) -> bytes:
+    """The bytes of a `file` part's `file_data` data URL; only PDF documents are read."""
+    accepted = ", ".join(f"{mime} ({name})" for mime, name in DOCUMENT_TYPES.items())
+    if part.file.file_id is not None and part.file.file_data is None:
+        raise InvalidRequest(
+            "file_id is not supported (this service has no Files API); send the document as file_data, a base64 data URL",
+            param=f"{param}.file.file_id",
+            code="file_id_unsupported",
+        )
+    data_param = f"{param}.file.file_data"
+    url = part.file.file_data
+    if not url:
+        raise InvalidRequest("file_data is required: the document as a base64 data URL", param=data_param, code="invalid_file")
+    match = _DATA_URL_RE.match(url)
+    if not match or not match.group("b64"):
+        raise InvalidRequest(
+            f"file_data must be a base64 data URL (data:application/pdf;base64,...); accepted: {accepted}",
+            param=data_param,
+            code="invalid_file",
+        )
+    mime = (match.group("mime") or "").lower()
+    if mime not in DOCUMENT_TYPES and not (mime in ("", "application/octet-stream") and (part.file.filename or "").lower().endswith(".pdf")):
+        raise InvalidRequest(
+            f"unsupported document type '{mime[:60] or 'none'}'; accepted: {accepted}",
+            param=data_param,
+            code="unsupported_document_format",
+        )
+    return _b64(url[match.end() :], data_param)
+
+
 async def _all_or_cancel(coroutines: list[Awaitable[bytes]]) -> list[bytes]:
     """Run the fetches concurrently; the first refusal cancels the others."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
@@ -84,7 +118,7 @@ async def _all_or_cancel(coroutines: list[Awaitable[bytes]]) -> list[bytes]:
 class _Extraction:
     """One request's media, collected part by part; remote URLs are fetched at the end, together."""
 
-    READERS = {"image_url": "_image_bytes", "input_audio": "_audio_bytes"}  # content-part type → its reader
+    READERS = {"image_url": "_image_bytes", "input_audio": "_audio_bytes", "file": "_file_bytes"}  # part type → reader
 
     def __init__(self, fetcher: RemoteMediaFetcher | None, max_media: int) -> None:
         self.fetcher = fetcher
@@ -103,7 +137,10 @@ class _Extraction:
     async def _audio_bytes(self, part: AudioPart, param: str) -> bytes:
         return _b64(part.input_audio.data, f"{param}.input_audio.data")
 
-    async def add(self, part: ImagePart | AudioPart, param: str) -> MediaItem:
+    async def _file_bytes(self, part: FilePart, param: str) -> bytes:
+        return decode_file_data(part, param)
+
+    async def add(self, part: MediaPart, param: str) -> MediaItem:
         if len(self.media) >= self.max_media:
             raise InvalidRequest(f"at most {self.max_media} media items per request", param=param, code="too_many_media")
         media = BY_PART_TYPE[part.type]
@@ -157,7 +194,9 @@ async def encode_all(
         mode = modes[item.spec.kind]
         try:
             encoder = encoders[item.spec.kind]
-            result = await encoder.encode_item.remote(item.data, item.spec.wants_features(mode), item.spec.wants_text(mode))
+            result = await encoder.encode_item.remote(
+                item.data, item.spec.wants_features(mode), item.spec.wants_text(mode), kind=item.spec.kind
+            )
         except MediaError as err:
             # Name the request field the bad item came from, not the runtime's internal name.
             raise InvalidRequest(f"{item.spec.kind}: {err.message}", param=item.param, code=err.code) from err
@@ -169,6 +208,8 @@ async def encode_all(
             encoded.features[index] = result.features
         if result.text is not None:
             encoded.texts[index] = result.text
+        if result.detail is not None:
+            encoded.details[index] = result.detail
     return encoded
 
 

@@ -29,8 +29,8 @@ class _Remote:
     def __init__(self, fn) -> None:
         self.fn = fn
 
-    def remote(self, *args: Any) -> Any:
-        return self.fn(*args)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 class FakeStream:
@@ -72,7 +72,7 @@ class FakeAudioHandle:
         self.calls: list[tuple[bool, bool]] = []
         self.encode_item = _Remote(self._encode_item)
 
-    async def _encode_item(self, data: bytes, want_features: bool, want_text: bool) -> EncodedItem:
+    async def _encode_item(self, data: bytes, want_features: bool, want_text: bool, kind: str = "audio") -> EncodedItem:
         self.calls.append((want_features, want_text))
         features = np.ones((AUDIO_FRAMES, AUDIO_DIM), dtype=np.float16) if want_features else None
         return EncodedItem(features, TRANSCRIPT if want_text else None)

@@ -1,0 +1,266 @@
+"""Text in images: RapidOCR (PP-OCRv4 detection + direction classifier + recognition, ONNX Runtime).
+
+The models ship inside the `rapidocr-onnxruntime` wheel, so OCR works on a machine with no model
+hub. `OcrRuntime.read(data)` decodes client bytes with the same safe decoder as CLIP
+(`modalities.vision.decode`), runs the three models and returns the lines in reading order, each
+with its box (four corners in the image's pixels) and its recognition confidence.
+
+Reading order: lines are grouped into rows by their vertical centres (two boxes whose centres are
+within half a line height of each other share a row, which absorbs the slant of a rotated or
+perspective-skewed photo), rows top to bottom, boxes in a row left to right. A photo turned by more
+than ~45° reads wrong by that rule; the detector and the direction classifier still read its lines.
+
+PP-OCR's recogniser drops many spaces between words (its dictionary is Chinese + English); the
+spaces are put back from the recogniser's own character positions (`return_word_box`): a gap
+between two characters wider than a share of the line's character pitch is a space.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modalities.errors import MediaError
+from modalities.vision.config import OcrConfig
+from modalities.vision.decode import decode_image
+
+__all__ = ["OcrLine", "OcrResult", "OcrRuntime", "reading_order"]
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class OcrLine:
+    """One line of text read from an image."""
+
+    text: str
+    box: tuple[Point, Point, Point, Point]  # corners in image pixels: top-left, top-right, bottom-right, bottom-left
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "box": [[round(x, 1), round(y, 1)] for x, y in self.box], "confidence": round(self.confidence, 4)}
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    """What OCR read from one image, in reading order."""
+
+    lines: tuple[OcrLine, ...]
+    width: int
+    height: int
+    seconds: float = 0.0  # decode + OCR time of the read that produced it (0 for a cache hit's copy)
+    timings: dict[str, float] = field(default_factory=dict)  # detection / classification / recognition
+
+    @property
+    def text(self) -> str:
+        """The lines joined, one per line."""
+        return "\n".join(line.text for line in self.lines)
+
+    def nbytes(self) -> int:
+        """Rough memory held, for a size-bounded cache."""
+        return 200 + sum(120 + 2 * len(line.text) for line in self.lines)
+
+
+def _centre(line: OcrLine) -> tuple[float, float]:
+    return sum(x for x, _ in line.box) / 4, sum(y for _, y in line.box) / 4
+
+
+def _height(line: OcrLine) -> float:
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = line.box
+    return max(1.0, (math.dist((x0, y0), (x3, y3)) + math.dist((x1, y1), (x2, y2))) / 2)
+
+
+def _width(line: OcrLine) -> float:
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = line.box
+    return max(1.0, (math.dist((x0, y0), (x1, y1)) + math.dist((x3, y3), (x2, y2))) / 2)
+
+
+def text_angle(lines: list[OcrLine]) -> float:
+    """The page's text slant in radians: the median direction of the lines' top edges (lines at
+    least twice as wide as tall, whose direction is well defined), 0 without any."""
+    angles = sorted(
+        math.atan2(line.box[1][1] - line.box[0][1], line.box[1][0] - line.box[0][0])
+        for line in lines
+        if _width(line) >= 2 * _height(line)
+    )
+    return angles[len(angles) // 2] if angles else 0.0
+
+
+def reading_order(lines: list[OcrLine], upside_down: bool = False) -> list[OcrLine]:
+    """`lines` in reading order: rows top to bottom, each row left to right, in the page's own
+    frame: centres are turned by the text's slant first (`text_angle`), so the lines of a photo
+    taken at an angle still fall into their rows, and by half a turn more for a page upside down.
+    A row: centres within half a line height."""
+    angle = text_angle(lines) + (math.pi if upside_down else 0.0)
+    cos, sin = math.cos(angle), math.sin(angle)
+    placed = []
+    for line in lines:
+        x, y = _centre(line)
+        placed.append((x * cos + y * sin, -x * sin + y * cos, line))  # rotated by -angle
+    rows: list[list[tuple[float, float, OcrLine]]] = []
+    for entry in sorted(placed, key=lambda e: e[1]):
+        if rows:
+            row = rows[-1]
+            anchor = sum(e[1] for e in row) / len(row)
+            if abs(entry[1] - anchor) <= 0.5 * min(_height(entry[2]), max(_height(e[2]) for e in row)):
+                row.append(entry)
+                continue
+        rows.append([entry])
+    return [entry[2] for row in rows for entry in sorted(row, key=lambda e: e[0])]
+
+
+SPACE_PITCHES = 1.5
+DIGIT_SPACE_PITCHES = 1.9
+
+
+def _spaced(text: str, char_boxes: list[Any] | None) -> str:
+    """`text` with the spaces the recogniser dropped put back, from its characters' positions.
+
+    `char_boxes`: RapidOCR's per-character boxes for the line (from the CTC frames each character
+    was read at, so consecutive boxes touch). Where a character starts more than `SPACE_PITCHES`
+    median pitches after the one before, the recogniser skipped blank frames there: a space. Never
+    after a decimal point or a thousands separator ("3.40", "1,234": a narrow "." must not split an
+    amount), and between two digits only for a clearer gap (`DIGIT_SPACE_PITCHES`: the frames are
+    quantised, so a step jitters). Where the boxes do not line up one per character, the text stays
+    as read.
+    """
+    if not char_boxes or len(text) < 3:
+        return text
+    if len(char_boxes) == len(text):
+        chars = list(text)
+    else:
+        chars = [c for c in text if c != " "]
+        if len(char_boxes) != len(chars):
+            return text
+    lefts = [min(point[0] for point in box) for box in char_boxes]
+    steps = sorted(lefts[i + 1] - lefts[i] for i in range(len(lefts) - 1))
+    pitch = steps[len(steps) // 2]
+    if pitch <= 0:
+        return text
+    out = [chars[0]]
+    for i in range(1, len(chars)):
+        digit, after = chars[i].isdigit(), chars[i - 1]
+        if digit and after in ".,":
+            limit = math.inf  # a decimal point or a thousands separator: never split
+        elif digit and after.isdigit():
+            limit = DIGIT_SPACE_PITCHES * pitch  # digit groups ("2345 6784") need a clearer gap
+        else:
+            limit = SPACE_PITCHES * pitch
+        if lefts[i] - lefts[i - 1] > limit and out[-1] != " " and chars[i] != " ":
+            out.append(" ")
+        out.append(chars[i])
+    return "".join(out)
+
+
+class OcrRuntime:
+    """RapidOCR with the packaged PP-OCRv4 models; thread-safe (one read at a time per runtime)."""
+
+    def __init__(self, config: OcrConfig | None = None) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        self.config = config or OcrConfig()
+        threads = self.config.threads or 1
+        params: dict[str, Any] = {
+            "max_side_len": self.config.max_side,
+            "text_score": self.config.min_confidence,
+            "intra_op_num_threads": threads,
+            "inter_op_num_threads": 1,
+        }
+        self._engine = RapidOCR(**params)
+        self._lock = threading.Lock()
+        # RapidOCR's result leaves out what its direction classifier said per line ("0" or "180":
+        # the crop was turned before recognition); kept here, read under the lock.
+        self._directions: list[str] = []
+        classify = self._engine.text_cls
+
+        def classify_and_keep(crops: Any) -> Any:
+            turned, results, elapsed = classify(crops)
+            self._directions = [str(label) for label, _score in results]
+            return turned, results, elapsed
+
+        self._engine.text_cls = classify_and_keep
+
+    @classmethod
+    def from_config(cls, config: OcrConfig) -> OcrRuntime:
+        return cls(config)
+
+    def read(self, data: bytes, *, param: str | None = None) -> OcrResult:
+        """Decode client image bytes (the safe decoder's limits) and read their text.
+
+        Raises `MediaError` for bytes that are not an acceptable image."""
+        started = time.perf_counter()
+        image = decode_image(data, self.config.image_limits, param=param)
+        rgb = np.asarray(image)
+        result = self.read_array(rgb)
+        return OcrResult(result.lines, result.width, result.height, time.perf_counter() - started, result.timings)
+
+    def read_array(self, rgb: np.ndarray) -> OcrResult:
+        """Read the text of an RGB image array `[H, W, 3]` uint8.
+
+        A page upside down is read line by line by the direction classifier, and its lines are put
+        in the page's order (most lines turned by the classifier: the page is). A page on its side
+        (most lines found are taller than wide) is read again a quarter turned, and the reading with
+        the more confident text wins (which quarter is settled by the classifier again). Boxes are
+        always in the pixels of the image as sent."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise MediaError("expected an RGB image")
+        height, width = rgb.shape[:2]
+        started = time.perf_counter()
+        if min(height, width) < 8:  # nothing a detector can find; RapidOCR's resizing divides by it
+            return OcrResult((), width, height, time.perf_counter() - started)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        timings: dict[str, float] = {}
+        lines = self._read_turned(bgr, 0, timings)
+        tall = sum(1 for line in lines if _height(line) > 1.5 * _width(line))
+        if lines and tall > len(lines) / 2:  # on its side: read it a quarter turned
+            turned = self._read_turned(bgr, 1, timings)
+            if _weight(turned) > _weight(lines):
+                lines = turned
+        return OcrResult(tuple(lines), width, height, time.perf_counter() - started, timings)
+
+    def _read_turned(self, bgr: np.ndarray, quarter_turns: int, timings: dict[str, float]) -> list[OcrLine]:
+        """The lines of `bgr` turned `quarter_turns` × 90° anticlockwise, in reading order, their
+        boxes mapped back to `bgr`'s pixels."""
+        height, width = bgr.shape[:2]
+        turned = np.ascontiguousarray(np.rot90(bgr, quarter_turns)) if quarter_turns else bgr
+        with self._lock:
+            self._directions = []
+            raw, elapsed = self._engine(turned, return_word_box=True)
+            directions = self._directions
+        for name, seconds in zip(("detection_s", "classification_s", "recognition_s"), elapsed or ()):
+            timings[name] = timings.get(name, 0.0) + float(seconds)
+        lines: list[OcrLine] = []
+        for entry in raw or []:
+            box, text, score = entry[0], entry[1], entry[2]
+            char_boxes = entry[3] if len(entry) > 3 else None
+            text = _spaced(str(text), char_boxes).strip()
+            if not text or float(score) < self.config.min_confidence:
+                continue
+            corners = tuple((float(x), float(y)) for x, y in box)
+            lines.append(OcrLine(text, corners, float(score)))  # type: ignore[arg-type]
+        upside_down = sum(d == "180" for d in directions) > len(directions) / 2
+        ordered = reading_order(lines, upside_down)
+        if not quarter_turns:
+            return ordered
+        return [OcrLine(line.text, tuple(_unturn(x, y, quarter_turns, width, height) for x, y in line.box), line.confidence) for line in ordered]  # type: ignore[misc]
+
+
+def _weight(lines: list[OcrLine]) -> float:
+    """How much confident text a reading found (characters × confidence, squared: garbage read from
+    a page upside down comes with low confidences)."""
+    return sum(len(line.text) * line.confidence**2 for line in lines)
+
+
+def _unturn(x: float, y: float, quarter_turns: int, width: int, height: int) -> Point:
+    """A point of the image turned `quarter_turns` × 90° anticlockwise (np.rot90), in the pixels of
+    the original `width` × `height` image."""
+    if quarter_turns == 1:
+        return width - 1 - y, x
+    if quarter_turns == 2:
+        return width - 1 - x, height - 1 - y
+    return y, height - 1 - x
