@@ -92,7 +92,9 @@ IMAGE = ModalitySpec(
     deployment="VisionEncoder",
     config_fields=("vision", "ocr"),
     modes=("ocr", "embed", "both"),
-    default_mode="ocr",
+    # The library's default (projector training and evaluation splice features); the service's is
+    # `fusion.image_mode`, `ocr` unless configured otherwise.
+    default_mode="embed",
     delimiters=("<image>", "</image>"),
     feature_shape="[N, d_vision] CLIP patch tokens",
     default_projector="mlp2x_gelu",

@@ -173,16 +173,15 @@ class VisionEncoder(BatchedEncoder):
 
     def info(self) -> dict[str, Any]:
         vision, ocr = self.config.vision, self.config.ocr
-        out: dict[str, Any] = {"status": "ok", "clip": None, "ocr": None}
+        out: dict[str, Any] = {"status": "ok", "clip": vision is not None, "ocr": None}
         if vision is not None and self.runtime is not None:
-            out["clip"] = {
-                "model": vision.model_name,
-                "pretrained": vision.pretrained,
-                "has_weights": self.runtime.has_weights,
-                "feature_layer": vision.feature_layer,
-                "cache": cache_info(self.cache),
-            }
-            out.update(model=vision.model_name, pretrained=vision.pretrained, has_weights=self.runtime.has_weights)
+            out.update(
+                model=vision.model_name,
+                pretrained=vision.pretrained,
+                has_weights=self.runtime.has_weights,
+                feature_layer=vision.feature_layer,
+                cache=cache_info(self.cache),
+            )
         if ocr is not None:
             out["ocr"] = {"engine": "rapidocr-onnxruntime (PP-OCRv4)", "cache": cache_info(self.ocr_cache)}
         return out
