@@ -43,9 +43,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["KINDS", "SEED", "build_set", "load_set"]
+__all__ = ["DEV_SEED", "KINDS", "SEED", "build_set", "load_set"]
 
-SEED = 20240611
+# The held-out set the figures in docs/benchmarks.md come from. The first seed (20240611) became a
+# development set once its OCR errors had been looked at (reading order across a slant, pages turned
+# round, spaces in amounts); the figures come from this one, measured after those changes, untouched.
+SEED = 20261206
+DEV_SEED = 20240611
 KINDS = ("label", "receipt", "invoice", "screen")
 PER_KIND = 7
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -992,9 +996,9 @@ def _plan(rng: random.Random) -> list[dict[str, Any]]:
     return plan
 
 
-def _make_item(plan: dict[str, Any], index: int) -> tuple[dict[str, Any], bytes]:
-    rng = random.Random(SEED * 1000 + index)
-    nrng = np.random.default_rng(SEED * 1000 + index)
+def _make_item(plan: dict[str, Any], index: int, seed: int = SEED) -> tuple[dict[str, Any], bytes]:
+    rng = random.Random(seed * 1000 + index)
+    nrng = np.random.default_rng(seed * 1000 + index)
     kind = plan["kind"]
     content_fn, render_fn, qa_fn = GENERATORS[kind]
     content = content_fn(rng, plan["question"])
@@ -1070,19 +1074,20 @@ def _make_item(plan: dict[str, Any], index: int) -> tuple[dict[str, Any], bytes]
     return item, data
 
 
-def build_set(out_dir: Path) -> list[dict[str, Any]]:
+def build_set(out_dir: Path, seed: int = SEED) -> list[dict[str, Any]]:
     """Generate the set into `out_dir` (created): `<id>.jpg` per image and `manifest.json`; returns the
-    manifest's items (`file` is relative to `out_dir`)."""
+    manifest's items (`file` is relative to `out_dir`). `seed`: the held-out set by default; `DEV_SEED`
+    for the development set."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(random.Random(SEED))
+    plan = _plan(random.Random(seed))
     items = []
     for index, entry in enumerate(plan):
-        item, data = _make_item(entry, index)
+        item, data = _make_item(entry, index, seed)
         (out_dir / item["file"]).write_bytes(data)
         item["sha256"] = hashlib.sha256(data).hexdigest()
         items.append(item)
-    manifest = {"seed": SEED, "count": len(items), "items": items}
+    manifest = {"seed": seed, "count": len(items), "items": items}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return items
 
@@ -1095,8 +1100,9 @@ def load_set(set_dir: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for manifest.json and the JPEGs")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"{SEED}: the held-out set; {DEV_SEED}: the development set")
     args = parser.parse_args(argv)
-    items = build_set(args.out)
+    items = build_set(args.out, args.seed)
     for item in items:
         d = item["distortions"]
         print(f"{item['id']:11s} {item['size'][0]}x{item['size'][1]:<5d} rot {d['rotation_deg']:7.2f}  text {d['body_text_px']:5.1f}px"

@@ -115,7 +115,6 @@ def reading_order(lines: list[OcrLine], upside_down: bool = False) -> list[OcrLi
 
 
 SPACE_PITCHES = 1.5
-DIGIT_SPACE_PITCHES = 1.9
 
 
 def _spaced(text: str, char_boxes: list[Any] | None) -> str:
@@ -125,9 +124,7 @@ def _spaced(text: str, char_boxes: list[Any] | None) -> str:
     was read at, so consecutive boxes touch). Where a character starts more than `SPACE_PITCHES`
     median pitches after the one before, the recogniser skipped blank frames there: a space. Never
     after a decimal point or a thousands separator ("3.40", "1,234": a narrow "." must not split an
-    amount), and between two digits only for a clearer gap (`DIGIT_SPACE_PITCHES`: the frames are
-    quantised, so a step jitters). Where the boxes do not line up one per character, the text stays
-    as read.
+    amount). Where the boxes do not line up one per character, the text stays as read.
     """
     if not char_boxes or len(text) < 3:
         return text
@@ -147,8 +144,6 @@ def _spaced(text: str, char_boxes: list[Any] | None) -> str:
         digit, after = chars[i].isdigit(), chars[i - 1]
         if digit and after in ".,":
             limit = math.inf  # a decimal point or a thousands separator: never split
-        elif digit and after.isdigit():
-            limit = DIGIT_SPACE_PITCHES * pitch  # digit groups ("2345 6784") need a clearer gap
         else:
             limit = SPACE_PITCHES * pitch
         if lefts[i] - lefts[i - 1] > limit and out[-1] != " " and chars[i] != " ":
@@ -203,7 +198,9 @@ class OcrRuntime:
         """Read the text of an RGB image array `[H, W, 3]` uint8.
 
         A page upside down is read line by line by the direction classifier, and its lines are put
-        in the page's order (most lines turned by the classifier: the page is). A page on its side
+        in the page's order (most lines turned by the classifier: the page is); a page read with low
+        confidence is read again half turned (the classifier missed an upside-down page: blur, small
+        print). A page on its side
         (most lines found are taller than wide) is read again a quarter turned, and the reading with
         the more confident text wins (which quarter is settled by the classifier again). Boxes are
         always in the pixels of the image as sent."""
@@ -219,6 +216,10 @@ class OcrRuntime:
         tall = sum(1 for line in lines if _height(line) > 1.5 * _width(line))
         if lines and tall > len(lines) / 2:  # on its side: read it a quarter turned
             turned = self._read_turned(bgr, 1, timings)
+            if _weight(turned) > _weight(lines):
+                lines = turned
+        elif lines and sum(line.confidence for line in lines) / len(lines) < LOW_CONFIDENCE:
+            turned = self._read_turned(bgr, 2, timings)  # upside down, and the classifier missed it
             if _weight(turned) > _weight(lines):
                 lines = turned
         return OcrResult(tuple(lines), width, height, time.perf_counter() - started, timings)
@@ -248,6 +249,9 @@ class OcrRuntime:
         if not quarter_turns:
             return ordered
         return [OcrLine(line.text, tuple(_unturn(x, y, quarter_turns, width, height) for x, y in line.box), line.confidence) for line in ordered]  # type: ignore[misc]
+
+
+LOW_CONFIDENCE = 0.8  # mean line confidence under which a page is also read half turned
 
 
 def _weight(lines: list[OcrLine]) -> float:
