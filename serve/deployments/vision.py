@@ -134,7 +134,7 @@ class VisionEncoder(BatchedEncoder):
         detail = self.ocr_cache.get(key)
         if detail is None:
             limits = self.ocr.config.documents
-            document = await self._off_loop(lambda: read_pdf(data, limits, self.ocr.read_array))  # type: ignore[union-attr]
+            document = await self._off_loop(lambda: read_pdf(data, limits, self._ocr_within(limits.timeout_s)))
             detail = {
                 "text": document.text,
                 "page_count": document.page_count,
@@ -153,6 +153,21 @@ class VisionEncoder(BatchedEncoder):
             self.ocr_cache.put(key, detail)
             return {**detail, "cached": False}
         return {**detail, "cached": True}
+
+    def _ocr_within(self, budget_s: float) -> Callable[[np.ndarray], OcrResult]:
+        """OCR for a document's scanned pages, all of them within `budget_s` (the PDF worker's own
+        limit covers parsing and rendering; this one the reading): past it, the document is refused."""
+        assert self.ocr is not None
+        ocr, deadline = self.ocr, time.monotonic() + budget_s
+
+        def read(rgb: np.ndarray) -> OcrResult:
+            if time.monotonic() > deadline:
+                raise MediaError(
+                    f"the PDF's scanned pages could not be read within {budget_s:g} s", code="document_too_complex"
+                )
+            return ocr.read_array(rgb)
+
+        return read
 
     # --- the chat path ------------------------------------------------------------------------------
 
