@@ -17,6 +17,7 @@ between two characters wider than a share of the line's character pitch is a spa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -41,9 +42,15 @@ class OcrLine:
     text: str
     box: tuple[Point, Point, Point, Point]  # corners in image pixels: top-left, top-right, bottom-right, bottom-left
     confidence: float
+    row: int = 0  # the row of the page it sits in (`reading_order`): pieces of one printed line share it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "box": [[round(x, 1), round(y, 1)] for x, y in self.box], "confidence": round(self.confidence, 4)}
+        return {
+            "text": self.text,
+            "box": [[round(x, 1), round(y, 1)] for x, y in self.box],
+            "confidence": round(self.confidence, 4),
+            "row": self.row,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,16 @@ class OcrResult:
 
     @property
     def text(self) -> str:
-        """The lines joined, one per line."""
-        return "\n".join(line.text for line in self.lines)
+        """The text row by row: the pieces of one row joined by a space ("TOTAL" and "$48.90" printed
+        on one line stay on one), rows one per line."""
+        rows: list[list[str]] = []
+        last = None
+        for line in self.lines:
+            if line.row != last or not rows:
+                rows.append([])
+                last = line.row
+            rows[-1].append(line.text)
+        return "\n".join(" ".join(row) for row in rows)
 
     def nbytes(self) -> int:
         """Rough memory held, for a size-bounded cache."""
@@ -111,44 +126,63 @@ def reading_order(lines: list[OcrLine], upside_down: bool = False) -> list[OcrLi
                 row.append(entry)
                 continue
         rows.append([entry])
-    return [entry[2] for row in rows for entry in sorted(row, key=lambda e: e[0])]
+    return [
+        dataclasses.replace(entry[2], row=number)
+        for number, row in enumerate(rows)
+        for entry in sorted(row, key=lambda e: e[0])
+    ]
 
 
 SPACE_PITCHES = 1.5
+MIN_RUN = 12  # characters without a space before a run is looked at for dropped spaces
 
 
 def _spaced(text: str, char_boxes: list[Any] | None) -> str:
-    """`text` with the spaces the recogniser dropped put back, from its characters' positions.
+    """`text` with the spaces the recogniser dropped in long runs put back, from its characters'
+    positions.
 
     `char_boxes`: RapidOCR's per-character boxes for the line (from the CTC frames each character
-    was read at, so consecutive boxes touch). Where a character starts more than `SPACE_PITCHES`
-    median pitches after the one before, the recogniser skipped blank frames there: a space. Never
-    after a decimal point or a thousands separator ("3.40", "1,234": a narrow "." must not split an
-    amount). Where the boxes do not line up one per character, the text stays as read.
+    was read at, so consecutive boxes touch), one per character with or without the spaces it read.
+    Only runs of `MIN_RUN` or more characters without a space are touched (on blurred or small
+    print the recogniser runs words together: "Tracking1Z999AA1..."; on clean print it reads the
+    spaces, and a wide letter inside a short word must not split it). Inside such a run, a character
+    that starts more than `SPACE_PITCHES` median pitches after the one before follows skipped blank
+    frames: a space; never after a decimal point or a thousands separator ("3.40", "1,234"). The
+    recogniser's own spaces are kept. Where the boxes do not line up with the characters, the text
+    stays as read.
     """
-    if not char_boxes or len(text) < 3:
+    if not char_boxes or len(text) < MIN_RUN:
         return text
     if len(char_boxes) == len(text):
-        chars = list(text)
+        lefts = [min(point[0] for point in box) for box in char_boxes]
+    elif len(char_boxes) == sum(c != " " for c in text):
+        it = iter(min(point[0] for point in box) for box in char_boxes)
+        lefts = [next(it) if c != " " else math.nan for c in text]
     else:
-        chars = [c for c in text if c != " "]
-        if len(char_boxes) != len(chars):
-            return text
-    lefts = [min(point[0] for point in box) for box in char_boxes]
-    steps = sorted(lefts[i + 1] - lefts[i] for i in range(len(lefts) - 1))
-    pitch = steps[len(steps) // 2]
-    if pitch <= 0:
         return text
-    out = [chars[0]]
-    for i in range(1, len(chars)):
-        digit, after = chars[i].isdigit(), chars[i - 1]
-        if digit and after in ".,":
-            limit = math.inf  # a decimal point or a thousands separator: never split
-        else:
-            limit = SPACE_PITCHES * pitch
-        if lefts[i] - lefts[i - 1] > limit and out[-1] != " " and chars[i] != " ":
+    steps = sorted(
+        lefts[i + 1] - lefts[i] for i in range(len(text) - 1) if text[i] != " " and text[i + 1] != " "
+    )
+    if not steps or steps[len(steps) // 2] <= 0:
+        return text
+    pitch = steps[len(steps) // 2]
+    out: list[str] = []
+    run_start = 0
+    for i, char in enumerate(text):
+        if char == " ":
+            out.append(char)
+            run_start = i + 1
+            continue
+        run_end = text.find(" ", i)
+        run_length = (len(text) if run_end < 0 else run_end) - run_start
+        if (
+            i > run_start
+            and run_length >= MIN_RUN
+            and not (char.isdigit() and text[i - 1] in ".,")
+            and lefts[i] - lefts[i - 1] > SPACE_PITCHES * pitch
+        ):
             out.append(" ")
-        out.append(chars[i])
+        out.append(char)
     return "".join(out)
 
 
@@ -216,7 +250,9 @@ class OcrRuntime:
         tall = sum(1 for line in lines if _height(line) > 1.5 * _width(line))
         if lines and tall > len(lines) / 2:  # on its side: read it a quarter turned
             turned = self._read_turned(bgr, 1, timings)
-            if _weight(turned) > _weight(lines):
+            # The recogniser reads a tall box turned too, so both readings may score alike: the
+            # turned one has the page's rows, so it wins unless it read clearly less.
+            if _weight(turned) >= 0.8 * _weight(lines):
                 lines = turned
         elif lines and sum(line.confidence for line in lines) / len(lines) < LOW_CONFIDENCE:
             turned = self._read_turned(bgr, 2, timings)  # upside down, and the classifier missed it
@@ -229,9 +265,11 @@ class OcrRuntime:
         boxes mapped back to `bgr`'s pixels."""
         height, width = bgr.shape[:2]
         turned = np.ascontiguousarray(np.rot90(bgr, quarter_turns)) if quarter_turns else bgr
+        fitted, scale = _fit_for_detection(turned, self.config.max_side)
+        turned_h, turned_w = turned.shape[:2]
         with self._lock:
             self._directions = []
-            raw, elapsed = self._engine(turned, return_word_box=True)
+            raw, elapsed = self._engine(fitted, return_word_box=True)
             directions = self._directions
         for name, seconds in zip(("detection_s", "classification_s", "recognition_s"), elapsed or ()):
             timings[name] = timings.get(name, 0.0) + float(seconds)
@@ -242,16 +280,46 @@ class OcrRuntime:
             text = _spaced(str(text), char_boxes).strip()
             if not text or float(score) < self.config.min_confidence:
                 continue
-            corners = tuple((float(x), float(y)) for x, y in box)
+            corners = tuple((min(max(float(x) / scale, 0.0), turned_w), min(max(float(y) / scale, 0.0), turned_h)) for x, y in box)
             lines.append(OcrLine(text, corners, float(score)))  # type: ignore[arg-type]
         upside_down = sum(d == "180" for d in directions) > len(directions) / 2
         ordered = reading_order(lines, upside_down)
         if not quarter_turns:
             return ordered
-        return [OcrLine(line.text, tuple(_unturn(x, y, quarter_turns, width, height) for x, y in line.box), line.confidence) for line in ordered]  # type: ignore[misc]
+        return [
+            dataclasses.replace(line, box=tuple(_unturn(x, y, quarter_turns, width, height) for x, y in line.box))
+            for line in ordered
+        ]
 
 
 LOW_CONFIDENCE = 0.8  # mean line confidence under which a page is also read half turned
+
+
+# RapidOCR letterboxes a wide strip (over 1:8) to 1:4 itself, and none of a tall one, whose short
+# side it then scales up to 736 px; both are padded to 1:4 here (the detector's text size as
+# RapidOCR gives it for wide strips: more padding scales the text up until words split).
+MAX_ASPECT = 4
+
+
+def _fit_for_detection(bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """`bgr` as the detector gets it, and the scale applied: the long side at most `max_side`, and
+    a strip over 1:8 padded (white, bottom/right) to 1:`MAX_ASPECT`; sides at least 32 px.
+    RapidOCR's own resizing would round a thin strip's short side to 0 (an exception), or scale a
+    thin tall one up until the detector spends minutes and gigabytes on it."""
+    import cv2
+
+    height, width = bgr.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    height, width = bgr.shape[:2]
+    strip = max(height, width) > 8 * min(height, width)
+    padded_h = max(height, math.ceil(width / MAX_ASPECT) if strip else 0, 32)
+    padded_w = max(width, math.ceil(height / MAX_ASPECT) if strip else 0, 32)
+    if (padded_h, padded_w) != (height, width):
+        bgr = np.pad(bgr, ((0, padded_h - height), (0, padded_w - width), (0, 0)), constant_values=255)
+    return np.ascontiguousarray(bgr), scale
 
 
 def _weight(lines: list[OcrLine]) -> float:

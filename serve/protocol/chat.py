@@ -178,9 +178,9 @@ class ChorusOptions(_Strict):
 
     fusion: FusionMode | dict[Literal["audio", "image"], FusionMode] | None = Field(
         default=None,
-        description="How media reaches the LLM. A mode applies to every kind in the request that has it (audio: "
-        "embed | transcript | both; images: ocr | embed | both); an object sets it per kind, e.g. "
-        '{"audio": "transcript", "image": "ocr"}',
+        description="How media reach the LLM. A mode alone is audio's (embed | transcript | both), except 'ocr', "
+        "which is images'; an object sets it per kind (images: ocr | embed | both), e.g. "
+        '{"audio": "transcript", "image": "embed"}',
     )
     return_media_text: bool = Field(
         default=False,

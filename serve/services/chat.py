@@ -104,29 +104,22 @@ class ChatService:
             )
 
     def modes(self, req: ChatCompletionRequest) -> dict[str, FusionMode]:
-        """The fusion mode per modality: the config's, with the request's `chorus.fusion` over it (a
-        mode: every configured kind that has it; an object: per kind)."""
+        """The fusion mode per modality: the config's, with the request's `chorus.fusion` over it. A
+        mode is audio's, as it always was (`embed`, `transcript`, `both`), except `ocr`, which only
+        images have; an object sets modes per kind."""
         enabled = {media.kind: media for media in self.config.enabled_modalities()}
         modes = {kind: self.config.fusion.mode(media) for kind, media in enabled.items()}
         chosen = req.chorus.fusion if req.chorus else None
         if isinstance(chosen, str):
-            takers = [kind for kind, media in enabled.items() if chosen in media.modes]
-            if not takers:
-                raise InvalidRequest(
-                    f"fusion mode '{chosen}' applies to no input kind this deployment takes", param="chorus.fusion", code="invalid_value"
-                )
-            modes.update(dict.fromkeys(takers, chosen))
-        elif chosen:
-            for kind, mode in chosen.items():
-                media = enabled.get(kind)
-                if media is not None and mode not in media.modes:
-                    raise InvalidRequest(
-                        f"{kind} takes fusion modes {', '.join(media.modes)}; got '{mode}'",
-                        param=f"chorus.fusion.{kind}",
-                        code="invalid_value",
-                    )
-                if media is not None:
-                    modes[kind] = mode
+            chosen = {"image" if chosen == "ocr" else "audio": chosen}
+        for kind, mode in (chosen or {}).items():
+            media = enabled.get(kind)
+            if media is None:
+                continue  # a kind this deployment does not take: its items are refused by name
+            if mode not in media.modes:
+                param = "chorus.fusion" if isinstance(req.chorus.fusion, str) else f"chorus.fusion.{kind}"  # type: ignore[union-attr]
+                raise InvalidRequest(f"{kind} takes fusion modes {', '.join(media.modes)}; got '{mode}'", param=param, code="invalid_value")
+            modes[kind] = mode
         return modes
 
     def _check_media(self, item: MediaInput, modes: Mapping[str, FusionMode], info: dict[str, Any]) -> None:

@@ -127,9 +127,14 @@ def test_seed_reproducible(client):
 
 def test_image_tokens_reach_the_decoder(client):
     text_only = ask(client, "Describe it.")
-    with_image = ask(client, [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": png_data_url()}}])
+    image = [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": png_data_url()}}]
+    embedded = ask(client, image, extra_body={"chorus": {"fusion": {"image": "embed"}, "return_media_text": True}})
+    assert [item["mode"] for item in embedded.model_extra["chorus"]["media"]] == ["embed"]
     # tiny CLIP: 32 px / 8 px patches = 16 soft tokens, plus the <image></image> delimiters
-    assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens >= 16
+    assert embedded.usage.prompt_tokens - text_only.usage.prompt_tokens >= 16
+    # the default reads it (ocr): no text on it, and the prompt says so instead
+    read = ask(client, image, extra_body={"chorus": {"return_media_text": True}})
+    assert [(item["mode"], item["lines"]) for item in read.model_extra["chorus"]["media"]] == [("ocr", [])]
 
 
 @pytest.mark.parametrize("mode", ["transcript", "embed", "both"])

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from serve.http import openapi
 from serve.http.ingress import CHAT, MODELS, TRANSCRIPTIONS
 from serve.protocol import ChatCompletionRequest
+from tests import pdfs
 from tests.helpers.strategies import (
     BROKEN_WAV,
     TINY_WAV,
@@ -50,6 +51,7 @@ from tests.helpers.strategies import (
     image_urls,
     json_bodies,
     materialize,
+    pool,
 )
 
 from .conftest import AUTH
@@ -79,6 +81,24 @@ def _cheap_chat(tree: Any) -> Any:
     return tree
 
 
+# `file` parts (documents): the schema gives file_data any string; these reach the PDF reader.
+_PDF = pdfs.text_pdf([["A fuzzed document page"]])
+FILE_DATA = {
+    "valid PDF": "data:application/pdf;base64," + b64(_PDF),
+    "PDF as octet-stream": "data:application/octet-stream;base64," + b64(_PDF),
+    "truncated PDF": "data:application/pdf;base64," + b64(_PDF[:80]),
+    "corrupt PDF": "data:application/pdf;base64," + b64(pdfs.corrupt_pdf()),
+    "encrypted PDF": "data:application/pdf;base64," + b64(pdfs.encrypted_pdf()),
+    "21 pages": "data:application/pdf;base64," + b64(pdfs.many_pages_pdf(21)),
+    "text/plain": "data:text/plain;base64,aGk=",
+    "WAV as PDF": "data:application/pdf;base64," + b64(TINY_WAV[:64]),
+    "not base64": "data:application/pdf;base64,!!notbase64!!",
+    "not a data URL": b64(_PDF),
+    "empty data URL": "data:application/pdf;base64,",
+    "empty": "",
+}
+file_data = st.one_of(st.just(FILE_DATA["valid PDF"]), pool(FILE_DATA))
+
 # What a schema cannot know: the served model's name, cheap lengths, media worth decoding.
 CHAT_VALUES = {
     "model": st.just(SERVED_MODEL),
@@ -87,6 +107,7 @@ CHAT_VALUES = {
     "stream": st.sampled_from([True, False, None]),
     "input_audio.data": audio_data,
     "image_url.url": image_urls,
+    "file.file_data": file_data,
 }
 FORM_VALUES = {
     "model": st.sampled_from(["whisper-1", "whisper-base"]),
