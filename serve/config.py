@@ -229,13 +229,21 @@ class ChorusConfig(_Strict):
         ):
             if options.graceful_shutdown_timeout_s is None:
                 options.graceful_shutdown_timeout_s = default
+        for media in MODALITIES.values():
+            if self.fusion.mode(media) not in media.modes:
+                raise ValueError(
+                    f"fusion.{media.kind}_mode={self.fusion.mode(media)!r}: {media.kind} takes {', '.join(media.modes)}"
+                )
         if self.fusion.audio_mode != "transcript" and not (
             self.fusion.audio_projector or self.fusion.allow_random_projectors
         ):
             raise ValueError(f"fusion.audio_mode={self.fusion.audio_mode!r} needs fusion.audio_projector")
+        embeddable = self.vision is not None and (self.fusion.vision_projector or self.fusion.allow_random_projectors)
+        if embeddable and "image_mode" not in self.fusion.model_fields_set:
+            # A config written before OCR existed, with CLIP and its projector: CLIP was the only way
+            # in, keep it so (`image_mode` set explicitly says otherwise).
+            self.fusion.image_mode = "embed"
         image_mode = self.fusion.image_mode
-        if image_mode not in ("ocr", "embed", "both"):
-            raise ValueError(f"fusion.image_mode={image_mode!r}: images take ocr, embed or both")
         if image_mode in ("embed", "both") and self.vision is None:
             raise ValueError(f"fusion.image_mode={image_mode!r} needs `vision` (a CLIP encoder)")
         if image_mode in ("embed", "both") and not (self.fusion.vision_projector or self.fusion.allow_random_projectors):

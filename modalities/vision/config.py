@@ -106,7 +106,7 @@ class DocumentLimits(BaseModel):
     max_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest PDF accepted, in bytes.")
     max_pages: int = Field(20, ge=1, description="Most pages a PDF may have (more: 400, none read).")
     max_chars: int = Field(
-        20_000, ge=1, description="Characters of a document's text the prompt gets; the rest is cut (and said so)."
+        20_000, ge=1, description="Characters of a document's text the prompt gets; the rest is cut (the prompt says so)."
     )
     render_dpi: int = Field(150, ge=36, le=600, description="Resolution scanned pages are rendered at for OCR.")
     max_page_pixels: int = Field(

@@ -202,14 +202,17 @@ class OcrRuntime:
         }
         self._engine = RapidOCR(**params)
         self._lock = threading.Lock()
-        # RapidOCR's result leaves out what its direction classifier said per line ("0" or "180":
-        # the crop was turned before recognition); kept here, read under the lock.
+        # RapidOCR's result leaves out what its direction classifier did per line (turned the crop
+        # half round before recognition: "180" scored over its threshold); kept here, read under the lock.
         self._directions: list[str] = []
         classify = self._engine.text_cls
+        threshold = float(getattr(classify, "cls_thresh", 0.9))
 
         def classify_and_keep(crops: Any) -> Any:
             turned, results, elapsed = classify(crops)
-            self._directions = [str(label) for label, _score in results]
+            self._directions = [
+                "180" if str(label) == "180" and float(score) > threshold else "0" for label, score in results
+            ]
             return turned, results, elapsed
 
         self._engine.text_cls = classify_and_keep
@@ -269,7 +272,8 @@ class OcrRuntime:
         turned_h, turned_w = turned.shape[:2]
         with self._lock:
             self._directions = []
-            raw, elapsed = self._engine(fitted, return_word_box=True)
+            # Any keyword resets RapidOCR's score threshold to its 0.5 unless given again.
+            raw, elapsed = self._engine(fitted, return_word_box=True, text_score=self.config.min_confidence)
             directions = self._directions
         for name, seconds in zip(("detection_s", "classification_s", "recognition_s"), elapsed or ()):
             timings[name] = timings.get(name, 0.0) + float(seconds)

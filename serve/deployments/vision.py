@@ -29,6 +29,7 @@ from .common import BatchedEncoder, cache_info, feature_cache, with_threads
 from .contracts import EncodedItem
 
 TRUNCATION_NOTE = "[… {more} more characters of text not shown]"
+DOCUMENT_CUT_NOTE = "[… the rest of the document is not shown: its text is over {limit} characters]"
 
 
 def capped_text(text: str, max_chars: int) -> tuple[str, bool]:
@@ -73,6 +74,9 @@ class VisionEncoder(BatchedEncoder):
         self.ocr = (ocr_factory or OcrRuntime.from_config)(with_threads(ocr)) if ocr else None
         self.ocr_cache = feature_cache(ocr.cache_mib if ocr else 0)
         self._ocr_thread = ThreadPoolExecutor(1, thread_name_prefix="ocr")
+        # Documents wait on their worker process (up to documents.timeout_s): a thread of their own,
+        # so a slow PDF does not hold up photos (their OCR still takes turns on the one runtime).
+        self._document_thread = ThreadPoolExecutor(1, thread_name_prefix="pdf")
 
     # --- CLIP ---------------------------------------------------------------------------------------
 
@@ -105,10 +109,10 @@ class VisionEncoder(BatchedEncoder):
 
     # --- OCR ----------------------------------------------------------------------------------------
 
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any, executor: ThreadPoolExecutor | None = None) -> Any:
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._ocr_thread, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor or self._ocr_thread, fn, *args)
         finally:
             metrics.ENCODER_LATENCY.observe(time.perf_counter() - started, tags={"encoder": "ocr"})
 
@@ -134,9 +138,14 @@ class VisionEncoder(BatchedEncoder):
         detail = self.ocr_cache.get(key)
         if detail is None:
             limits = self.ocr.config.documents
-            document = await self._off_loop(lambda: read_pdf(data, limits, self._ocr_within(limits.timeout_s)))
+            document = await self._off_loop(
+                lambda: read_pdf(data, limits, self._ocr_within(limits.timeout_s)), executor=self._document_thread
+            )
+            text = document.text
+            if document.truncated:
+                text += "\n" + DOCUMENT_CUT_NOTE.format(limit=limits.max_chars)
             detail = {
-                "text": document.text,
+                "text": text,
                 "page_count": document.page_count,
                 "truncated": document.truncated,
                 "pages": [
@@ -185,6 +194,13 @@ class VisionEncoder(BatchedEncoder):
             detail = await self.read_image(data)
             return EncodedItem(None, detail["text"], detail)
         return EncodedItem(await self.encode(data) if want_features else None, None)
+
+    def __del__(self) -> None:
+        import sys
+
+        pdf = sys.modules.get("modalities.vision.pdf")
+        if pdf is not None:  # the PDF worker process goes with the replica
+            pdf.shutdown_worker()
 
     def info(self) -> dict[str, Any]:
         vision, ocr = self.config.vision, self.config.ocr

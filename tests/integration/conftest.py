@@ -34,7 +34,13 @@ def test_config() -> dict:
         "whisper": {"model": "packaged"},
         "vision": {"model_name": str(TINY_CLIP), "pretrained": None, "random_init": True},
         # the shipped audio projector; the tiny CLIP gets an untrained one, explicitly allowed
-        "fusion": {"audio_mode": "transcript", "audio_projector": "packaged", "allow_random_projectors": True},
+        # images read by OCR, as the served default (with CLIP configured, `image_mode` must say so)
+        "fusion": {
+            "audio_mode": "transcript",
+            "audio_projector": "packaged",
+            "allow_random_projectors": True,
+            "image_mode": "ocr",
+        },
         # the key is configured by its hash, as a shared config should
         "auth": {"api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()]},
         # remote images on, with loopback names allowlisted: the hostile cases prove the address

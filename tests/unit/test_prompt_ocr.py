@@ -149,7 +149,7 @@ def test_clip_alone_takes_images_but_not_documents():
         ({"fusion": {"image_mode": "embed"}}, "vision"),
         ({"fusion": {"image_mode": "both", "allow_random_projectors": True}}, "vision"),
         ({"vision": TINY_CLIP, "fusion": {"image_mode": "embed"}}, "vision_projector"),
-        ({"vision": TINY_CLIP, "ocr": None, "fusion": {"allow_random_projectors": True}}, "ocr"),
+        ({"vision": TINY_CLIP, "ocr": None, "fusion": {"image_mode": "ocr", "allow_random_projectors": True}}, "ocr"),
         ({"fusion": {"image_mode": "transcript"}}, "image_mode"),
         ({"fusion": {"image_mode": "pixels"}}, "image_mode"),
         ({"ocr": {"max_chars": 0}}, "max_chars"),
@@ -168,3 +168,15 @@ def test_embed_with_clip_and_a_projector_validates():
         {"vision": TINY_CLIP, "fusion": {"image_mode": "embed", "vision_projector": "/nonexistent/projector"}}
     )
     assert config.fusion.mode(IMAGE) == "embed" and {"image", "document"} <= kinds(config)
+
+
+def test_a_clip_config_from_before_ocr_keeps_embedding_images():
+    """`vision` and its projector, no `image_mode`: CLIP was the only way in, it stays so; `image_mode`
+    set says otherwise, and audio's mode must be one audio has."""
+    old = ChorusConfig.model_validate({"vision": TINY_CLIP, "fusion": {"allow_random_projectors": True}})
+    assert old.fusion.image_mode == "embed"
+    assert ChorusConfig.model_validate({"vision": TINY_CLIP}).fusion.image_mode == "ocr"  # no projector: OCR
+    chosen = {"vision": TINY_CLIP, "fusion": {"allow_random_projectors": True, "image_mode": "ocr"}}
+    assert ChorusConfig.model_validate(chosen).fusion.image_mode == "ocr"
+    with pytest.raises(ValidationError, match="audio takes"):
+        ChorusConfig.model_validate({"fusion": {"audio_mode": "ocr"}})
