@@ -45,11 +45,16 @@ def _add(name: str, schema: dict[str, Any]) -> None:
         raise ValueError(f"two different OpenAPI schemas named {name!r}")
 
 
+# Response properties sent only when asked for (a completion's `chorus`, with chorus.return_media_text).
+ON_REQUEST = frozenset({"chorus"})
+
+
 def _all_required(schema: Any) -> Any:
-    """Responses are `model_dump()`ed whole: every property is present (null where unset)."""
+    """Responses are `model_dump()`ed whole: every property is present (null where unset), except
+    the extensions sent only on request (`ON_REQUEST`)."""
     if isinstance(schema, dict):
         if "properties" in schema:
-            schema["required"] = list(schema["properties"])
+            schema["required"] = [name for name in schema["properties"] if name not in ON_REQUEST]
         for value in schema.values():
             _all_required(value)
     elif isinstance(schema, list):
