@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 client = OpenAI(base_url=os.environ.get("CHORUS_URL", "http://127.0.0.1:8000") + "/v1", api_key="not-needed-locally")
 
 image_path = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "images" / "receipt.jpg"
-question = sys.argv[2] if len(sys.argv) > 2 else "What is the total on this receipt?"
+question = sys.argv[2] if len(sys.argv) > 2 else "What is the TOTAL amount?"
 mime = mimetypes.guess_type(image_path.name)[0] or "image/jpeg"
 data_url = f"data:{mime};base64," + base64.b64encode(image_path.read_bytes()).decode()
 
