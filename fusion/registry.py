@@ -53,11 +53,6 @@ class ModalitySpec:
     def config_field(self) -> str:
         return self.config_fields[0]
 
-    @property
-    def embeds(self) -> bool:
-        """Whether any of its modes splices projected features (it then has a projector)."""
-        return any(mode in EMBED_MODES for mode in self.modes)
-
     def wants_features(self, mode: FusionMode) -> bool:
         return mode in EMBED_MODES
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,10 +77,6 @@ class OcrResult:
             rows[-1].append(line.text)
         return "\n".join(" ".join(row) for row in rows)
 
-    def nbytes(self) -> int:
-        """Rough memory held, for a size-bounded cache."""
-        return 200 + sum(120 + 2 * len(line.text) for line in self.lines)
-
 
 def _centre(line: OcrLine) -> tuple[float, float]:
     return sum(x for x, _ in line.box) / 4, sum(y for _, y in line.box) / 4
@@ -113,21 +110,22 @@ def reading_order(lines: list[OcrLine], upside_down: bool = False) -> list[OcrLi
     A row: centres within half a line height."""
     angle = text_angle(lines) + (math.pi if upside_down else 0.0)
     cos, sin = math.cos(angle), math.sin(angle)
-    placed = []
+    placed = []  # (x, y) of the centre rotated by -angle, the box height, the line
     for line in lines:
         x, y = _centre(line)
-        placed.append((x * cos + y * sin, -x * sin + y * cos, line))  # rotated by -angle
-    rows: list[list[tuple[float, float, OcrLine]]] = []
+        placed.append((x * cos + y * sin, -x * sin + y * cos, _height(line), line))
+    rows: list[list[tuple[float, float, float, OcrLine]]] = []
+    row_y_sum = row_height = 0.0  # of the last row: the sum of its centres' y, its tallest box
     for entry in sorted(placed, key=lambda e: e[1]):
-        if rows:
-            row = rows[-1]
-            anchor = sum(e[1] for e in row) / len(row)
-            if abs(entry[1] - anchor) <= 0.5 * min(_height(entry[2]), max(_height(e[2]) for e in row)):
-                row.append(entry)
-                continue
+        _x, y, height, _line = entry
+        if rows and abs(y - row_y_sum / len(rows[-1])) <= 0.5 * min(height, row_height):
+            rows[-1].append(entry)
+            row_y_sum, row_height = row_y_sum + y, max(row_height, height)
+            continue
         rows.append([entry])
+        row_y_sum, row_height = y, height
     return [
-        dataclasses.replace(entry[2], row=number)
+        dataclasses.replace(entry[3], row=number)
         for number, row in enumerate(rows)
         for entry in sorted(row, key=lambda e: e[0])
     ]
@@ -166,23 +164,12 @@ def _spaced(text: str, char_boxes: list[Any] | None) -> str:
     if not steps or steps[len(steps) // 2] <= 0:
         return text
     pitch = steps[len(steps) // 2]
-    out: list[str] = []
-    run_start = 0
-    for i, char in enumerate(text):
-        if char == " ":
-            out.append(char)
-            run_start = i + 1
-            continue
-        run_end = text.find(" ", i)
-        run_length = (len(text) if run_end < 0 else run_end) - run_start
-        if (
-            i > run_start
-            and run_length >= MIN_RUN
-            and not (char.isdigit() and text[i - 1] in ".,")
-            and lefts[i] - lefts[i - 1] > SPACE_PITCHES * pitch
-        ):
-            out.append(" ")
-        out.append(char)
+    out = list(text)
+    runs = list(re.finditer(rf"[^ ]{{{MIN_RUN},}}", text))
+    for run in reversed(runs):  # right to left: an inserted space leaves the indices before it alone
+        for i in range(run.end() - 1, run.start(), -1):
+            if not (text[i].isdigit() and text[i - 1] in ".,") and lefts[i] - lefts[i - 1] > SPACE_PITCHES * pitch:
+                out.insert(i, " ")
     return "".join(out)
 
 

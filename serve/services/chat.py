@@ -110,6 +110,7 @@ class ChatService:
         enabled = {media.kind: media for media in self.config.enabled_modalities()}
         modes = {kind: self.config.fusion.mode(media) for kind, media in enabled.items()}
         chosen = req.chorus.fusion if req.chorus else None
+        alone = isinstance(chosen, str)
         if isinstance(chosen, str):
             chosen = {"image" if chosen == "ocr" else "audio": chosen}
         for kind, mode in (chosen or {}).items():
@@ -117,7 +118,7 @@ class ChatService:
             if media is None:
                 continue  # a kind this deployment does not take: its items are refused by name
             if mode not in media.modes:
-                param = "chorus.fusion" if isinstance(req.chorus.fusion, str) else f"chorus.fusion.{kind}"  # type: ignore[union-attr]
+                param = "chorus.fusion" if alone else f"chorus.fusion.{kind}"
                 raise InvalidRequest(f"{kind} takes fusion modes {', '.join(media.modes)}; got '{mode}'", param=param, code="invalid_value")
             modes[kind] = mode
         return modes
