@@ -21,6 +21,7 @@ from modalities.vision.config import ClipConfig, OcrConfig
 
 from .admission.auth import AuthConfig
 from .services.fetch import RemoteMediaConfig
+from .store.config import StoreConfig
 
 INGRESS, DECODER = "Ingress", "LLMDecoder"
 
@@ -201,6 +202,10 @@ class ChorusConfig(_Strict):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and per-key rate limits")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size, time and concurrency limits")
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,
+        description="Where responses, conversations, their media and the audit log are kept, and for how long",
+    )
     deployments: Deployments = Field(
         default_factory=Deployments, description="Ray Serve options per deployment (replicas, CPUs/GPUs, queues)"
     )

@@ -9,6 +9,9 @@ the encoders.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,24 +20,36 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusion.registry import MODALITIES
-from serve.admission import Gate
+from serve.admission import ANONYMOUS, Gate
 from serve.config import ChorusConfig
 from serve.errors import InvalidRequest, MethodNotAllowed, NotFound, model_not_found
 from serve.metrics import node_metrics_text
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, now
 from serve.protocol.parse import parse_json_body
+from serve.protocol.responses import (
+    ConversationCreateRequest,
+    ConversationItemsRequest,
+    ConversationUpdateRequest,
+    ResponseCreateRequest,
+)
 from serve.protocol.transcription import MAX_FORM_FIELDS
 from serve.services.chat import ChatService
+from serve.services.conversations import ConversationsService
 from serve.services.fetch import RemoteMediaFetcher
+from serve.services.responses import ResponsesService, StoreAccess
 from serve.services.transcription import TranscriptionService
+from serve.store import AuditEntry
 
 from . import openapi, sse
 from .errors import error_response
 from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
+log = logging.getLogger("ray.serve.chorus.ingress")
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
 CHAT, TRANSCRIPTIONS, MODELS = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/models"
+RESPONSES, CONVERSATIONS = "/v1/responses", "/v1/conversations"
+DEFAULT_PAGE, MAX_PAGE = 20, 100  # OpenAI's list `limit`: default 20, 1..100
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -50,10 +65,44 @@ class Ingress:
         self.gate = Gate(self.config.auth)
         self.chat = ChatService(self.config, self.encoders, llm_handle, RemoteMediaFetcher(self.config.remote_media))
         self.transcription = TranscriptionService(self.config, self.encoders.get("audio"))
+        self.store = StoreAccess(self.config.store)
+        self.responses = ResponsesService(self.chat, self.store)
+        self.conversations = ConversationsService(self.store)
 
     def _admit(self, request: Request) -> None:
         """Authenticate and rate-limit before any other work (401 / 429 with Retry-After)."""
         request.state.key_id = self.gate.admit(request.headers.get("authorization"))
+
+    async def _audit(self, request: Request, status: int, latency_ms: float) -> None:
+        """One audit row per API request: who, when, route, status, tokens, latency, policy flags;
+        never content. A store that fails to write it is logged, never the client's problem."""
+        try:
+            store = await self.store.get()
+            if store is None:
+                return
+            info = getattr(request.state, "audit", None) or {}
+            await store.audit(
+                AuditEntry(
+                    at=time.time(),
+                    key_id=getattr(request.state, "key_id", None) or ANONYMOUS,
+                    route=request.scope.get("route").path if request.scope.get("route") else request.url.path[:200],
+                    method=request.method,
+                    status=status,
+                    request_id=request_id(request),
+                    prompt_tokens=info.get("prompt_tokens"),
+                    completion_tokens=info.get("completion_tokens"),
+                    latency_ms=round(latency_ms, 2),
+                    flags=list(info.get("flags", [])),
+                    response_id=info.get("response_id"),
+                )
+            )
+        except Exception:
+            log.exception("could not write the audit row request_id=%s", request_id(request))
+
+    def _route(self, request: Request, route: str, work: Any, *, body: bool = False) -> Any:
+        """`respond` for a route of the stored APIs: admitted first, the body read when it has one."""
+        limits = self.config.limits if body else None
+        return respond(request, route, work, media_param=None, limits=limits, admit=lambda: self._admit(request), audit=self._audit)
 
     # --- routes --------------------------------------------------------------------------------
 
@@ -92,13 +141,13 @@ class Ingress:
 
     @app.get(MODELS, openapi_extra=openapi.models(app))
     async def models(self, request: Request) -> Response:
-        return await respond(request, MODELS, self._models(), media_param=None, admit=lambda: self._admit(request))
+        return await respond(request, MODELS, self._models(), media_param=None, admit=lambda: self._admit(request), audit=self._audit)
 
     @app.get(MODELS + "/{model:path}", openapi_extra=openapi.model(app))
     async def model(self, request: Request) -> Response:
         model = request.path_params["model"]
         admit = lambda: self._admit(request)  # noqa: E731
-        return await respond(request, MODELS + "/{model}", self._model(model), media_param=None, admit=admit)
+        return await respond(request, MODELS + "/{model}", self._model(model), media_param=None, admit=admit, audit=self._audit)
 
     def _cards(self) -> dict[str, ModelCard]:
         ids = [self.config.served_model_name, *self.transcription.model_names()]
@@ -116,18 +165,19 @@ class Ingress:
     @app.post(CHAT, openapi_extra=openapi.chat_completions(app))
     async def chat_completions(self, request: Request) -> Response:
         limits, admit = self.config.limits, lambda: self._admit(request)
-        return await respond(request, CHAT, self._chat(request), media_param=None, limits=limits, admit=admit)
+        return await respond(request, CHAT, self._chat(request), media_param=None, limits=limits, admit=admit, audit=self._audit)
 
     @app.post(TRANSCRIPTIONS, openapi_extra=openapi.transcriptions(app))
     async def transcriptions(self, request: Request) -> Response:
         limits, admit = self.config.limits, lambda: self._admit(request)
-        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), "file", limits=limits, admit=admit)
+        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), "file", limits=limits, admit=admit, audit=self._audit)
 
     # --- chat ----------------------------------------------------------------------------------
 
     async def _chat(self, request: Request) -> Response:
         req = parse_json_body(request.state.body, ChatCompletionRequest)
         generation = await self.chat.start(req)
+        request.state.audit = generation.audit
         started = request.state.started
         if not req.stream:
             try:
@@ -147,6 +197,106 @@ class Ingress:
         chunks = self.chat.chunks(generation, events, include_usage, started, request.state.deadline, request_id(request))
         body = cancel_unless_read_to_end(sse.encode(chunks), generation.cancel)
         return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=headers)
+
+    # --- responses -----------------------------------------------------------------------------
+
+    @app.post(RESPONSES, openapi_extra=openapi.responses_create(app))
+    async def create_response(self, request: Request) -> Response:
+        return await self._route(request, RESPONSES, self._create_response(request), body=True)
+
+    async def _create_response(self, request: Request) -> Response:
+        req = parse_json_body(request.state.body, ResponseCreateRequest)
+        turn = await self.responses.start(req, _owner(request))
+        request.state.audit = turn.generation.audit
+        turn.generation.audit["response_id"] = turn.response_id if turn.stored else None
+        started, deadline, rid = request.state.started, request.state.deadline, request_id(request)
+        if not req.stream:
+            try:
+                body = await unless_client_leaves(request, self.responses.complete(turn, started, deadline, rid))
+            except BaseException:
+                turn.generation.cancel()
+                raise
+            return JSONResponse(body)
+        events = self.responses.events(turn, started, deadline, rid)
+        body = cancel_unless_read_to_end(sse.encode_events(events), turn.generation.cancel)
+        return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=dict(sse.HEADERS))
+
+    @app.get(RESPONSES + "/{response_id}", openapi_extra=openapi.response_get(app))
+    async def get_response(self, request: Request, response_id: str) -> Response:
+        work = _json(lambda: self.responses.retrieve(_owner(request), response_id))
+        return await self._route(request, RESPONSES + "/{id}", work)
+
+    @app.delete(RESPONSES + "/{response_id}", openapi_extra=openapi.response_delete(app))
+    async def delete_response(self, request: Request, response_id: str) -> Response:
+        work = _json(lambda: self.responses.delete(_owner(request), response_id))
+        return await self._route(request, RESPONSES + "/{id}", work)
+
+    @app.post(RESPONSES + "/{response_id}/cancel", openapi_extra=openapi.response_get(app))
+    async def cancel_response(self, request: Request, response_id: str) -> Response:
+        work = _json(lambda: self.responses.cancel(_owner(request), response_id))
+        return await self._route(request, RESPONSES + "/{id}/cancel", work)
+
+    @app.get(RESPONSES + "/{response_id}/input_items", openapi_extra=openapi.item_list(app))
+    async def response_input_items(self, request: Request, response_id: str) -> Response:
+        async def work() -> Response:
+            after, limit, order = _page(request)
+            return JSONResponse(await self.responses.input_items(_owner(request), response_id, after, limit, order))
+
+        return await self._route(request, RESPONSES + "/{id}/input_items", work())
+
+    # --- conversations ---------------------------------------------------------------------------
+
+    @app.post(CONVERSATIONS, openapi_extra=openapi.conversation_create(app))
+    async def create_conversation(self, request: Request) -> Response:
+        async def work() -> Response:
+            req = parse_json_body(request.state.body, ConversationCreateRequest)
+            return JSONResponse(await self.conversations.create(_owner(request), req))
+
+        return await self._route(request, CONVERSATIONS, work(), body=True)
+
+    @app.get(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_get(app))
+    async def get_conversation(self, request: Request, conversation_id: str) -> Response:
+        work = _json(lambda: self.conversations.retrieve(_owner(request), conversation_id))
+        return await self._route(request, CONVERSATIONS + "/{id}", work)
+
+    @app.post(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_update(app))
+    async def update_conversation(self, request: Request, conversation_id: str) -> Response:
+        async def work() -> Response:
+            req = parse_json_body(request.state.body, ConversationUpdateRequest)
+            return JSONResponse(await self.conversations.update(_owner(request), conversation_id, req))
+
+        return await self._route(request, CONVERSATIONS + "/{id}", work(), body=True)
+
+    @app.delete(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_delete(app))
+    async def delete_conversation(self, request: Request, conversation_id: str) -> Response:
+        work = _json(lambda: self.conversations.delete(_owner(request), conversation_id))
+        return await self._route(request, CONVERSATIONS + "/{id}", work)
+
+    @app.get(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi.item_list(app))
+    async def conversation_items(self, request: Request, conversation_id: str) -> Response:
+        async def work() -> Response:
+            after, limit, order = _page(request)
+            return JSONResponse(await self.conversations.list_items(_owner(request), conversation_id, after, limit, order))
+
+        return await self._route(request, CONVERSATIONS + "/{id}/items", work())
+
+    @app.post(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi.conversation_items_create(app))
+    async def add_conversation_items(self, request: Request, conversation_id: str) -> Response:
+        async def work() -> Response:
+            req = parse_json_body(request.state.body, ConversationItemsRequest)
+            return JSONResponse(await self.conversations.add_items(_owner(request), conversation_id, req))
+
+        return await self._route(request, CONVERSATIONS + "/{id}/items", work(), body=True)
+
+    @app.get(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi.item_get(app))
+    async def get_conversation_item(self, request: Request, conversation_id: str, item_id: str) -> Response:
+        work = _json(lambda: self.conversations.get_item(_owner(request), conversation_id, item_id))
+        return await self._route(request, CONVERSATIONS + "/{id}/items/{item_id}", work)
+
+    @app.delete(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi.conversation_get(app))
+    async def delete_conversation_item(self, request: Request, conversation_id: str, item_id: str) -> Response:
+        work = _json(lambda: self.conversations.delete_item(_owner(request), conversation_id, item_id))
+        return await self._route(request, CONVERSATIONS + "/{id}/items/{item_id}", work)
 
     # --- transcriptions ------------------------------------------------------------------------
 
@@ -180,6 +330,33 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     if exc.status_code == 404:
         return error_response(NotFound(f"Invalid URL ({where}).", code="unknown_url"))
     return error_response(InvalidRequest(str(exc.detail)[:200], code="invalid_request"))
+
+
+def _owner(request: Request) -> str:
+    """Whose stored objects a request sees: its API key's id (`admit` sets it before any work)."""
+    return getattr(request.state, "key_id", None) or ANONYMOUS
+
+
+async def _json(work: Callable[[], Awaitable[Any]]) -> Response:
+    """Run `work` once admitted (the owner is known only then) and answer its result as JSON."""
+    return JSONResponse(await work())
+
+
+def _page(request: Request) -> tuple[str | None, int, str]:
+    """A list route's `after`, `limit` (1..100, default 20) and `order` (asc | desc, default desc)."""
+    query = request.query_params
+    after = query.get("after") or None
+    raw = query.get("limit")
+    try:
+        limit = DEFAULT_PAGE if raw is None else int(raw)
+    except ValueError as err:
+        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit", code="invalid_value") from err
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit", code="invalid_value")
+    order = query.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be 'asc' or 'desc'", param="order", code="invalid_value")
+    return after, limit, order
 
 
 def _snake(name: str) -> str:

@@ -93,12 +93,14 @@ async def respond(
     media_param: str | None,
     limits: LimitsConfig | None = None,
     admit: Callable[[], None] | None = None,
+    audit: Audit | None = None,
 ) -> Response:
     """Admit the request, read its body (with `limits`), take an in-flight slot, run the handler;
     map every failure to OpenAI's error body, count and log the outcome, give the slot back.
 
     With `limits`: a replica already working on `max_in_flight` requests answers 503 at once; a
-    response not started within `request_timeout_s` is a 504.
+    response not started within `request_timeout_s` is a 504. `audit(request, status, latency_ms)`
+    is awaited once the outcome is known: before a JSON answer leaves, at the end of a stream's body.
     """
     started = request.state.started = time.perf_counter()
     timeout_s = limits.request_timeout_s if limits is not None else None
@@ -110,7 +112,7 @@ async def respond(
         err = as_service_error(exc, media_param) if isinstance(exc, Exception) else None
         if err is None:
             raise
-        return _account(request, route, error_response(err), started, None)
+        return await _audited(audit, request, _account(request, route, error_response(err), started, None), started)
     request.state.deadline = None if timeout_s is None else time.monotonic() + timeout_s
     response: Response | None = None
     try:
@@ -118,7 +120,34 @@ async def respond(
     finally:  # cancelled (the client left) or done: a stream gives its slot back when it ends
         if not isinstance(response, StreamingResponse):
             slot.release()
-    return _account(request, route, response, started, slot)
+    return await _audited(audit, request, _account(request, route, response, started, slot), started)
+
+
+Audit = Callable[[Request, int, float], Awaitable[None]]
+
+
+async def _audited(audit: Audit | None, request: Request, response: Response, started: float) -> Response:
+    """`response`, its audit row written (a JSON answer) or to be written when its body ends (a stream)."""
+    if audit is None:
+        return response
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _then(response.body_iterator, lambda: audit(request, response.status_code, _ms(started)))
+        return response
+    await audit(request, response.status_code, _ms(started))
+    return response
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+async def _then(body: AsyncIterator[bytes], after: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
+    """`body`, then `after()` once it has been read to its end (an abandoned stream is audited too)."""
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        await asyncio.shield(after())
 
 
 def _account(request: Request, route: str, response: Response, started: float, slot: Slot | None) -> Response:

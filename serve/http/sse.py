@@ -1,4 +1,5 @@
-"""Server-sent events as OpenAI streams them: `data: <json>\n\n` per payload, `data: [DONE]` last."""
+"""Server-sent events as OpenAI streams them: chat chunks as `data: <json>\n\n` with `data: [DONE]` last;
+Responses events named by an `event:` line."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ async def encode(groups: AsyncIterator[Iterable[dict[str, Any] | str]]) -> Async
     """One write per group of payloads."""
     async for group in groups:
         yield b"".join(event(payload) for payload in group)
+
+
+async def encode_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Responses API events: `event: <type>` then `data: <json>`, one write each; no `[DONE]`."""
+    async for payload in events:
+        yield f"event: {payload['type']}\n".encode() + event(payload)

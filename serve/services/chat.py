@@ -10,6 +10,7 @@ fake decoder tests it without Ray.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -60,6 +61,8 @@ class Generation:
     created: int = field(default_factory=now)
     tools: bool = False  # the answer may be tool calls: read it with an `AnswerReader`
     chorus: dict[str, Any] | None = None  # the response's `chorus` extension (media text), if asked for
+    media_read: dict[str, str] = field(default_factory=dict)  # media sha256 → the text its encoder read
+    audit: dict[str, Any] = field(default_factory=dict)  # for the audit row: tokens, policy flags (never content)
 
 
 class ChatService:
@@ -175,8 +178,10 @@ class ChatService:
 
     # --- the decoder call -------------------------------------------------------------------------
 
-    async def start(self, req: ChatCompletionRequest) -> Generation:
-        """Check the request, encode its media, and call the decoder (its stream not read yet)."""
+    async def start(self, req: ChatCompletionRequest, fresh_from: int = 0) -> Generation:
+        """Check the request, encode its media, and call the decoder (its stream not read yet).
+        Messages before `fresh_from` are stored history (a Responses turn's context): the policy's
+        input rail has seen them already."""
         self._check_request(req)
         info = await self.decoder_info()
         modes = self.modes(req)
@@ -201,7 +206,10 @@ class ChatService:
         called = time.perf_counter()
         events = self.decoder.options(stream=True, _by_reference=bool(encoded.features)).generate.remote(decode)
         chorus = {"media": media_text(media, modes, encoded)} if req.chorus and req.chorus.return_media_text else None
-        return Generation(events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus)
+        read = {sha256(item.data): encoded.texts[item.index] for item in media if item.index in encoded.texts}
+        return Generation(
+            events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus, media_read=read
+        )
 
     async def first_event(self, generation: Generation) -> tuple[DecodeEvent | None, AsyncIterator[DecodeEvent]]:
         """(first event or None, the events from the first on). The first is awaited here, so a
@@ -240,6 +248,7 @@ class ChatService:
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
             finish = event.finish_reason or finish
         record_timing(started, first_at, completion_tokens)
+        generation.audit.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
         message = ResponseMessage(content="".join(text))
         if generation.tools:  # read as the stream reads it: a call cut inside its header is no text
@@ -318,10 +327,15 @@ class ChatService:
             yield [*pending, failure.body(), DONE]
             return
         record_timing(started, counts.first_at, counts.completion_tokens)
+        generation.audit.update(prompt_tokens=counts.prompt_tokens, completion_tokens=counts.completion_tokens)
         closing = [*pending, chunk(Delta(), finish=counts.finish, logprobs=logprobs)]  # EOS's entry, held text's
         if include_usage:
             closing.append(chunk(Delta(), usage=counts.usage(), empty=True))
         yield [*closing, DONE]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def media_text(media: list[MediaInput], modes: Mapping[str, FusionMode], encoded: EncodedMedia) -> list[dict[str, Any]]:

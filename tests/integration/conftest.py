@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from serve.ports import free_port
 REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
+API_KEY_B = "sk-chorus-integration-other"  # a second tenant: the stored APIs' isolation tests
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_IN_FLIGHT = 24
 BODY_IDLE_TIMEOUT_S = 3.0
+STORE_DIR = tempfile.mkdtemp(prefix="chorus-store-")  # the session's SQLite store (never the user's)
 
 
 def test_config() -> dict:
@@ -42,13 +45,14 @@ def test_config() -> dict:
             "image_mode": "ocr",
         },
         # the key is configured by its hash, as a shared config should
-        "auth": {"api_keys": ["sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()]},
+        "auth": {"api_keys": ["sha256:" + hashlib.sha256(key.encode()).hexdigest() for key in (API_KEY, API_KEY_B)]},
         # remote images on, with loopback names allowlisted: the hostile cases prove the address
         # check after resolution refuses them anyway
         "remote_media": {"enabled": True, "allowed_hosts": ["localhost", "127.0.0.1", "example.com"], "timeout_s": 3},
         # the overload test bursts at 3x this many concurrent requests per ingress replica
         # short body deadlines, so the slow-client tests see a trickling body cut within seconds
         "limits": {"max_in_flight": MAX_IN_FLIGHT, "body_idle_timeout_s": BODY_IDLE_TIMEOUT_S, "body_timeout_s": 20},
+        "store": {"data_dir": STORE_DIR},
         "deployments": {
             "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 4 * MAX_IN_FLIGHT},
             "audio_encoder": small,

@@ -1,0 +1,217 @@
+"""The Responses service without Ray: a scripted decoder handle, the real chat service and a real
+SQLite store in a temp dir. What is stored when a turn completes, fails mid-answer or is abandoned;
+what a follow-up sends the decoder; events in OpenAI's order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from serve.config import ChorusConfig
+from serve.deployments.contracts import DecodeEvent
+from serve.errors import InvalidRequest, NotFound
+from serve.protocol.responses import ResponseCreateRequest
+from serve.services.chat import ChatService
+from serve.services.responses import ResponsesService, StoreAccess
+from serve.store import StoreConfig
+
+OWNER, OTHER = "key-a", "key-b"
+
+
+class _Remote:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class _Stream:
+    def __init__(self, events) -> None:
+        self.events, self.cancelled = events, False
+
+    def __aiter__(self):
+        return self.events.__aiter__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ScriptedDecoder:
+    """Answers every request with `script`: text pieces, then a finish; an exception instance in the
+    script is raised at that point (a decoder that dies mid-answer)."""
+
+    def __init__(self, script: list[Any], finish: str = "stop") -> None:
+        self.script, self.finish = script, finish
+        self.requests: list[Any] = []
+        self.info = _Remote(self._info)
+        self.generate = _Remote(self._generate)
+
+    async def _info(self) -> dict[str, Any]:
+        return {"projectors": [], "default_sampling": {}}
+
+    def options(self, **_options: Any) -> ScriptedDecoder:
+        return self
+
+    def _generate(self, request) -> _Stream:
+        self.requests.append(request)
+
+        async def events():
+            pieces = [p for p in self.script if isinstance(p, str)]
+            for i, piece in enumerate(self.script):
+                if isinstance(piece, BaseException):
+                    raise piece
+                last = i == len(self.script) - 1
+                yield DecodeEvent(piece, self.finish if last else None, prompt_tokens=7, completion_tokens=pieces.index(piece) + 1)
+
+        return _Stream(events())
+
+
+def _service(tmp_path, script: list[Any], finish: str = "stop", **store: Any) -> tuple[ResponsesService, ScriptedDecoder, StoreAccess]:
+    config = ChorusConfig.model_validate({"store": {"data_dir": str(tmp_path), **store}})
+    decoder = ScriptedDecoder(script, finish)
+    access = StoreAccess(config.store)
+    return ResponsesService(ChatService(config, {}, decoder), access), decoder, access
+
+
+def _req(**body: Any) -> ResponseCreateRequest:
+    return ResponseCreateRequest.model_validate({"model": "chorus", **body})
+
+
+async def _create(svc: ResponsesService, owner: str = OWNER, **body: Any) -> dict[str, Any]:
+    turn = await svc.start(_req(**body), owner)
+    return await svc.complete(turn, 0.0, None, "-")
+
+
+def test_a_completed_turn_is_stored_with_its_items(tmp_path):
+    svc, _decoder, access = _service(tmp_path, ["Your parcel ", "is on its way."])
+
+    async def run():
+        body = await _create(svc, input="Where is my parcel?")
+        stored = await svc.retrieve(OWNER, body["id"])
+        items = await svc.input_items(OWNER, body["id"], None, 20, "asc")
+        await access.close()
+        return body, stored, items
+
+    body, stored, items = asyncio.run(run())
+    assert body["status"] == "completed" and body["store"] is True
+    assert body["output"][0]["content"][0]["text"] == "Your parcel is on its way."
+    assert body["usage"]["input_tokens"] == 7 and body["usage"]["output_tokens"] == 2
+    assert stored == body
+    assert [i["content"][0]["text"] for i in items["data"]] == ["Where is my parcel?"]
+
+
+def test_a_follow_up_sends_the_earlier_turn_to_the_decoder(tmp_path):
+    svc, decoder, access = _service(tmp_path, ["It left Leeds today."])
+
+    async def run():
+        first = await _create(svc, input="Where is order AB123?", instructions="Be brief.")
+        await _create(svc, input="When will it arrive?", previous_response_id=first["id"])
+        with pytest.raises(NotFound) as err:
+            await _create(svc, OTHER, input="x", previous_response_id=first["id"])  # another key: not found
+        await access.close()
+        return err.value
+
+    err = asyncio.run(run())
+    texts = [[p if isinstance(p, str) else "<media>" for p in m.parts] for m in decoder.requests[1].messages]
+    roles = [m.role for m in decoder.requests[1].messages]
+    assert roles == ["user", "assistant", "user"]  # instructions are not carried over, as OpenAI
+    assert texts[0] == ["Where is order AB123?"] and texts[1] == ["It left Leeds today."]
+    assert err.param == "previous_response_id" and err.code == "not_found"
+
+
+def test_a_decoder_that_dies_mid_answer_leaves_a_failed_response_with_its_text(tmp_path):
+    svc, _decoder, access = _service(tmp_path, ["Your parcel ", "is ", RuntimeError("replica died")])
+
+    async def run():
+        body = await _create(svc, input="Where is my parcel?")
+        stored = await svc.retrieve(OWNER, body["id"])
+        await access.close()
+        return body, stored
+
+    body, stored = asyncio.run(run())
+    assert body["status"] == "failed" and body["error"]["message"].startswith("internal error")
+    assert stored["status"] == "failed" and stored["output"][0]["content"][0]["text"] == "Your parcel is "
+
+
+def test_an_abandoned_stream_is_stored_incomplete(tmp_path):
+    svc, decoder, access = _service(tmp_path, ["one ", "two ", "three ", "four"])
+
+    async def run():
+        turn = await svc.start(_req(input="Count.", stream=True), OWNER)
+        events = svc.events(turn, 0.0, None, "-")
+        seen = []
+        async for event in events:
+            seen.append(event)
+            if event["type"] == "response.output_text.delta":
+                break  # the client leaves after its first token
+        await events.aclose()
+        stored = await svc.retrieve(OWNER, turn.response_id)
+        await access.close()
+        return seen, stored
+
+    seen, stored = asyncio.run(run())
+    assert [e["type"] for e in seen[:2]] == ["response.created", "response.in_progress"]
+    assert stored["status"] == "incomplete" and stored["incomplete_details"] == {"reason": "interrupted"}
+    assert stored["output"][0]["content"][0]["text"].startswith("one ")
+
+
+def test_events_follow_openai_order_and_numbering(tmp_path):
+    svc, _decoder, access = _service(tmp_path, ["Hello", " there"], finish="length")
+
+    async def run():
+        turn = await svc.start(_req(input="hi", stream=True, max_output_tokens=2), OWNER)
+        events = [e async for e in svc.events(turn, 0.0, None, "-")]
+        await access.close()
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.incomplete",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_store_false_and_a_disabled_store(tmp_path):
+    svc, _decoder, access = _service(tmp_path, ["ok"])
+    off, _d, off_access = _service(tmp_path / "off", ["ok"], enabled=False)
+
+    async def run():
+        body = await _create(svc, input="hi", store=False)
+        with pytest.raises(NotFound):
+            await svc.retrieve(OWNER, body["id"])
+        plain = await _create(off, input="hi")  # no store: answered, not stored
+        with pytest.raises(InvalidRequest) as err:
+            await _create(off, input="hi", previous_response_id="resp_1")
+        await access.close()
+        await off_access.close()
+        return body, plain, err.value
+
+    body, plain, err = asyncio.run(run())
+    assert body["store"] is False and plain["store"] is False and plain["status"] == "completed"
+    assert err.code == "store_disabled"
+
+
+def test_media_refused_by_the_chat_service_names_the_responses_field(tmp_path):
+    svc, _decoder, access = _service(tmp_path, ["ok"])
+    part = {"type": "input_image", "image_url": "data:image/png;base64,!!!"}
+
+    async def run():
+        with pytest.raises(InvalidRequest) as err:
+            await _create(svc, input=[{"role": "user", "content": [{"type": "input_text", "text": "x"}, part]}])
+        await access.close()
+        return err.value
+
+    err = asyncio.run(run())
+    assert err.param.startswith("input.0.content.1"), err.param
+
+
+def test_stored_config_is_validated():
+    with pytest.raises(ValueError):
+        StoreConfig.model_validate({"retention_days": -1})
