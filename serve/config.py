@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fusion.registry import MODALITIES, FusionMode, ModalitySpec
 from modalities.audio.config import WhisperConfig
@@ -20,10 +20,12 @@ from modalities.paths import PACKAGED, PACKAGED_WHISPER_NAME
 from modalities.vision.config import ClipConfig, OcrConfig
 
 from .admission.auth import AuthConfig
+from .policy import Policy, PolicyConfig, load_policy
 from .services.fetch import RemoteMediaConfig
 from .store.config import StoreConfig
 
 INGRESS, DECODER = "Ingress", "LLMDecoder"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Strict(BaseModel):
@@ -202,6 +204,11 @@ class ChorusConfig(_Strict):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and per-key rate limits")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size, time and concurrency limits")
+    policy: PolicyConfig | None = Field(
+        None,
+        description="The company policy: persona, topics, refusal, forbidden phrases, secrets, handoff, rails "
+        "(a mapping, or the path of a policy YAML such as deploy/policies/northwind.yaml); None = no policy",
+    )
     store: StoreConfig = Field(
         default_factory=StoreConfig,
         description="Where responses, conversations, their media and the audit log are kept, and for how long",
@@ -221,6 +228,24 @@ class ChorusConfig(_Strict):
                     "allow_remote_media_urls is replaced by remote_media: {enabled: true, allowed_hosts: [...]}"
                 )
         return data
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_file(cls, value: Any) -> Any:
+        """A path is read here, once: the replicas get the policy itself, whatever their working directory."""
+        if not isinstance(value, str | Path):
+            return value
+        path = Path(value).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = REPO_ROOT / path  # the repository's deploy/ files, from anywhere
+        return load_policy(path).model_dump()
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_builds(cls, value: PolicyConfig | None) -> PolicyConfig | None:
+        if value is not None:
+            Policy(value)  # its cross-checks (a secret spelled differently in the instructions) fail here
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ChorusConfig:

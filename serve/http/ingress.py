@@ -126,6 +126,8 @@ class Ingress:
             "status": "ok" if healthy else "degraded",
             "deployments": results,
             "ingress": {"in_flight": dict(in_flight.counts)},
+            # the store is not a deployment: a store that is down fails the stored APIs, not chat
+            "store": await self.store.health(HEALTH_TIMEOUT_S),
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -207,6 +207,12 @@ HEALTH = _ref(
                 "description": "The answering ingress replica: requests it holds in flight, per route",
                 "properties": {"in_flight": {"type": "object", "additionalProperties": {"type": "integer"}}},
             },
+            "store": {
+                "type": "object",
+                "description": "The response store: 'ok' (with its backend), 'not_configured' or 'unavailable'",
+                "required": ["status"],
+                "properties": {"status": {"type": "string"}},
+            },
         },
     },
 )
@@ -366,6 +372,7 @@ RESPONSES_EVENT = {
     "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
 }
 STORED_ERRORS = _errors("400", "401", "404", "429", "500", "503")
+BODY_ERRORS = _errors("400", "401", "404", "408", "413", "429", "500", "503", "504")  # routes that read a body
 PAGE_PARAMETERS = [
     {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}, "description": "List after this item id"},
     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
@@ -389,7 +396,7 @@ RESPONSES_CREATE = _operation(
     "Create a response (stored by default; with previous_response_id or conversation, it continues one)",
     RESPONSE,
     request=RESPONSE_REQUEST,
-    errors=_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),
+    errors=BODY_ERRORS,
 )
 RESPONSES_CREATE["responses"]["200"]["content"]["text/event-stream"] = {"schema": RESPONSES_EVENT}
 
@@ -476,7 +483,7 @@ def item_get(app: FastAPI) -> dict[str, Any]:
 
 
 def conversation_create(app: FastAPI) -> dict[str, Any]:
-    return _extra(app, _operation("Create a conversation (up to 20 items, 16 metadata pairs)", CONVERSATION, request=CONVERSATION_REQUEST))
+    return _extra(app, _operation("Create a conversation (up to 20 items, 16 metadata pairs)", CONVERSATION, request=CONVERSATION_REQUEST, errors=BODY_ERRORS))
 
 
 def conversation_get(app: FastAPI) -> dict[str, Any]:
@@ -485,7 +492,7 @@ def conversation_get(app: FastAPI) -> dict[str, Any]:
 
 
 def conversation_update(app: FastAPI) -> dict[str, Any]:
-    return _extra(app, _operation("Replace a conversation's metadata", CONVERSATION, request=CONVERSATION_UPDATE))
+    return _extra(app, _operation("Replace a conversation's metadata", CONVERSATION, request=CONVERSATION_UPDATE, errors=BODY_ERRORS))
 
 
 def conversation_delete(app: FastAPI) -> dict[str, Any]:
@@ -493,4 +500,4 @@ def conversation_delete(app: FastAPI) -> dict[str, Any]:
 
 
 def conversation_items_create(app: FastAPI) -> dict[str, Any]:
-    return _extra(app, _operation("Add items to a conversation", ITEM_LIST, request=CONVERSATION_ITEMS_REQUEST))
+    return _extra(app, _operation("Add items to a conversation", ITEM_LIST, request=CONVERSATION_ITEMS_REQUEST, errors=BODY_ERRORS))

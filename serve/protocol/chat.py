@@ -307,7 +307,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-FinishReason = Literal["stop", "length", "tool_calls"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # content_filter: the policy's output rail
 
 
 class ResponseFunctionCall(BaseModel):

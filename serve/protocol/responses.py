@@ -209,7 +209,7 @@ class ResponseCreateRequest(Strict):
     stream: bool | None = False
     store: bool | None = True
     previous_response_id: str | None = Field(default=None, max_length=MAX_ID)
-    conversation: str | ConversationRef | None = None
+    conversation: Annotated[str, Field(min_length=1, max_length=MAX_ID)] | ConversationRef | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -24,6 +24,7 @@ from serve import metrics
 from serve.config import ChorusConfig
 from serve.deployments.contracts import DecodeEvent, DecodeRequest
 from serve.errors import DeadlineExceeded, Internal, InvalidRequest, ServiceError, from_input_error, model_not_found
+from serve.policy import Policy, StreamGuard
 from serve.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -42,6 +43,7 @@ from serve.redact import RedactingFilter
 
 from .fetch import RemoteMediaFetcher
 from .media import EncodedMedia, MediaInput, encode_all, extract, with_texts
+from .rails import RefusalStream, audit_codes, flag_dicts, untrusted_parts, with_handoff, with_system_prompt
 from .structured import AnswerReader, constraint_for, delta_dicts, render_conversation
 
 log = logging.getLogger("ray.serve.chorus.chat")
@@ -63,6 +65,17 @@ class Generation:
     chorus: dict[str, Any] | None = None  # the response's `chorus` extension (media text), if asked for
     media_read: dict[str, str] = field(default_factory=dict)  # media sha256 → the text its encoder read
     audit: dict[str, Any] = field(default_factory=dict)  # for the audit row: tokens, policy flags (never content)
+    guard: Policy | None = None  # the policy whose output rail reads the answer
+    cancelled: bool = False  # cancelled by us (client gone, a cancel or delete, the output rail)
+
+    def __post_init__(self) -> None:
+        stop = self.cancel
+
+        def cancel() -> None:
+            self.cancelled = True
+            stop()
+
+        self.cancel = cancel
 
 
 class ChatService:
@@ -77,6 +90,7 @@ class ChatService:
         self.encoders = dict(encoders)  # modality kind → encoder deployment handle
         self.decoder = decoder
         self.fetcher = fetcher
+        self.policy = Policy(config.policy) if config.policy is not None else None
         self._decoder_info: dict[str, Any] | None = None
         self._info_lock = asyncio.Lock()
 
@@ -183,14 +197,31 @@ class ChatService:
         Messages before `fresh_from` are stored history (a Responses turn's context): the policy's
         input rail has seen them already."""
         self._check_request(req)
+        policy = self.policy
+        if policy is not None:
+            req = with_handoff(req, policy)
         info = await self.decoder_info()
         modes = self.modes(req)
         params = self._params(req, info)
         messages, media = await extract(req, self.fetcher, self.config.limits.max_media_items)
         messages = render_conversation(messages, req)
+        if policy is not None:
+            messages = with_system_prompt(messages, policy)
         for item in media:
             self._check_media(item, modes, info)
         encoded = await encode_all(media, modes, self.encoders)
+        chorus = {"media": media_text(media, modes, encoded)} if req.chorus and req.chorus.return_media_text else None
+        read = {sha256(item.data): encoded.texts[item.index] for item in media if item.index in encoded.texts}
+        flags = policy.scan_input(untrusted_parts(req, fresh_from, media, encoded)) if policy is not None else []
+        if flags:
+            chorus = {**(chorus or {}), "policy": {"flags": flag_dicts(flags), "refused": policy.refuses(flags)}}
+        audit = {"flags": audit_codes(flags)}
+        if policy is not None and policy.refuses(flags):  # the refusal, no decoder call
+            refusal = RefusalStream(policy.refusal)
+            return Generation(
+                events=refusal, cancel=refusal.cancel, decoder_called=time.perf_counter(), chorus=chorus, media_read=read,
+                audit=audit, guard=None,
+            )
         decode = DecodeRequest(
             messages=with_texts(messages, encoded),
             modes=modes,
@@ -205,10 +236,9 @@ class ChatService:
         # replicas' 4 MiB gRPC message limit doesn't bound.
         called = time.perf_counter()
         events = self.decoder.options(stream=True, _by_reference=bool(encoded.features)).generate.remote(decode)
-        chorus = {"media": media_text(media, modes, encoded)} if req.chorus and req.chorus.return_media_text else None
-        read = {sha256(item.data): encoded.texts[item.index] for item in media if item.index in encoded.texts}
         return Generation(
-            events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus, media_read=read
+            events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus,
+            media_read=read, audit=audit, guard=policy,
         )
 
     async def first_event(self, generation: Generation) -> tuple[DecodeEvent | None, AsyncIterator[DecodeEvent]]:
@@ -259,6 +289,11 @@ class ChatService:
             if reader.ids:
                 message = ResponseMessage(content=None, tool_calls=reader.tool_calls())
                 finish = "tool_calls" if finish == "stop" else finish
+        if generation.guard is not None and message.content:
+            verdict = generation.guard.check_output(message.content)
+            if not verdict.ok:
+                message, finish = ResponseMessage(content=generation.guard.refusal), "content_filter"
+                _note_output_rail(generation, verdict.code)
         choice = Choice(
             message=message,
             finish_reason=finish,  # type: ignore[arg-type]
@@ -299,6 +334,7 @@ class ChatService:
             pending[0]["chorus"] = generation.chorus
         counts = _Counts()
         reader = AnswerReader() if generation.tools else None
+        guard = generation.guard.stream_guard() if generation.guard is not None else None
         logprobs: list[dict[str, Any]] | None = None  # of tokens whose text is not out yet
         try:
             async for event in events:
@@ -306,6 +342,17 @@ class ChatService:
                 if event.logprobs is not None:
                     logprobs = (logprobs or []) + event.logprobs
                 out = _deltas(reader, event.text, final=bool(event.finish_reason))
+                if guard is not None:
+                    out = _guarded(guard, out, final=bool(event.finish_reason))
+                    if guard.tripped is not None:  # what is out stays out; the rest is the refusal
+                        generation.cancel()
+                        _note_output_rail(generation, guard.tripped.code)
+                        counts.finish = "content_filter"
+                        refusal = chunk(Delta(content=generation.guard.refusal), logprobs=logprobs)
+                        refusal["chorus"] = generation.chorus
+                        yield [*pending, *(chunk(delta) for delta in out), refusal]
+                        pending, logprobs = [], None
+                        break
                 if out:
                     yield [*pending, *(chunk(delta, logprobs=logprobs) for delta in out)]
                     pending, logprobs = [], None
@@ -320,6 +367,9 @@ class ChatService:
             yield [*pending, err.body(), DONE]
             return
         except Exception as err:
+            if generation.cancelled:  # the decoder call ends because we asked it to: not a failure
+                yield [*pending, DONE]
+                return
             log.exception("stream failed request_id=%s", request_id)
             failure: ServiceError = (
                 from_input_error(err) if isinstance(err, InputError) else Internal(f"internal error (request id {request_id})")
@@ -349,6 +399,33 @@ def media_text(media: list[MediaInput], modes: Mapping[str, FusionMode], encoded
         entry.update(encoded.details.get(item.index, {}))
         out.append(entry)
     return out
+
+
+def _guarded(guard: StreamGuard, deltas: list[Delta], final: bool) -> list[Delta]:
+    """`deltas` through the output rail: text held back until it cannot be the start of a forbidden
+    phrase or a secret; nothing more once the guard has tripped. Tool-call deltas pass."""
+    out: list[Delta] = []
+    for delta in deltas:
+        if delta.content:
+            released = guard.push(delta.content)
+            if guard.tripped is not None:
+                return out
+            if released:
+                out.append(Delta(content=released))
+        if delta.tool_calls:
+            out.append(Delta(tool_calls=delta.tool_calls))
+    if final:
+        tail = guard.finish()
+        if guard.tripped is None and tail:
+            out.append(Delta(content=tail))
+    return out
+
+
+def _note_output_rail(generation: Generation, code: str | None) -> None:
+    """The answer was replaced by the refusal: say so in `chorus.policy` and the audit row."""
+    chorus = generation.chorus or {}
+    generation.chorus = {**chorus, "policy": {**chorus.get("policy", {}), "output": {"replaced": True, "code": code}}}
+    generation.audit["flags"] = [*generation.audit.get("flags", []), f"output_rail:{code}"]
 
 
 def _deltas(reader: AnswerReader | None, text: str, final: bool) -> list[Delta]:

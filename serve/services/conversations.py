@@ -20,8 +20,8 @@ from serve.protocol.responses import (
 from serve.store import NotFound as StoreNotFound
 from serve.store import Store
 
-from .items import item_dicts, public_form
-from .responses import NO_STORE, StoreAccess, not_found
+from .items import check_storable, item_dicts, public_form
+from .responses import NO_STORE, StoreAccess, not_found, short
 
 
 def conversation_body(record: Any) -> dict[str, Any]:
@@ -40,7 +40,9 @@ class ConversationsService:
 
     async def create(self, owner: str, req: ConversationCreateRequest) -> dict[str, Any]:
         store = await self._store()
-        items = await self.store.stored(owner, item_dicts(req.items or []), {})
+        fresh = item_dicts(req.items or [])
+        check_storable(fresh, [f"items.{i}" for i in range(len(fresh))])
+        items = await self.store.stored(owner, fresh, {})
         record = await store.create_conversation(
             owner, new_id("conv"), created_at=time.time(), metadata=req.metadata or {}, items=items
         )
@@ -68,18 +70,20 @@ class ConversationsService:
         try:
             page = await store.conversation_items(owner, conversation_id, after=after, limit=limit, order=order)
         except StoreNotFound as err:
-            raise NotFound(str(err), param=err.param, code="not_found") from err
+            raise NotFound(short(str(err)), param=err.param, code="not_found") from err
         return await self.store.page(owner, page)
 
     async def add_items(self, owner: str, conversation_id: str, req: ConversationItemsRequest) -> dict[str, Any]:
         store = await self._store()
         if await store.get_conversation(owner, conversation_id) is None:
             raise not_found("conversation", conversation_id)
-        items = await self.store.stored(owner, item_dicts(req.items), {})
+        fresh = item_dicts(req.items)
+        check_storable(fresh, [f"items.{i}" for i in range(len(fresh))])
+        items = await self.store.stored(owner, fresh, {})
         try:
             added = await store.add_conversation_items(owner, conversation_id, items)
         except StoreNotFound as err:
-            raise NotFound(str(err), param=err.param, code="not_found") from err
+            raise NotFound(short(str(err)), param=err.param, code="not_found") from err
         media = await self.store.media_for(owner, added)
         data = [public_form(i, media) for i in added]
         return {"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"], "has_more": False}

@@ -54,6 +54,9 @@ class ChatPlan:
         origin = self.origins.get(f"messages.{index}")
         if origin is None:
             return "input"
+        # chat's part fields, as the Responses part names them
+        for chat_name, name in ((".image_url.url", ".image_url"), (".file.file_data", ".file_data"), (".file.file_id", ".file_id")):
+            tail = tail.replace(chat_name, name)
         return f"{origin}.{tail}" if tail else origin
 
 
@@ -179,6 +182,39 @@ def media_bytes(part: dict[str, Any]) -> tuple[bytes, str] | None:
         return None
 
 
+# What a stored media item must start with: a conversation keeps items for later turns, so a
+# file no encoder can read is refused when it is added, not at every turn after.
+_SIGNATURES = {
+    "input_image": (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00", b"MM\x00*"),
+    "input_file": (b"%PDF-",),
+    "input_audio": (b"RIFF", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"fLaC", b"OggS"),
+}
+
+
+def check_storable(items: list[dict[str, Any]], params: list[str]) -> None:
+    """Refuse media a conversation could never use later: not inline (a remote URL, a file id), not
+    base64, or not a file of its kind (an image, a PDF, audio) by its first bytes."""
+    for item, param in zip(items, params, strict=True):
+        content = item.get("content")
+        if item.get("type", "message") != "message" or item.get("role") != "user" or not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if part["type"] not in _SIGNATURES:
+                continue
+            where = f"{param}.content.{j}"
+            _user_part(part, where, {})  # file_id, file_url, a missing image_url
+            inline = media_bytes(part)
+            if inline is None or not inline[0]:
+                raise InvalidRequest(
+                    "media in a conversation item must be inline: a base64 data URL (or input_audio data)",
+                    param=where,
+                    code="invalid_media",
+                )
+            if not inline[0].startswith(_SIGNATURES[part["type"]]):
+                kind = {"input_image": "image", "input_file": "document", "input_audio": "audio"}[part["type"]]
+                raise InvalidRequest(f"this data is not {_KIND_NOUN[part['type']]} this service reads", param=where, code=f"invalid_{kind}")
+
+
 def stored_form(
     item: dict[str, Any], read: Mapping[str, str], keep: Callable[[bytes, str], str] | None
 ) -> dict[str, Any]:
@@ -260,4 +296,4 @@ def item_dicts(items: list[Item]) -> list[dict[str, Any]]:
     return [json.loads(i.model_dump_json(exclude_none=True)) for i in items]
 
 
-__all__ = ["ChatPlan", "item_dicts", "media_bytes", "media_refs", "public_form", "sha256", "stored_form", "to_chat"]
+__all__ = ["ChatPlan", "check_storable", "item_dicts", "media_bytes", "media_refs", "public_form", "sha256", "stored_form", "to_chat"]

@@ -37,6 +37,11 @@ HEARTBEAT_S = 1.0  # how often a running response's partial output is written
 NO_STORE = "this deployment keeps no store (store.enabled is false)"
 
 
+def short(message: str, limit: int = 300) -> str:
+    """A message that may quote a client's id, cut so that a huge id never makes a huge error body."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def not_found(what: str, ident: str, param: str | None = None) -> NotFound:
     return NotFound(f"No {what} found with id '{ident[:100]}'.", param=param, code="not_found")
 
@@ -71,7 +76,7 @@ class ResponsesService:
     async def start(self, req: ResponseCreateRequest, owner: str) -> Turn:
         """Check the request, gather its context, start the chat generation and wait for its
         first event (refusals raise here, before any response is stored or streamed)."""
-        store = await self.store.get() if (req.store or req.previous_response_id or req.conversation) else None
+        store = await self.store.get() if (req.store is not False or req.previous_response_id or req.conversation) else None
         history: list[dict[str, Any]] = []
         if req.previous_response_id is not None:
             try:
@@ -104,9 +109,11 @@ class ResponsesService:
             err.param = plan.rename(err.param)
             raise
         generation.events = events  # the first event is inside: read from it on
+        for flag in ((generation.chorus or {}).get("policy") or {}).get("flags", []):
+            flag["where"] = plan.rename(flag["where"])  # the input rail names the Responses field
         turn = Turn(req=req, owner=owner, generation=generation)
         turn.chorus = generation.chorus
-        if req.store and store is not None:
+        if req.store is not False and store is not None:  # null is the default, true, as OpenAI
             turn.input_items = await self.store.stored(owner, fresh, generation.media_read)
             await store.create_response(
                 owner,
@@ -281,7 +288,7 @@ class ResponsesService:
         try:
             page = await store.input_items(owner, response_id, after=after, limit=limit, order=order)
         except StoreNotFound as err:
-            raise NotFound(str(err), param=err.param, code="not_found") from err
+            raise NotFound(short(str(err)), param=err.param, code="not_found") from err
         return await self.store.page(owner, page)
 
 
@@ -307,11 +314,11 @@ class _Builder:
     def read(self, payload: dict[str, Any] | str) -> list[dict[str, Any]]:
         if payload == DONE or isinstance(payload, str):
             return []
-        if "error" in payload:
+        if "error" in payload and self.turn.status == "in_progress":
             self.turn.status, self.turn.error = "failed", {"code": payload["error"].get("code") or "server_error", "message": payload["error"]["message"]}
             return self.close_items()
-        if payload.get("chorus") and not self.turn.chorus:
-            self.turn.chorus = payload["chorus"]
+        if payload.get("chorus"):
+            self.turn.chorus = {**(self.turn.chorus or {}), **payload["chorus"]}
         if payload.get("usage"):
             u = payload["usage"]
             self.turn.usage = {
@@ -410,6 +417,7 @@ class StoreAccess:
         self.config = config  # StoreConfig
         self._store: Store | None = None
         self._lock = asyncio.Lock()
+        self._maintenance: asyncio.Task | None = None
 
     async def get(self) -> Store | None:
         if not self.config.enabled:
@@ -418,7 +426,19 @@ class StoreAccess:
             async with self._lock:
                 if self._store is None:
                     self._store = await Store.open(self.config)
+                    # Sweeps responses whose replica died mid-answer, purges what retention says.
+                    self._maintenance = asyncio.create_task(self._store.run_maintenance())
         return self._store
+
+    async def health(self, timeout_s: float) -> dict[str, Any]:
+        """The store's state for /health (opening it if it is not open yet)."""
+        if not self.config.enabled:
+            return {"status": "not_configured"}
+        try:
+            store = await asyncio.wait_for(self.get(), timeout_s)
+            return {"status": "ok", "backend": store.backend, "keep_media": self.config.keep_media}
+        except Exception as err:  # a store that cannot open is reported, not raised
+            return {"status": "unavailable", "error": type(err).__name__}
 
     async def stored(self, owner: str, items: list[dict[str, Any]], read: dict[str, str]) -> list[dict[str, Any]]:
         """`items` in their stored form, their media written first (when media is kept)."""
@@ -454,6 +474,9 @@ class StoreAccess:
         }
 
     async def close(self) -> None:
+        if self._maintenance is not None:  # stopped before the engine goes: a query cut mid-way would hang
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         if self._store is not None:
             await self._store.close()
 

@@ -51,3 +51,42 @@ def test_killed_audio_encoder_is_replaced(serve_url):
     after = _replica_actors("AudioEncoder")
     assert len(after) == 1 and after[0][0] != before[0][0]  # a new replica, not the killed one
     assert httpx.get(f"{serve_url}/health", timeout=30).status_code == 200
+
+
+def test_decoder_killed_mid_response_leaves_it_stored_failed_with_its_text(serve_url):
+    """A stored streaming response whose decoder replica dies: the stream ends with response.failed,
+    the store holds it `failed` with the text generated before, and the decoder comes back."""
+    import json
+
+    # A regex holds the answer open for 2,000 characters, so the kill lands mid-answer.
+    body = {"model": "chorus", "input": "Write.", "stream": True, "max_output_tokens": 1500, "chorus": {"regex": "[a-z ]{2000}"}}
+    events = []
+    with httpx.stream("POST", f"{serve_url}/v1/responses", json=body, headers=AUTH, timeout=120) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["type"] == "response.output_text.delta" and len(events) > 6:
+                    break
+        (name, namespace), = _replica_actors("LLMDecoder")
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    response_id = events[0]["response"]["id"]
+    assert events[-1]["type"] == "response.failed", [e["type"] for e in events[-3:]]
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    stored = httpx.get(f"{serve_url}/v1/responses/{response_id}", headers=AUTH, timeout=30).json()
+    assert stored["status"] == "failed" and stored["error"]["message"]
+    assert stored["output"][0]["content"][0]["text"] == streamed and len(streamed) > 0
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the decoder is replaced; chat answers again
+        probe = httpx.post(f"{serve_url}/v1/chat/completions", headers=AUTH, timeout=90,
+                           json={"model": "chorus", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        if probe.status_code == 200:
+            break
+        assert probe.status_code in (500, 503), probe.text[:300]
+        time.sleep(1)
+    assert probe.status_code == 200

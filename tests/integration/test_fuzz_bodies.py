@@ -5,7 +5,12 @@ bodies come from `strategy_for(ChatCompletionRequest)` (tests/helpers/strategies
 the model's JSON schema: a field or content-part type added to the model is fuzzed on the next run.
 The transcription form comes from its OpenAPI component the same way. A new route adds one line
 (`test_every_route_is_fuzzed` fails until it has one); a JSON route with a new request model is
-`Endpoint("POST", "/v1/responses", json_bodies(ResponsesRequest, VALUES), 600)`.
+`Endpoint("POST", "/v1/responses", json_bodies(ResponseCreateRequest, VALUES), 600)`.
+
+The stored APIs (Responses, Conversations) are fuzzed the same way. Their ids are drawn from a pool
+of hostile ones and of placeholders (`REAL`) that are swapped, just before sending, for the ids of
+real objects: a conversation with items, a stored response (and, for the DELETE routes, objects
+made to be deleted), another tenant's. Responses streams are read to their terminal event.
 
 Bodies are drawn first, all of them, by Hypothesis with a fixed seed (`derandomize`, no database,
 generation only: no shrinking), then sent by a few threads over one connection pool; outcomes are
@@ -35,8 +40,14 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from serve.http import openapi
-from serve.http.ingress import CHAT, MODELS, TRANSCRIPTIONS
+from serve.http.ingress import CHAT, CONVERSATIONS, MODELS, RESPONSES, TRANSCRIPTIONS
 from serve.protocol import ChatCompletionRequest
+from serve.protocol.responses import (
+    ConversationCreateRequest,
+    ConversationItemsRequest,
+    ConversationUpdateRequest,
+    ResponseCreateRequest,
+)
 from tests import pdfs
 from tests.helpers.strategies import (
     BROKEN_WAV,
@@ -54,7 +65,7 @@ from tests.helpers.strategies import (
     pool,
 )
 
-from .conftest import AUTH
+from .conftest import API_KEY_B, AUTH
 
 HEALTH = "/health"
 SERVED_MODEL = "chorus"
@@ -63,7 +74,7 @@ MIN_REQUESTS = 2_000
 WORKERS = 6
 TIMEOUT_S = 90
 # Valid clips that may reach Whisper (each costs a pass); beyond these, the clip is cut short.
-WHISPER_BUDGET = {CHAT: 10, TRANSCRIPTIONS: 16}
+WHISPER_BUDGET = {CHAT: 10, TRANSCRIPTIONS: 16, RESPONSES: 6}
 
 
 def _cheap_chat(tree: Any) -> Any:
@@ -116,6 +127,71 @@ FORM_VALUES = {
 }
 
 
+def _cheap_response(tree: Any) -> Any:
+    """A Responses body the service would serve asks for at most MAX_TOKENS (`max_output_tokens`)."""
+    if not isinstance(tree, dict):
+        return tree
+    try:
+        request = ResponseCreateRequest.model_validate(materialize(tree))
+    except Exception:
+        return tree
+    if request.max_output_tokens is None or request.max_output_tokens > MAX_TOKENS:
+        tree["max_output_tokens"] = MAX_TOKENS
+    return tree
+
+
+# Placeholders for real objects' ids (swapped in by `with_real_ids` just before sending); the
+# DOOMED ones are deleted by the first DELETE that names them.
+REAL = {
+    "conversation": "conv_fuzzREALconversation",
+    "item": "msg_fuzzREALitem",
+    "doomed_conversation": "conv_fuzzREALdoomed",
+    "doomed_item": "msg_fuzzREALdoomed",
+    "responses_conversation": "conv_fuzzREALforresponses",
+    "response": "resp_fuzzREALresponse",
+    "input_item": "msg_fuzzREALinput",
+    "doomed_response": "resp_fuzzREALdoomed",
+    "other_conversation": "conv_fuzzREALother",  # another tenant's (API_KEY_B): always 404
+    "other_response": "resp_fuzzREALother",
+}
+HOSTILE_IDS = [
+    "", "%ED%A0%80", "%00", "x%00y", "a" * 3_000, "..%2F..%2Fetc%2Fpasswd", "%2E%2E", "%27%20OR%201%3D1%20--",
+    "%3C%7Cim_start%7C%3E", "%F0%9F%98%80", "%E2%80%AE", "conv_" + "0" * 32, "resp_" + "0" * 32, "msg_" + "0" * 32, "%25",
+]
+
+
+def _ids(*real: str) -> st.SearchStrategy[str]:
+    """Mostly the named real objects, else a hostile id."""
+    return st.one_of(st.sampled_from([REAL[name] for name in real]), st.sampled_from(HOSTILE_IDS))
+
+
+RESPONSE_IDS = _ids("response", "other_response")
+CONVERSATION_IDS = _ids("conversation", "other_conversation")
+ITEM_IDS = _ids("item", "input_item")
+PAGE_QUERIES = [
+    "", "", "?limit=1", "?limit=100&order=asc", "?order=desc&limit=2", "?limit=0", "?limit=101", "?limit=-1", "?limit=abc",
+    "?limit=" + "9" * 5_000, "?order=sideways", "?order=", f"?after={REAL['item']}", f"?after={REAL['input_item']}&order=asc",
+    "?after=msg_unknown", "?after=%00", "?after=%ED%A0%80", "?after=" + "a" * 3_000, "?limit=1&limit=abc", "?%ff=%00",
+]
+
+STORED_MEDIA = {"input_audio.data": audio_data, "image_url": image_urls, "file_data": file_data}
+RESPONSE_VALUES = {
+    "model": st.just(SERVED_MODEL),
+    "max_output_tokens": st.integers(1, MAX_TOKENS),
+    "stream": st.sampled_from([True, False, None]),
+    "background": st.sampled_from([None, False, False, True]),  # true is refused: now and then
+    "tool_choice": st.sampled_from([None, None, None, "none", "auto", "required"]),  # auto/required need tools
+    "previous_response_id": st.one_of(st.none(), st.none(), st.sampled_from([REAL["response"], REAL["other_response"], "resp_unknown"])),
+    "conversation": st.one_of(
+        st.none(),
+        st.none(),
+        st.sampled_from([REAL["responses_conversation"], REAL["other_conversation"], "conv_unknown"]),
+        st.fixed_dictionaries({"id": st.just(REAL["responses_conversation"])}),  # a fresh dict each time: trees are mutated in place
+    ),
+    **STORED_MEDIA,
+}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A route to fuzz: its method and path, its body strategy (None: no body), how many requests."""
@@ -124,7 +200,9 @@ class Endpoint:
     path: str
     bodies: st.SearchStrategy[Body] | None
     examples: int
-    path_values: st.SearchStrategy[str] | None = None  # what fills the path's `{param}` (URL-encoded)
+    # what fills the path's `{param}`s (URL-encoded): one strategy for all, or one per name
+    path_values: st.SearchStrategy[str] | dict[str, st.SearchStrategy[str]] | None = None
+    queries: tuple[str, ...] | None = None  # query strings for a bodiless route (default QUERIES)
 
     def __repr__(self) -> str:  # Hypothesis shows strategies' arguments; the grammar's repr is huge
         return f"Endpoint({self.method} {self.path})"
@@ -142,6 +220,25 @@ ENDPOINTS = [
     Endpoint("GET", MODELS + "/{model:path}", None, 80, path_values=MODEL_IDS),
     Endpoint("GET", "/metrics", None, 20),
     Endpoint("GET", HEALTH, None, 40),
+    # the stored APIs
+    Endpoint("POST", RESPONSES, json_bodies(ResponseCreateRequest, RESPONSE_VALUES, _cheap_response), 450),
+    Endpoint("GET", RESPONSES + "/{response_id}", None, 40, path_values=RESPONSE_IDS),
+    Endpoint("POST", RESPONSES + "/{response_id}/cancel", None, 40, path_values=RESPONSE_IDS),
+    Endpoint("GET", RESPONSES + "/{response_id}/input_items", None, 80, path_values=RESPONSE_IDS, queries=tuple(PAGE_QUERIES)),
+    Endpoint("POST", CONVERSATIONS, json_bodies(ConversationCreateRequest, STORED_MEDIA), 250),
+    Endpoint("GET", CONVERSATIONS + "/{conversation_id}", None, 40, path_values=CONVERSATION_IDS),
+    Endpoint("POST", CONVERSATIONS + "/{conversation_id}", json_bodies(ConversationUpdateRequest), 120, path_values=CONVERSATION_IDS),
+    Endpoint("GET", CONVERSATIONS + "/{conversation_id}/items", None, 80, path_values=CONVERSATION_IDS, queries=tuple(PAGE_QUERIES)),
+    Endpoint("POST", CONVERSATIONS + "/{conversation_id}/items", json_bodies(ConversationItemsRequest, STORED_MEDIA), 200,
+             path_values=CONVERSATION_IDS),
+    Endpoint("GET", CONVERSATIONS + "/{conversation_id}/items/{item_id}", None, 60,
+             path_values={"conversation_id": CONVERSATION_IDS, "item_id": ITEM_IDS}),
+    # the DELETE routes last, each on objects of its own (the first to name one deletes it)
+    Endpoint("DELETE", CONVERSATIONS + "/{conversation_id}/items/{item_id}", None, 40,
+             path_values={"conversation_id": _ids("doomed_conversation", "conversation", "other_conversation"),
+                          "item_id": _ids("doomed_item", "item")}),
+    Endpoint("DELETE", CONVERSATIONS + "/{conversation_id}", None, 40, path_values=_ids("doomed_conversation", "other_conversation")),
+    Endpoint("DELETE", RESPONSES + "/{response_id}", None, 40, path_values=_ids("doomed_response", "other_response")),
 ]
 STRAY_EXAMPLES = 160  # unknown routes, and the known ones under other methods
 
@@ -191,18 +288,27 @@ auth_headers = st.integers(0, 15).flatmap(
 @st.composite
 def _requests(draw: st.DrawFn, endpoint: Endpoint) -> Request:
     headers = dict(draw(auth_headers))
-    if endpoint.path_values is not None:
+    label = f"{endpoint.method} {endpoint.path}"
+    if isinstance(endpoint.path_values, dict):
+        values = {name: draw(strategy) for name, strategy in endpoint.path_values.items()}
+        endpoint = replace(endpoint, path=re.sub(r"\{([^}:]+)[^}]*\}", lambda m: values[m.group(1)], endpoint.path))
+    elif endpoint.path_values is not None:
         value = draw(endpoint.path_values)
         endpoint = replace(endpoint, path=re.sub(r"\{[^}]+\}", lambda _: value, endpoint.path))
     if endpoint.bodies is None:  # a bodiless route: now and then a query string or junk body anyway
         content = draw(st.none() | st.binary(max_size=64)) if draw(st.integers(0, 5)) == 0 else None
-        query = draw(st.sampled_from(QUERIES))
+        query = draw(st.sampled_from(endpoint.queries or QUERIES))
         recipe = (f"query {clip(query, 30)!r}",) * bool(query) + ("junk body",) * (content is not None)
-        return Request(f"{endpoint.method} {endpoint.path}", endpoint.method, endpoint.path + query, headers, content, recipe)
+        return Request(_label(label, endpoint.path), endpoint.method, endpoint.path + query, headers, content, recipe)
     body = draw(endpoint.bodies)
     if body.content_type is not None:
         headers["Content-Type"] = body.content_type
-    return Request(f"{endpoint.method} {endpoint.path}", endpoint.method, endpoint.path, headers, body.content, body.recipe)
+    return Request(_label(label, endpoint.path), endpoint.method, endpoint.path, headers, body.content, body.recipe)
+
+
+def _label(template: str, path: str) -> str:
+    """The route's label: its template, except the model route, labelled by the path it got (as before)."""
+    return f"{template.split()[0]} {path}" if "{model" in template else template
 
 
 @st.composite
@@ -237,7 +343,8 @@ def _draw(strategy: st.SearchStrategy[Request], count: int) -> list[Request]:
 
 def _within_whisper_budget(requests: list[Request]) -> None:
     """Past each route's budget, a valid clip is swapped for a truncated one (refused at once)."""
-    forms = {CHAT: (b64(TINY_WAV).encode(), b64(BROKEN_WAV).encode()), TRANSCRIPTIONS: (TINY_WAV, BROKEN_WAV)}
+    in_json = (b64(TINY_WAV).encode(), b64(BROKEN_WAV).encode())
+    forms = {CHAT: in_json, RESPONSES: in_json, TRANSCRIPTIONS: (TINY_WAV, BROKEN_WAV)}
     used: collections.Counter[str] = collections.Counter()
     for request in requests:
         path = request.path
@@ -257,6 +364,46 @@ def generate() -> list[Request]:
     return requests
 
 
+def make_real_objects(base: str) -> dict[str, str]:
+    """The objects REAL's placeholders stand for, made over HTTP: placeholder → real id."""
+    other = {"Authorization": f"Bearer {API_KEY_B}"}
+    items = [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "On its way."}]
+
+    def post(path: str, body: dict, headers: dict = AUTH) -> dict:
+        resp = httpx.post(base + path, json=body, headers=headers, timeout=120)
+        assert resp.status_code == 200, resp.text[:300]
+        return resp.json()
+
+    def first_item(path: str, headers: dict = AUTH) -> str:
+        resp = httpx.get(base + path + "?order=asc", headers=headers, timeout=60)
+        assert resp.status_code == 200, resp.text[:300]
+        return resp.json()["data"][0]["id"]
+
+    response = {"model": SERVED_MODEL, "input": "hi", "max_output_tokens": 2}
+    real = {name: "" for name in REAL}
+    real["conversation"] = post(CONVERSATIONS, {"items": items, "metadata": {"case": "fuzz"}})["id"]
+    real["item"] = first_item(f"{CONVERSATIONS}/{real['conversation']}/items")
+    real["doomed_conversation"] = post(CONVERSATIONS, {"items": items})["id"]
+    real["doomed_item"] = first_item(f"{CONVERSATIONS}/{real['doomed_conversation']}/items")
+    real["responses_conversation"] = post(CONVERSATIONS, {"items": items[:1]})["id"]
+    real["response"] = post(RESPONSES, response)["id"]
+    real["input_item"] = first_item(f"{RESPONSES}/{real['response']}/input_items")
+    real["doomed_response"] = post(RESPONSES, response)["id"]
+    real["other_conversation"] = post(CONVERSATIONS, {"items": items}, other)["id"]
+    real["other_response"] = post(RESPONSES, response, other)["id"]
+    return {REAL[name]: value for name, value in real.items()}
+
+
+def with_real_ids(requests: list[Request], real: dict[str, str]) -> None:
+    """The placeholders in paths and bodies (where they survived mutation) become real ids."""
+    for request in requests:
+        for placeholder, value in real.items():
+            if placeholder in request.path:
+                request.path = request.path.replace(placeholder, value)
+            if request.content is not None and placeholder.encode() in request.content:
+                request.content = request.content.replace(placeholder.encode(), value.encode())
+
+
 # --- sending ----------------------------------------------------------------------------------
 
 
@@ -272,7 +419,8 @@ def _send(client: httpx.Client, base: str, request: Request) -> Outcome:
     if status >= 500:
         outcome.problem = f"HTTP {status}"
     elif status == 200 and content_type.startswith("text/event-stream"):
-        outcome.problem = _stream_problem(data, outcome)
+        responses = request.path.split("?")[0] == RESPONSES
+        outcome.problem = (_responses_stream_problem if responses else _stream_problem)(data, outcome)
     return outcome
 
 
@@ -286,6 +434,31 @@ def _stream_problem(data: bytes, outcome: Outcome) -> str | None:
                 return f"200 stream ended with a server_error event: {error.get('message')}"
     if not events or events[-1] != "[DONE]":
         return "200 stream did not end with [DONE]"
+    return None
+
+
+RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed", "response.cancelled")
+
+
+def _responses_stream_problem(data: bytes, outcome: Outcome) -> str | None:
+    """A Responses stream (`event:` + `data:` pairs, no [DONE]) ends with one terminal event, never
+    a failure of ours (an `error` event, or `response.failed` with a server_error)."""
+    events = [line[5:].strip() for line in data.decode("utf-8", "replace").splitlines() if line.startswith("data:")]
+    outcome.events = events
+    parsed = []
+    for event in events:
+        try:
+            parsed.append(json.loads(event))
+        except ValueError:
+            return f"200 Responses stream with an event that is not JSON: {clip(event, 100)}"
+    for event in parsed:
+        if event.get("type") == "error":
+            return f"200 Responses stream with an error event: {clip(json.dumps(event), 200)}"
+        error = (event.get("response") or {}).get("error") or {}
+        if error.get("code") == "server_error":
+            return f"200 Responses stream ended with a server_error: {error.get('message')}"
+    if not parsed or parsed[-1].get("type") not in RESPONSES_TERMINAL:
+        return "200 Responses stream did not end with a terminal event"
     return None
 
 
@@ -415,6 +588,7 @@ def test_fuzzed_bodies_never_get_a_5xx(serve_url):
     requests = generate()
     generated_s = time.monotonic() - started
     assert len(requests) >= MIN_REQUESTS, f"only {len(requests)} requests generated"
+    with_real_ids(requests, make_real_objects(serve_url))
 
     started = time.monotonic()
     outcomes = send_all(serve_url, requests)

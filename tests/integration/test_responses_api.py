@@ -56,7 +56,7 @@ def test_create_retrieve_and_chain_with_the_openai_client(client):
 
 
 def test_streaming_events_in_order(client):
-    kinds, text = [], []
+    kinds, text, final = [], [], None
     # `stream()` is the SDK's helper; its get_final_response() wants response.completed, which a
     # 6-token cap may turn into response.incomplete (as OpenAI sends it): read the last event instead.
     with client.responses.stream(model="chorus", input="Say hello.", max_output_tokens=6, temperature=0) as stream:
@@ -64,7 +64,7 @@ def test_streaming_events_in_order(client):
             kinds.append(event.type)
             if event.type == "response.output_text.delta":
                 text.append(event.delta)
-            final = getattr(event, "response", None) or final if kinds[1:] else event.response
+            final = getattr(event, "response", None) or final
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] in ("response.completed", "response.incomplete")
     assert "response.output_text.delta" in kinds and "response.output_item.done" in kinds

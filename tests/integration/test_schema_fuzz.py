@@ -1,7 +1,8 @@
 """Schemathesis against the live service, driven by the service's own /openapi.json.
 
-More than a thousand generated requests (schema-conforming and schema-violating) across the four
-operations, with the API key. Every response: never a 5xx; a status the document lists for the
+More than a thousand generated requests (schema-conforming and schema-violating) across every
+operation (chat, transcriptions, models, metrics, health, and the stored APIs: Responses and
+Conversations), with the API key. Every response: never a 5xx; a status the document lists for the
 operation; a content type and body that match what it documents; every 4xx in OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`; `n` other than 1 refused with 400; a request
 without the right key refused with 401.
@@ -9,7 +10,11 @@ without the right key refused with 401.
 Generation cost is capped so that the run stays short: completions get at most 2 tokens, most
 requests name the served model (the rest keep the generated name and must get 404 or 400), a
 few media parts are swapped for tiny valid media (a 4x4 PNG; at most a handful of 0.2 s WAVs, since
-each costs a Whisper pass), and the GET routes (no parameters: little to generate) get few examples.
+each costs a Whisper pass), and the GET routes (no parameters: little to generate) get few examples. POST /v1/responses is
+capped the same way (`max_output_tokens` at most 2, the served model mostly, tiny valid media). The
+stored APIs' path ids are generated (404s), and one in two is swapped for a real object's id
+(`RealIds`), so that their 200s are checked against the document too; a DELETE deletes an object
+made for it. The stored APIs' share of the run is printed (about a minute on 2 cores).
 Run with `-s` to see the counts, the status histogram and where the time went (almost all of it in
 the ~200 completions that reach the decoder). The 500s it found (a denormal temperature or top_p
 broke sampling) are regression cases in test_hostile.py.
@@ -53,8 +58,25 @@ EXAMPLES = {
     ("GET", "/v1/models/{model}"): {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
     ("GET", "/metrics"): {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5},
     ("GET", "/health"): {GenerationMode.POSITIVE: 5},
+    # The stored APIs. Responses reach the decoder (capped like chat); the rest are store calls.
+    # Path ids are generated (404s), and half are swapped for real objects (`RealIds`).
+    ("POST", "/v1/responses"): {GenerationMode.POSITIVE: 160, GenerationMode.NEGATIVE: 100},
+    ("GET", "/v1/responses/{response_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("DELETE", "/v1/responses/{response_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("POST", "/v1/responses/{response_id}/cancel"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("GET", "/v1/responses/{response_id}/input_items"): {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30},
+    ("POST", "/v1/conversations"): {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 60},
+    ("GET", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("POST", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30},
+    ("DELETE", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("GET", "/v1/conversations/{conversation_id}/items"): {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30},
+    ("POST", "/v1/conversations/{conversation_id}/items"): {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40},
+    ("GET", "/v1/conversations/{conversation_id}/items/{item_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
+    ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
 }
+STORED_PREFIXES = ("/v1/responses", "/v1/conversations")
 MAX_TOKENS = 2
+MAX_FRESH = 8  # per DELETE route: objects made to be deleted (a response costs a decoder run)
 MAX_AUDIO_SWAPS = 3  # per route: each valid clip costs a Whisper pass
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -88,6 +110,17 @@ class CostCap:
     def __init__(self) -> None:
         self.audio_swaps: collections.Counter[str] = collections.Counter()
 
+    def apply(self, key: tuple[str, str], body: Any, ids: RealIds) -> None:
+        """The cap for operation `key` (method, path template), applied to its generated body."""
+        if key[1] == "/v1/chat/completions":
+            self.chat(body)
+        elif key[1] == "/v1/audio/transcriptions":
+            self.transcription(body)
+        elif key == ("POST", "/v1/responses"):
+            self.response(body, ids)
+        elif key[0] == "POST" and key[1] in ("/v1/conversations", "/v1/conversations/{conversation_id}/items"):
+            self.conversation_items(body)
+
     def chat(self, body: Any) -> None:
         if not isinstance(body, dict):
             return
@@ -107,21 +140,58 @@ class CostCap:
             for part in content if isinstance(content, list) else []:
                 self._media(part)
 
-    def _media(self, part: Any) -> None:
+    def _media(self, part: Any, route: str = "chat") -> None:
         if not isinstance(part, dict):
             return
         image = part.get("image_url")
         if isinstance(image, dict) and isinstance(image.get("url"), str) and not _pick(image["url"], 2):
             image["url"] = TINY_PNG_URL
+        elif isinstance(image, str) and not _pick(image, 2):  # Responses: `input_image.image_url` is the URL
+            part["image_url"] = TINY_PNG_URL
         audio = part.get("input_audio")
         if (
             isinstance(audio, dict)
             and audio.get("format") == "wav"
             and isinstance(audio.get("data"), str)
-            and self.audio_swaps["chat"] < MAX_AUDIO_SWAPS
+            and self.audio_swaps[route] < MAX_AUDIO_SWAPS
         ):
-            self.audio_swaps["chat"] += 1
+            self.audio_swaps[route] += 1
             audio["data"] = base64.b64encode(TINY_WAV).decode()
+
+    def response(self, body: Any, ids: RealIds) -> None:
+        """POST /v1/responses: at most MAX_TOKENS (`max_output_tokens`), the served model mostly,
+        tiny valid media, and now and then a real `previous_response_id` or `conversation`."""
+        if not isinstance(body, dict):
+            return
+        value = body.get("max_output_tokens")
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
+            body["max_output_tokens"] = MAX_TOKENS
+        elif isinstance(value, float) and math.isfinite(value) and value > MAX_TOKENS:
+            body["max_output_tokens"] = float(MAX_TOKENS)
+        elif "max_output_tokens" not in body:
+            body["max_output_tokens"] = MAX_TOKENS
+        if isinstance(body.get("model"), str) and not _pick(body["model"], 8):
+            body["model"] = "chorus"
+        if isinstance(body.get("previous_response_id"), str) and _pick(body["previous_response_id"], 2):
+            body["previous_response_id"] = ids.response
+        conversation = body.get("conversation")
+        if isinstance(conversation, str) and _pick(conversation, 2):
+            body["conversation"] = ids.responses_conversation
+        elif isinstance(conversation, dict) and isinstance(conversation.get("id"), str) and _pick(conversation["id"], 2):
+            conversation["id"] = ids.responses_conversation
+        self._items(body.get("input"), "responses")
+
+    def conversation_items(self, body: Any) -> None:
+        """POST /v1/conversations and .../items: media in items is stored, never decoded; swap
+        some for valid media anyway so that what is stored is what a response could read."""
+        if isinstance(body, dict):
+            self._items(body.get("items"), "items")
+
+    def _items(self, items: Any, route: str) -> None:
+        for item in items if isinstance(items, list) else []:
+            content = item.get("content") if isinstance(item, dict) else None
+            for part in content if isinstance(content, list) else []:
+                self._media(part, route)
 
     def transcription(self, body: Any) -> None:
         if not isinstance(body, dict):
@@ -131,6 +201,59 @@ class CostCap:
         if "file" in body and self.audio_swaps["transcription"] < MAX_AUDIO_SWAPS and _pick(body, 10):
             self.audio_swaps["transcription"] += 1
             body["file"] = TINY_WAV
+
+
+class RealIds:
+    """Objects of the stored APIs (API key AUTH) for the generated path ids to be swapped for, one
+    in two (keyed on the generated value): a conversation with items, a response; a DELETE gets
+    an object made for it (at most MAX_FRESH per route), so the others stay."""
+
+    def __init__(self, base: str, session: requests.Session) -> None:
+        self.base, self.session = base, session
+        self.fresh: collections.Counter[str] = collections.Counter()
+        self.conversation, self.item = self._conversation()
+        self.responses_conversation, _ = self._conversation()  # responses append here, not to the one above
+        self.response = self._response()
+        self.input_item = self._get(f"/v1/responses/{self.response}/input_items")["data"][0]["id"]
+
+    def _post(self, path: str, body: dict) -> dict:
+        resp = self.session.post(self.base + path, json=body, headers=AUTH, timeout=120)
+        assert resp.status_code == 200, resp.text[:300]
+        return resp.json()
+
+    def _get(self, path: str) -> dict:
+        resp = self.session.get(self.base + path, headers=AUTH, timeout=60)
+        assert resp.status_code == 200, resp.text[:300]
+        return resp.json()
+
+    def _conversation(self) -> tuple[str, str]:
+        items = [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "On its way."}]
+        conversation = self._post("/v1/conversations", {"items": items, "metadata": {"case": "schemathesis"}})["id"]
+        return conversation, self._get(f"/v1/conversations/{conversation}/items?order=asc")["data"][0]["id"]
+
+    def _response(self) -> str:
+        return self._post("/v1/responses", {"model": "chorus", "input": "hi", "max_output_tokens": MAX_TOKENS})["id"]
+
+    def swap(self, key: tuple[str, str], case) -> None:
+        params = case.path_parameters
+        if not params or not all(isinstance(v, str) for v in params.values()) or not _pick(sorted(params.items()), 2):
+            return
+        method, path = key
+        doomed = method == "DELETE" and self.fresh[path] < MAX_FRESH
+        if method == "DELETE" and not doomed:
+            return  # past the budget: the generated id stays (a 404)
+        if doomed:
+            self.fresh[path] += 1
+        if "response_id" in params:
+            params["response_id"] = self._response() if doomed else self.response
+        if "conversation_id" in params:
+            conversation, item = self._conversation() if doomed else (self.conversation, self.item)
+            params["conversation_id"] = conversation
+            if "item_id" in params:
+                params["item_id"] = item
+        query = case.query
+        if isinstance(query, dict) and isinstance(query.get("after"), str) and _pick(query["after"], 2):
+            query["after"] = self.input_item if "response_id" in params else self.item
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +283,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
 
     cap = CostCap()
     session = requests.Session()
+    ids = RealIds(serve_url, session)
     counts: collections.Counter[str] = collections.Counter()
     statuses: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     seconds: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
@@ -186,10 +310,8 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
         )
         @given(case=strategy)
         def run(case) -> None:
-            if key[1] == "/v1/chat/completions":
-                cap.chat(case.body)
-            elif key[1] == "/v1/audio/transcriptions":
-                cap.transcription(case.body)
+            cap.apply(key, case.body, ids)
+            ids.swap(key, case)
             generated_auth = (case.headers or {}).get("Authorization")
             # One in 16 requests keeps the generated (wrong) Authorization header; negative cases that
             # negate the header drop it whatever we pass.
@@ -212,18 +334,27 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
             if key[1] == "/v1/chat/completions" and authorized and isinstance(n, int) and not isinstance(n, bool) and n != 1:
                 assert response.status_code == 400, (label, n, response.text[:300])
             model = body.get("model") if isinstance(body, dict) else None
-            served = {"/v1/chat/completions": {"chorus"}, "/v1/audio/transcriptions": {"whisper-1", "whisper-base"}}
+            served = {
+                "/v1/chat/completions": {"chorus"},
+                "/v1/audio/transcriptions": {"whisper-1", "whisper-base"},
+                "/v1/responses": {"chorus"},
+            }
             if authorized and key[1] in served and isinstance(model, str) and model not in served[key[1]]:
                 assert response.status_code in (400, 404), (label, model, response.text[:300])  # never served
             case.validate_response(response, checks=CHECKS, headers=headers)
 
         run()
 
+    stored_s = 0.0
     for key, modes in EXAMPLES.items():
+        began = time.monotonic()
         for mode, max_examples in modes.items():
             fuzz(key, mode, max_examples)
+        if key[1].startswith(STORED_PREFIXES):
+            stored_s += time.monotonic() - began
 
     elapsed = time.monotonic() - started
+    print(f"\nthe stored APIs' operations (generation included): {stored_s:.0f} s; objects made to be deleted: {dict(ids.fresh)}")
     total = sum(counts.values())
     print(f"\nschemathesis: {total} cases in {elapsed:.0f} s")
     for name, count in sorted(counts.items()):
@@ -234,5 +365,9 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
     print(f"  valid WAVs swapped in: {dict(cap.audio_swaps)}")
     assert total >= MIN_TOTAL_CASES, counts
     # both kinds of data reached the two POST routes
-    for label in ("POST /v1/chat/completions", "POST /v1/audio/transcriptions"):
+    for label in ("POST /v1/chat/completions", "POST /v1/audio/transcriptions", "POST /v1/responses", "POST /v1/conversations"):
         assert counts[f"{label} positive"] > 0 and counts[f"{label} negative"] > 0, counts
+    # the real ids were reached: the stored routes answered more than 404s
+    for label in ("GET /v1/conversations/{conversation_id}/items", "GET /v1/responses/{response_id}/input_items"):
+        assert statuses[label][200] > 0, (label, dict(statuses[label]))
+    assert statuses["POST /v1/responses"][200] > 0, dict(statuses["POST /v1/responses"])

@@ -19,3 +19,22 @@ def make_engine():
     yield make
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (tests/helpers/postgres.py); missing binaries fail."""
+    from tests.helpers.postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The DSN of a fresh, empty database on the session's server."""
+    return postgres_server.create_database()

@@ -75,7 +75,7 @@ def test_items_become_a_valid_chat_conversation():
     assert chat.messages[3].tool_call_id == "call_1"
     assert chat.messages[1].content[1].image_url.url == PNG_URL
     # errors name the Responses field, not the chat one
-    assert plan.rename("messages.1.content.1.image_url.url") == "input.1.content.1.image_url.url"
+    assert plan.rename("messages.1.content.1.image_url.url") == "input.1.content.1.image_url"
     assert plan.rename("messages.3") == "input.4"
 
 
