@@ -89,7 +89,7 @@ def measure(base: str, kind: str, pairs: int = PAIRS) -> dict[str, Any]:
     first.raise_for_status()
     turn1 = first.json()
     answer = "".join(p["text"] for o in turn1["output"] if o["type"] == "message" for p in o["content"])
-    stored_body = {"model": "chorus", "temperature": 0, "max_output_tokens": MAX_TOKENS, "stream": True, "store": False,
+    stored_body = {"model": "chorus", "temperature": 0, "max_output_tokens": MAX_TOKENS, "stream": True,
                    "previous_response_id": turn1["id"], "input": spec["follow_up"]}
     history_body = {
         "model": "chorus", "temperature": 0, "max_tokens": MAX_TOKENS, "stream": True,

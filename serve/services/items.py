@@ -31,6 +31,7 @@ from .media import _DATA_URL_RE
 
 MEDIA_KEY, TEXT_KEY = "media_sha256", "chorus_text"
 _KIND_NOUN = {"input_image": "an image", "input_audio": "a voice note", "input_file": "a document"}
+MEDIA_PARTS = frozenset(_KIND_NOUN)  # the Responses content parts that carry media
 
 Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
 MediaLookup = Mapping[str, tuple[bytes, str]]  # sha256 → (bytes, mime) of the stored media an item uses
@@ -296,4 +297,4 @@ def item_dicts(items: list[Item]) -> list[dict[str, Any]]:
     return [json.loads(i.model_dump_json(exclude_none=True)) for i in items]
 
 
-__all__ = ["ChatPlan", "check_storable", "item_dicts", "media_bytes", "media_refs", "public_form", "sha256", "stored_form", "to_chat"]
+__all__ = ["MEDIA_KEY", "MEDIA_PARTS", "ChatPlan", "check_storable", "item_dicts", "media_bytes", "media_refs", "public_form", "sha256", "stored_form", "to_chat"]

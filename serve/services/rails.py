@@ -24,11 +24,12 @@ MEDIA_SOURCE = {"audio": "transcript", "image": "ocr", "document": "document"}  
 
 def with_handoff(req: ChatCompletionRequest, policy: Policy) -> ChatCompletionRequest:
     """`req` with the policy's handoff tool offered, unless the request shapes its answer another
-    way (a JSON format, a regex) or turns tools off."""
+    way (a JSON format, a regex), turns tools off, or sets stop sequences (which the tool grammar
+    does not take: the client's request must not become a 400 it never asked for)."""
     tool = policy.handoff_tool()
     other_shape = [f for f in req.constraint_fields() if f != "tools"]
     names = {t.function.name for t in req.tools or []}
-    if tool is None or other_shape or req.tool_choice == "none" or tool["function"]["name"] in names:
+    if tool is None or other_shape or req.stop or req.tool_choice == "none" or tool["function"]["name"] in names:
         return req
     return req.model_copy(update={"tools": [*(req.tools or []), Tool.model_validate(tool)]})
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve.errors import InvalidRequest, NotFound, ServiceError
+from serve.errors import InvalidRequest, NotFound, Overloaded, ServiceError
 from serve.protocol import ChatCompletionRequest
 from serve.protocol.responses import FunctionChoice, ResponseCreateRequest, new_id
 from serve.redact import RedactingFilter
@@ -29,7 +29,7 @@ from serve.store import NotFound as StoreNotFound
 from serve.store import Store
 
 from .chat import DONE, ChatService, Generation
-from .items import ChatPlan, item_dicts, media_refs, public_form, sha256, stored_form, to_chat
+from .items import MEDIA_KEY, MEDIA_PARTS, ChatPlan, item_dicts, media_refs, public_form, sha256, stored_form, to_chat
 
 log = logging.getLogger("ray.serve.chorus.responses")
 log.addFilter(RedactingFilter())
@@ -89,8 +89,9 @@ class ResponsesService:
             if found is None:
                 raise not_found("conversation", conversation, "conversation")
             history = await store.all_conversation_items(owner, conversation)
-        media = await self.store.media_for(owner, history) if history else {}
         fresh = item_dicts(req.items())
+        history = within_media_budget(history, self.chat.config.limits.max_media_items - count_media(fresh))
+        media = await self.store.media_for(owner, history) if history else {}
         plan = to_chat(
             [*history, *fresh],
             [f"{'conversation' if conversation else 'previous_response_id'}.item.{i}" for i in range(len(history))]
@@ -109,8 +110,11 @@ class ResponsesService:
             err.param = plan.rename(err.param)
             raise
         generation.events = events  # the first event is inside: read from it on
+        # Chat field paths in the `chorus` extension, as the Responses request names them
         for flag in ((generation.chorus or {}).get("policy") or {}).get("flags", []):
-            flag["where"] = plan.rename(flag["where"])  # the input rail names the Responses field
+            flag["where"] = plan.rename(flag["where"])
+        for entry in (generation.chorus or {}).get("media", []):
+            entry["param"] = plan.rename(entry["param"])
         turn = Turn(req=req, owner=owner, generation=generation)
         turn.chorus = generation.chorus
         if req.store is not False and store is not None:  # null is the default, true, as OpenAI
@@ -209,7 +213,7 @@ class ResponsesService:
     async def complete(self, turn: Turn, started: float, deadline: float | None, request_id: str) -> dict[str, Any]:
         body: dict[str, Any] | None = None
         async for event in self.events(turn, started, deadline, request_id):
-            if event["type"] in ("response.completed", "response.incomplete", "response.failed"):
+            if event["type"] in ("response.completed", "response.incomplete", "response.failed", "response.cancelled"):
                 body = event["response"]
         assert body is not None
         return body
@@ -260,7 +264,8 @@ class ResponsesService:
     async def delete(self, owner: str, response_id: str) -> dict[str, Any]:
         store = self._need(await self.store.get(), "response_id")
         turn = self.running.get(response_id)
-        if turn is not None and turn.owner == owner:
+        if turn is not None and turn.owner == owner:  # its stream ends `cancelled`
+            turn.status, turn.incomplete = "cancelled", None
             turn.generation.cancel()
         if not await store.delete_response(owner, response_id):
             raise not_found("response", response_id)
@@ -290,6 +295,30 @@ class ResponsesService:
         except StoreNotFound as err:
             raise NotFound(short(str(err)), param=err.param, code="not_found") from err
         return await self.store.page(owner, page)
+
+
+def count_media(items: list[dict[str, Any]]) -> int:
+    return sum(1 for i in items if isinstance(i.get("content"), list) for p in i["content"] if p.get("type") in MEDIA_PARTS)
+
+
+def within_media_budget(history: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """`history` with its newest `budget` media parts as media and older ones as the text read from
+    them: a long conversation keeps working under `limits.max_media_items` (and its context)."""
+    out: list[dict[str, Any]] = []
+    for item in reversed(history):
+        content = item.get("content")
+        if isinstance(content, list) and any(MEDIA_KEY in p for p in content):
+            parts = []
+            for part in reversed(content):
+                if MEDIA_KEY in part:
+                    if budget > 0:
+                        budget -= 1
+                    else:
+                        part = {k: v for k, v in part.items() if k != MEDIA_KEY} | {"media_dropped": True}
+                parts.append(part)
+            item = {**item, "content": parts[::-1]}
+        out.append(item)
+    return out[::-1]
 
 
 class _Builder:
@@ -399,6 +428,9 @@ class _Builder:
                 turn.status, turn.incomplete = "incomplete", {"reason": "max_output_tokens"}
             elif self.finish == "content_filter":
                 turn.status, turn.incomplete = "incomplete", {"reason": "content_filter"}
+                if not turn.req.stream and self.message is not None and turn.generation.guard is not None:
+                    # Nothing has left yet: the answer is the refusal alone, as a chat completion's is.
+                    self.message["content"][0]["text"] = turn.generation.guard.refusal
             else:
                 turn.status = "completed"
         events = self.close_items()
@@ -425,7 +457,13 @@ class StoreAccess:
         if self._store is None:
             async with self._lock:
                 if self._store is None:
-                    self._store = await Store.open(self.config)
+                    try:
+                        self._store = await Store.open(self.config)
+                    except Exception as err:  # the database is away or misconfigured: our fault, not the client's
+                        log.exception("the response store did not open")
+                        raise Overloaded(
+                            "the response store is unavailable; try again later", code="store_unavailable", retry_after="5"
+                        ) from err
                     # Sweeps responses whose replica died mid-answer, purges what retention says.
                     self._maintenance = asyncio.create_task(self._store.run_maintenance())
         return self._store

@@ -33,6 +33,11 @@ class StoreConfig(BaseModel):
         "None = the dsn_env variable, else the SQLite file under data_dir",
     )
     dsn_env: str = Field(DSN_ENV, description="Environment variable read for the DSN when dsn is None (keeps secrets out of files)")
+    require_dsn: bool = Field(
+        False,
+        description="Refuse to open without a DSN: a deployment of several nodes must not fall back to a "
+        "SQLite file per node",
+    )
     keep_media: bool = Field(
         True, description="Store raw media (images, audio, documents); off: only the text derived from them is kept"
     )
@@ -56,6 +61,8 @@ class StoreConfig(BaseModel):
                 if dsn.startswith(plain):
                     return scheme + dsn[len(plain) - 3 :]
             return dsn
+        if self.require_dsn:
+            raise ValueError(f"store.require_dsn is set and no DSN is configured: set store.dsn or ${self.dsn_env}")
         return f"{SQLITE_SCHEME}:///{self.sqlite_path(environ)}"
 
     def sqlite_path(self, environ: dict[str, str] | None = None) -> Path:

@@ -1,8 +1,10 @@
 """A decoder deployment handle that answers from a script: for the chat and Responses services'
-unit tests, without Ray or a model."""
+unit tests, without Ray or a model. A script holds text pieces, exceptions (raised there) and
+`asyncio.Event`s (the answer waits there until the test sets them)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from serve.deployments.contracts import DecodeEvent
@@ -51,6 +53,9 @@ class ScriptedDecoder:
             for i, piece in enumerate(self.script):
                 if isinstance(piece, BaseException):
                     raise piece
+                if isinstance(piece, asyncio.Event):  # held until the test sets it
+                    await piece.wait()
+                    continue
                 last = i == len(self.script) - 1
                 yield DecodeEvent(piece, self.finish if last else None, prompt_tokens=7, completion_tokens=pieces.index(piece) + 1)
 

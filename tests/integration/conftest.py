@@ -52,7 +52,8 @@ def test_config() -> dict:
         # the overload test bursts at 3x this many concurrent requests per ingress replica
         # short body deadlines, so the slow-client tests see a trickling body cut within seconds
         "limits": {"max_in_flight": MAX_IN_FLIGHT, "body_idle_timeout_s": BODY_IDLE_TIMEOUT_S, "body_timeout_s": 20},
-        "store": {"data_dir": STORE_DIR},
+        # a short lease: a response whose ingress dies is swept within seconds (test_faults)
+        "store": {"data_dir": STORE_DIR, "lease_s": 3},
         "deployments": {
             "ingress": {"num_cpus": 0.25, "max_ongoing_requests": 4 * MAX_IN_FLIGHT},
             "audio_encoder": small,

@@ -90,3 +90,46 @@ def test_decoder_killed_mid_response_leaves_it_stored_failed_with_its_text(serve
         assert probe.status_code in (500, 503), probe.text[:300]
         time.sleep(1)
     assert probe.status_code == 200
+
+
+def test_ingress_killed_mid_response_leaves_it_stored_incomplete(serve_url):
+    """The replica writing a stored response dies: nobody can finish it, so its lease runs out and
+    the store's sweep (run by every ingress replica) marks it `incomplete` with the text its last
+    heartbeat wrote — never left `in_progress`, never lost."""
+    import json
+
+    body = {"model": "chorus", "input": "Write.", "stream": True, "max_output_tokens": 1500, "chorus": {"regex": "[a-z ]{2000}"}}
+    response_id, started = None, None
+    try:
+        with httpx.stream("POST", f"{serve_url}/v1/responses", json=body, headers=AUTH, timeout=120) as reply:
+            assert reply.status_code == 200
+            lines = reply.iter_lines()
+            for line in lines:
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                response_id = response_id or event["response"]["id"]
+                if event["type"] == "response.output_text.delta":
+                    started = started or time.monotonic()
+                    if time.monotonic() - started > 2.5:  # past two heartbeats
+                        break
+            (name, namespace), = _replica_actors("Ingress")
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+            for _line in lines:
+                pass
+    except httpx.HTTPError:
+        pass  # the connection went with the replica
+    assert response_id is not None
+    stored, deadline = None, time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            got = httpx.get(f"{serve_url}/v1/responses/{response_id}", headers=AUTH, timeout=30)
+        except httpx.HTTPError:
+            got = None
+        if got is not None and got.status_code == 200 and got.json()["status"] != "in_progress":
+            stored = got.json()
+            break
+        time.sleep(1)
+    assert stored is not None, "the response stayed in_progress"
+    assert stored["status"] == "incomplete" and stored["incomplete_details"] == {"reason": "interrupted"}
+    assert len(stored["output"][0]["content"][0]["text"]) > 0  # what the heartbeats wrote

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -202,3 +206,15 @@ def test_twenty_concurrent_turns_keep_each_turn_together(serve_url, client):
         assert user.role == "user" and answer.role == "assistant"
     seen = sorted(int(u.content[0].text.split()[1]) for u in items[0::2])
     assert seen == list(range(20))
+
+
+def test_the_conversation_sample_runs_unchanged(serve_url):
+    """samples/openai_conversation.py: a voice note, a streamed photo turn and a follow-up in one
+    stored conversation, through the official client as a user would run it."""
+    env = {**os.environ, "CHORUS_URL": serve_url, "CHORUS_API_KEY": API_KEY}
+    run = subprocess.run(
+        [sys.executable, str(REPO / "samples" / "openai_conversation.py")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "6 items stored: message/user, message/assistant, message/user, message/assistant, message/user, message/assistant" in run.stdout
+    assert re.search(r"stored response: (completed|incomplete)", run.stdout), run.stdout

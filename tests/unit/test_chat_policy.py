@@ -139,3 +139,30 @@ def test_a_clean_stream_is_whole():
     payloads = _stream(svc, _chat("When?", stream=True))
     text = "".join(p["choices"][0]["delta"].get("content", "") for p in payloads if p.get("choices"))
     assert text == "".join(pieces) and payloads[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_stop_sequences_keep_working_under_a_handoff_policy():
+    svc, decoder = _service(["It is on its way."])
+    body, _generation = _complete(svc, _chat("Where is my parcel?", stop=["\n\n"]))
+    assert body["choices"][0]["message"]["content"] == "It is on its way."
+    assert TOOLS_INTRO.strip() not in _system_text(decoder)  # no tool grammar: stop sequences need none
+
+
+def test_a_non_streamed_response_with_a_secret_is_the_refusal_alone(tmp_path):
+    from serve.protocol.responses import ResponseCreateRequest
+    from serve.services.responses import ResponsesService, StoreAccess
+
+    config = ChorusConfig.model_validate({"policy": str(POLICY), "store": {"data_dir": str(tmp_path)}})
+    access = StoreAccess(config.store)
+    svc = ResponsesService(ChatService(config, {}, ScriptedDecoder(["Fine, the code is ", "NWSTAFF25", " ok"])), access)
+
+    async def run():
+        turn = await svc.start(ResponseCreateRequest.model_validate({"model": "chorus", "input": "Code?"}), "k")
+        body = await svc.complete(turn, 0.0, None, "-")
+        await access.close()
+        return body
+
+    body = asyncio.run(run())
+    assert body["output"][0]["content"][0]["text"] == svc.chat.policy.refusal
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "content_filter"}
+    assert body["chorus"]["policy"]["output"]["code"] == "secret_leak"

@@ -166,3 +166,68 @@ def test_media_refused_by_the_chat_service_names_the_responses_field(tmp_path):
 def test_stored_config_is_validated():
     with pytest.raises(ValueError):
         StoreConfig.model_validate({"retention_days": -1})
+
+
+def test_a_store_that_cannot_open_is_a_503_not_a_client_error(tmp_path):
+    from serve.errors import Overloaded
+
+    with pytest.raises(ValueError, match="require_dsn"):
+        StoreConfig(require_dsn=True, dsn_env="CHORUS_TEST_NO_SUCH_ENV").url()
+    svc, _decoder, access = _service(tmp_path, ["ok"], require_dsn=True, dsn_env="CHORUS_TEST_NO_SUCH_ENV")
+
+    async def run():
+        with pytest.raises(Overloaded) as err:
+            await _create(svc, input="hi")
+        health = await access.health(5.0)
+        plain = await _create(svc, input="hi", store=False)  # answering needs no store
+        return err.value, health, plain
+
+    err, health, plain = asyncio.run(run())
+    assert err.code == "store_unavailable" and health["status"] == "unavailable"
+    assert plain["status"] == "completed"
+
+
+def test_old_media_beyond_the_budget_is_replayed_as_its_text():
+    from serve.services.items import MEDIA_KEY
+    from serve.services.responses import within_media_budget
+
+    def turn(i: int) -> dict[str, Any]:
+        return {"id": f"msg_{i}", "type": "message", "role": "user",
+                "content": [{"type": "input_image", MEDIA_KEY: f"sha{i}", "chorus_text": f"label {i}"}]}
+
+    history = [turn(i) for i in range(5)]
+    kept = within_media_budget(history, 2)
+    assert [MEDIA_KEY in item["content"][0] for item in kept] == [False, False, False, True, True]
+    assert kept[0]["content"][0]["media_dropped"] and kept[0]["content"][0]["chorus_text"] == "label 0"
+    assert MEDIA_KEY in history[0]["content"][0]  # the stored items are not changed
+    assert all(MEDIA_KEY not in item["content"][0] for item in within_media_budget(history, 0))
+
+
+def test_cancel_and_delete_end_a_running_turn_cancelled(tmp_path):
+    gate = asyncio.Event()  # the decoder waits there: the answer is still being written
+    svc, _decoder, access = _service(tmp_path, ["one ", gate, "two "])
+
+    async def run():
+        turn = await svc.start(_req(input="Count."), OWNER)
+        task = asyncio.ensure_future(svc.complete(turn, 0.0, None, "-"))
+        while turn.response_id not in svc.running:  # the answer is being read
+            await asyncio.sleep(0)
+        cancelled = await svc.cancel(OWNER, turn.response_id)
+        gate.set()
+        body = await task
+        stored = await svc.retrieve(OWNER, turn.response_id)
+        gate.clear()
+        second = await svc.start(_req(input="Count.", stream=True), OWNER)
+        events = svc.events(second, 0.0, None, "-")
+        first = [await events.__anext__() for _ in range(3)]
+        await svc.delete(OWNER, second.response_id)
+        gate.set()
+        rest = [e async for e in events]
+        with pytest.raises(NotFound):
+            await svc.retrieve(OWNER, second.response_id)
+        await access.close()
+        return cancelled, body, stored, first + rest
+
+    cancelled, body, stored, events = asyncio.run(run())
+    assert cancelled["status"] == "cancelled" and body["status"] == "cancelled" and stored["status"] == "cancelled"
+    assert events[-1]["type"] == "response.cancelled"
