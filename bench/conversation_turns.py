@@ -133,8 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         base, stop = args.url.rstrip("/"), None
     else:
+        import os
+        import tempfile
+
         from bench.service import start_service, stop_service
         from serve.ports import free_port
+
+        # the bench's turns go to a store of their own, not the user's (~/.local/share/chorus)
+        os.environ["CHORUS_DATA_DIR"] = tempfile.mkdtemp(prefix="chorus-bench-store-")
 
         base, _ = start_service(free_port(), SERVE_CONFIG)
         stop = stop_service
