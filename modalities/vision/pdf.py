@@ -244,6 +244,9 @@ _POOL: ProcessPoolExecutor | None = None
 _POOL_MEMORY_MIB: int | None = None
 
 
+KILL_REAP_TIMEOUT_S = 60.0  # a SIGKILLed worker is always reaped; this only bounds a kernel stall
+
+
 class _WorkerLost(Exception):
     """The worker died or ran out of time; it has been dropped."""
 
@@ -260,8 +263,11 @@ def _discard_locked(kill: bool) -> None:
     if kill:
         for process in processes:
             process.kill()
+        # Reaped before we go on: a killed worker that was inflating gigabytes takes seconds to
+        # free them on a loaded machine (5 s was not always enough), and a zombie left behind would
+        # still count as alive.
         for process in processes:
-            process.join(5)
+            process.join(KILL_REAP_TIMEOUT_S)
     pool.shutdown(wait=False, cancel_futures=True)
 
 

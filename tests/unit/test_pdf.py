@@ -299,7 +299,9 @@ def test_timeout_kills_the_worker_and_the_next_document_gets_a_fresh_one():
     error = error_of(pdfs.flate_bomb_pdf(), limits)
     elapsed = time.perf_counter() - started
     assert error.code == "document_too_complex" and "limits" in error.message
-    assert 1.0 <= elapsed < 10
+    # At least the limit; the upper bound only catches a hang (reaping a killed worker that was
+    # inflating gigabytes takes seconds on a loaded machine).
+    assert 1.0 <= elapsed < pdf_module.KILL_REAP_TIMEOUT_S
     assert not process.is_alive()
     assert read(pdfs.text_pdf([["A fresh worker process"]]), limits).pages[0].text == "A fresh worker process"
     assert worker_process().pid != process.pid
