@@ -24,8 +24,10 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from serve.redact import redact
-from serve.store import migrate, retention
+from serve.store import migrate, retention, threaded
 from serve.store.config import StoreConfig
 from serve.store.queries import (
     AUDIT,
@@ -78,6 +80,13 @@ class Store:
         self._engine = engine
         self._writer = migrate.writer(engine)
         self._clock = clock
+        # SQLite: statements through one worker thread (threaded.py), not aiosqlite's round trips
+        self._sync = threaded.sync_engine(str(engine.url)) if self.backend == "sqlite" else None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chorus-store") if self._sync else None
+        # One write transaction at a time in this process: a second BEGIN IMMEDIATE would wait for
+        # SQLite's write lock inside the one worker, ahead of the statements of the transaction
+        # holding it (a deadlock until busy_timeout). SQLite has one writer at a time anyway.
+        self._write_lock = asyncio.Lock()
         self._upsert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
 
     @classmethod
@@ -92,6 +101,9 @@ class Store:
         return cls(config, engine, clock)
 
     async def close(self) -> None:
+        if self._sync is not None:
+            await asyncio.get_running_loop().run_in_executor(self._worker, self._sync.dispose)
+            self._worker.shutdown(wait=True)
         await self._engine.dispose()
 
     @property
@@ -101,13 +113,34 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._sync is not None:
+            async with self._write_lock, self._threaded(write=True) as conn:
+                yield conn
+            return
         async with self._writer.begin() as conn:
             yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._sync is not None:
+            async with self._threaded(write=False) as conn:
+                yield conn
+            return
         async with self._engine.connect() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _threaded(self, write: bool) -> AsyncIterator[Any]:
+        conn = threaded.ThreadConnection(self._sync, self._worker, write)
+        try:
+            await conn.begin()
+            yield conn
+        except BaseException:
+            # Shielded: a cancelled caller's transaction still ends (its rollback queues behind
+            # the statement it was waiting on, in the one worker).
+            await asyncio.shield(conn.end(commit=False))
+            raise
+        await conn.end(commit=True)
 
     # ---- responses -------------------------------------------------------------------------
 

@@ -648,3 +648,29 @@ def test_missing_postgres_binaries_say_how_to_get_them(monkeypatch):
     monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
     with pytest.raises(postgres.PostgresUnavailable, match="`make test` installs them via apt"):
         postgres.find_bindir()
+
+
+def test_cancelled_writers_never_wedge_the_store(config):
+    """Callers cancelled at every point of a write (begin, a statement, commit) leave no transaction
+    open and no lock held: the next write goes through at once."""
+
+    async def main():
+        store = await Store.open(config)
+        try:
+            for i in range(40):
+                task = asyncio.ensure_future(
+                    store.create_response("o", f"resp_c{i}", created_at=T0, model="m", body=body(f"resp_c{i}"), input_items=[msg(f"m{i}")])
+                )
+                for _ in range(i % 8):
+                    await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait_for(
+                store.create_response("o", "resp_after", created_at=T0, model="m", body=body("resp_after"), input_items=[msg("ma")]),
+                timeout=10,
+            )
+            return await store.get_response("o", "resp_after")
+        finally:
+            await store.close()
+
+    assert run(main()).status == "in_progress"
