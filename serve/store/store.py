@@ -87,6 +87,7 @@ class Store:
         # SQLite's write lock inside the one worker, ahead of the statements of the transaction
         # holding it (a deadlock until busy_timeout). SQLite has one writer at a time anyway.
         self._write_lock = asyncio.Lock()
+        self._read_slots = asyncio.Semaphore(threaded.READERS)
         self._upsert = postgresql.insert if self.backend == "postgresql" else sqlite.insert
 
     @classmethod
@@ -123,7 +124,7 @@ class Store:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         if self._sync is not None:
-            async with self._threaded(write=False) as conn:
+            async with self._read_slots, self._threaded(write=False) as conn:
                 yield conn
             return
         async with self._engine.connect() as conn:

@@ -24,11 +24,19 @@ from sqlalchemy.pool import QueuePool
 
 from serve.store import migrate
 
+READERS = 8  # read transactions open at once per store (more wait on the event loop, not in the worker)
+
 
 def sync_engine(async_url: str) -> Engine:
     """A synchronous engine (pysqlite) on the same SQLite file, with the store's pragmas and BEGINs."""
     url = make_url(async_url).set(drivername="sqlite+pysqlite")
-    engine = create_engine(url, poolclass=QueuePool, pool_size=2, connect_args={"check_same_thread": False})
+    # The pool must never make the worker wait for a connection: a connection comes back only when
+    # the worker ends its transaction, so a checkout that waits in the worker waits forever (found:
+    # 20 concurrent turns, 13 transactions open, the 13th checkout blocking). The store bounds open
+    # transactions on the event loop (READERS + one writer); overflow is unbounded for safety.
+    engine = create_engine(
+        url, poolclass=QueuePool, pool_size=READERS + 1, max_overflow=-1, connect_args={"check_same_thread": False}
+    )
     migrate.sqlite_events(engine)
     return engine
 

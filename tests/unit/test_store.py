@@ -674,3 +674,31 @@ def test_cancelled_writers_never_wedge_the_store(config):
             await store.close()
 
     assert run(main()).status == "in_progress"
+
+
+def test_many_concurrent_turns_with_reads_never_wait_on_the_pool(config):
+    """60 turns at once, each reading the conversation before it writes: more transactions open than
+    the SQLite worker keeps connections for must wait on the event loop, never inside the worker
+    (where a waiting checkout would block the very transactions that give connections back)."""
+
+    async def main():
+        store = await Store.open(config)
+        try:
+            await store.create_conversation("o", "conv_busy", created_at=T0, metadata={}, items=[])
+
+            async def turn(i: int) -> None:
+                await store.get_conversation("o", "conv_busy")
+                await store.all_conversation_items("o", "conv_busy")
+                await store.create_response(
+                    "o", f"resp_b{i}", created_at=T0, model="m", body=body(f"resp_b{i}"), input_items=[msg(f"in{i}")],
+                    conversation_id="conv_busy",
+                )
+                await store.finish_response("o", f"resp_b{i}", status="completed", body=body(f"resp_b{i}"), output_items=[msg(f"out{i}", role="assistant")])
+
+            await asyncio.wait_for(asyncio.gather(*(turn(i) for i in range(60))), timeout=60)  # a hang guard
+            return await store.all_conversation_items("o", "conv_busy")
+        finally:
+            await store.close()
+
+    items = run(main())
+    assert len(items) == 120 and [i["id"][:2] for i in items[0::2]] == ["in"] * 60
