@@ -40,7 +40,7 @@ from serve.services.responses import ResponsesService, StoreAccess
 from serve.services.transcription import TranscriptionService
 from serve.store import AuditEntry
 
-from . import openapi, sse
+from . import openapi, openapi_stored, sse
 from .errors import error_response
 from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
@@ -202,7 +202,7 @@ class Ingress:
 
     # --- responses -----------------------------------------------------------------------------
 
-    @app.post(RESPONSES, openapi_extra=openapi.responses_create(app))
+    @app.post(RESPONSES, openapi_extra=openapi_stored.responses_create(app))
     async def create_response(self, request: Request) -> Response:
         return await self._route(request, RESPONSES, self._create_response(request), body=True)
 
@@ -223,22 +223,22 @@ class Ingress:
         body = cancel_unless_read_to_end(sse.encode_events(events), turn.generation.cancel)
         return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=dict(sse.HEADERS))
 
-    @app.get(RESPONSES + "/{response_id}", openapi_extra=openapi.response_get(app))
+    @app.get(RESPONSES + "/{response_id}", openapi_extra=openapi_stored.response_get(app))
     async def get_response(self, request: Request, response_id: str) -> Response:
         work = _json(lambda: self.responses.retrieve(_owner(request), response_id))
         return await self._route(request, RESPONSES + "/{id}", work)
 
-    @app.delete(RESPONSES + "/{response_id}", openapi_extra=openapi.response_delete(app))
+    @app.delete(RESPONSES + "/{response_id}", openapi_extra=openapi_stored.response_delete(app))
     async def delete_response(self, request: Request, response_id: str) -> Response:
         work = _json(lambda: self.responses.delete(_owner(request), response_id))
         return await self._route(request, RESPONSES + "/{id}", work)
 
-    @app.post(RESPONSES + "/{response_id}/cancel", openapi_extra=openapi.response_get(app))
+    @app.post(RESPONSES + "/{response_id}/cancel", openapi_extra=openapi_stored.response_get(app))
     async def cancel_response(self, request: Request, response_id: str) -> Response:
         work = _json(lambda: self.responses.cancel(_owner(request), response_id))
         return await self._route(request, RESPONSES + "/{id}/cancel", work)
 
-    @app.get(RESPONSES + "/{response_id}/input_items", openapi_extra=openapi.item_list(app))
+    @app.get(RESPONSES + "/{response_id}/input_items", openapi_extra=openapi_stored.item_list(app))
     async def response_input_items(self, request: Request, response_id: str) -> Response:
         async def work() -> Response:
             after, limit, order = _page(request)
@@ -248,7 +248,7 @@ class Ingress:
 
     # --- conversations ---------------------------------------------------------------------------
 
-    @app.post(CONVERSATIONS, openapi_extra=openapi.conversation_create(app))
+    @app.post(CONVERSATIONS, openapi_extra=openapi_stored.conversation_create(app))
     async def create_conversation(self, request: Request) -> Response:
         async def work() -> Response:
             req = parse_json_body(request.state.body, ConversationCreateRequest)
@@ -256,12 +256,12 @@ class Ingress:
 
         return await self._route(request, CONVERSATIONS, work(), body=True)
 
-    @app.get(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_get(app))
+    @app.get(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi_stored.conversation_get(app))
     async def get_conversation(self, request: Request, conversation_id: str) -> Response:
         work = _json(lambda: self.conversations.retrieve(_owner(request), conversation_id))
         return await self._route(request, CONVERSATIONS + "/{id}", work)
 
-    @app.post(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_update(app))
+    @app.post(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi_stored.conversation_update(app))
     async def update_conversation(self, request: Request, conversation_id: str) -> Response:
         async def work() -> Response:
             req = parse_json_body(request.state.body, ConversationUpdateRequest)
@@ -269,12 +269,12 @@ class Ingress:
 
         return await self._route(request, CONVERSATIONS + "/{id}", work(), body=True)
 
-    @app.delete(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi.conversation_delete(app))
+    @app.delete(CONVERSATIONS + "/{conversation_id}", openapi_extra=openapi_stored.conversation_delete(app))
     async def delete_conversation(self, request: Request, conversation_id: str) -> Response:
         work = _json(lambda: self.conversations.delete(_owner(request), conversation_id))
         return await self._route(request, CONVERSATIONS + "/{id}", work)
 
-    @app.get(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi.item_list(app))
+    @app.get(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi_stored.item_list(app))
     async def conversation_items(self, request: Request, conversation_id: str) -> Response:
         async def work() -> Response:
             after, limit, order = _page(request)
@@ -282,7 +282,7 @@ class Ingress:
 
         return await self._route(request, CONVERSATIONS + "/{id}/items", work())
 
-    @app.post(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi.conversation_items_create(app))
+    @app.post(CONVERSATIONS + "/{conversation_id}/items", openapi_extra=openapi_stored.conversation_items_create(app))
     async def add_conversation_items(self, request: Request, conversation_id: str) -> Response:
         async def work() -> Response:
             req = parse_json_body(request.state.body, ConversationItemsRequest)
@@ -290,12 +290,12 @@ class Ingress:
 
         return await self._route(request, CONVERSATIONS + "/{id}/items", work(), body=True)
 
-    @app.get(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi.item_get(app))
+    @app.get(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi_stored.item_get(app))
     async def get_conversation_item(self, request: Request, conversation_id: str, item_id: str) -> Response:
         work = _json(lambda: self.conversations.get_item(_owner(request), conversation_id, item_id))
         return await self._route(request, CONVERSATIONS + "/{id}/items/{item_id}", work)
 
-    @app.delete(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi.conversation_get(app))
+    @app.delete(CONVERSATIONS + "/{conversation_id}/items/{item_id}", openapi_extra=openapi_stored.conversation_get(app))
     async def delete_conversation_item(self, request: Request, conversation_id: str, item_id: str) -> Response:
         work = _json(lambda: self.conversations.delete_item(_owner(request), conversation_id, item_id))
         return await self._route(request, CONVERSATIONS + "/{id}/items/{item_id}", work)

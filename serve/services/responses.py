@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve.errors import InvalidRequest, NotFound, Overloaded, ServiceError
+from serve.errors import InvalidRequest, NotFound, ServiceError
 from serve.protocol import ChatCompletionRequest
 from serve.protocol.responses import FunctionChoice, ResponseCreateRequest, new_id
 from serve.redact import RedactingFilter
@@ -29,7 +29,8 @@ from serve.store import NotFound as StoreNotFound
 from serve.store import Store
 
 from .chat import DONE, ChatService, Generation
-from .items import MEDIA_KEY, MEDIA_PARTS, ChatPlan, item_dicts, media_refs, public_form, sha256, stored_form, to_chat
+from .items import MEDIA_KEY, MEDIA_PARTS, ChatPlan, item_dicts, to_chat
+from .store_access import StoreAccess
 
 log = logging.getLogger("ray.serve.chorus.responses")
 log.addFilter(RedactingFilter())
@@ -440,83 +441,6 @@ class _Builder:
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "content": [dict(p) for p in item.get("content", [])]}
-
-
-class StoreAccess:
-    """The replica's store, opened on first use; media reads and writes for items."""
-
-    def __init__(self, config: Any) -> None:
-        self.config = config  # StoreConfig
-        self._store: Store | None = None
-        self._lock = asyncio.Lock()
-        self._maintenance: asyncio.Task | None = None
-
-    async def get(self) -> Store | None:
-        if not self.config.enabled:
-            return None
-        if self._store is None:
-            async with self._lock:
-                if self._store is None:
-                    try:
-                        self._store = await Store.open(self.config)
-                    except Exception as err:  # the database is away or misconfigured: our fault, not the client's
-                        log.exception("the response store did not open")
-                        raise Overloaded(
-                            "the response store is unavailable; try again later", code="store_unavailable", retry_after="5"
-                        ) from err
-                    # Sweeps responses whose replica died mid-answer, purges what retention says.
-                    self._maintenance = asyncio.create_task(self._store.run_maintenance())
-        return self._store
-
-    async def health(self, timeout_s: float) -> dict[str, Any]:
-        """The store's state for /health (opening it if it is not open yet)."""
-        if not self.config.enabled:
-            return {"status": "not_configured"}
-        try:
-            store = await asyncio.wait_for(self.get(), timeout_s)
-            return {"status": "ok", "backend": store.backend, "keep_media": self.config.keep_media}
-        except Exception as err:  # a store that cannot open is reported, not raised
-            return {"status": "unavailable", "error": type(err).__name__}
-
-    async def stored(self, owner: str, items: list[dict[str, Any]], read: dict[str, str]) -> list[dict[str, Any]]:
-        """`items` in their stored form, their media written first (when media is kept)."""
-        kept: list[tuple[bytes, str]] = []
-
-        def keep(data: bytes, mime: str) -> str:
-            kept.append((data, mime))
-            return sha256(data)
-
-        out = [stored_form(item, read, keep if self.config.keep_media else None) for item in items]
-        store = await self.get()
-        for data, mime in kept:
-            await store.put_media(owner, data, mime)
-        return out
-
-    async def media_for(self, owner: str, items: list[dict[str, Any]]) -> dict[str, tuple[bytes, str]]:
-        store = await self.get()
-        found = {}
-        for sha in media_refs(items):
-            got = await store.get_media(owner, sha)
-            if got is not None:
-                found[sha] = got
-        return found
-
-    async def page(self, owner: str, page: Any) -> dict[str, Any]:
-        media = await self.media_for(owner, page.items)
-        return {
-            "object": "list",
-            "data": [public_form(i, media) for i in page.items],
-            "first_id": page.first_id,
-            "last_id": page.last_id,
-            "has_more": page.has_more,
-        }
-
-    async def close(self) -> None:
-        if self._maintenance is not None:  # stopped before the engine goes: a query cut mid-way would hang
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
-        if self._store is not None:
-            await self._store.close()
 
 
 __all__ = ["ResponsesService", "StoreAccess", "Turn"]
