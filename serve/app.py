@@ -4,7 +4,8 @@
 YAML's `args`. Deployment classes stay plain; this is the only place they become deployments (ray.llm's
 builder does the same). The ingress class is the one exception in shape, not in place: Ray needs its
 FastAPI wrapper at module level (`serve/http/ingress.py`), and it is made a deployment here too.
-One encoder deployment per encoder the config enables, from the modality registry.
+One encoder deployment per encoder the config enables, from the modality registry; the Speech
+deployment where `speech` is set.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from .admission import KeyStore
-from .config import DECODER, INGRESS, ChorusConfig, DeploymentOptions
+from .config import DECODER, INGRESS, SPEECH, ChorusConfig, DeploymentOptions
 from .deployments import deployment_class
 from .http.ingress import IngressDeployment
 
@@ -38,4 +39,5 @@ def build_app(args: dict[str, Any]) -> Application:
             bound[media.deployment] = _deployment(cls, media.deployment, opts.encoder(media)).bind(payload)
         encoders[media.kind] = bound[media.deployment]
     llm = _deployment(deployment_class(DECODER), DECODER, opts.llm_decoder).bind(payload)
-    return _deployment(IngressDeployment, INGRESS, opts.ingress).bind(payload, encoders, llm)
+    speech = None if config.speech is None else _deployment(deployment_class(SPEECH), SPEECH, opts.speech).bind(payload)
+    return _deployment(IngressDeployment, INGRESS, opts.ingress).bind(payload, encoders, llm, speech)

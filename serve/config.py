@@ -17,6 +17,7 @@ from fusion.registry import MODALITIES, FusionMode, ModalitySpec
 from modalities.audio.config import WhisperConfig
 from modalities.llm.config import LLMConfig
 from modalities.paths import PACKAGED, PACKAGED_WHISPER_NAME
+from modalities.speech.config import SpeechConfig
 from modalities.vision.config import ClipConfig, OcrConfig
 
 from .admission.auth import AuthConfig
@@ -24,7 +25,7 @@ from .policy import Policy, PolicyConfig, load_policy
 from .services.fetch import RemoteMediaConfig
 from .store.config import StoreConfig
 
-INGRESS, DECODER = "Ingress", "LLMDecoder"
+INGRESS, DECODER, SPEECH = "Ingress", "LLMDecoder", "Speech"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,6 +114,10 @@ class Deployments(_Strict):
     llm_decoder: DeploymentOptions = Field(
         default_factory=DeploymentOptions, description="The LLM and the projectors (LLMDecoder)"
     )
+    speech: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=16),
+        description="Text to speech (Speech): /v1/audio/speech, spoken chat answers, /v1/realtime",
+    )
 
     def encoder(self, media: ModalitySpec) -> DeploymentOptions:
         """The options of the deployment that encodes `media`."""
@@ -183,6 +188,24 @@ class LimitsConfig(_Strict):
     )
 
 
+class RealtimeConfig(_Strict):
+    """Limits of `/v1/realtime` sessions (each one is a WebSocket held by an ingress replica)."""
+
+    max_sessions: int = Field(64, ge=1, description="Sessions one ingress replica holds at once; more are closed with 1013")
+    max_session_s: float = Field(3600.0, gt=0, description="A session is closed (1000) after this long, as OpenAI's 60 minutes")
+    max_buffer_s: float = Field(
+        120.0, gt=0, description="Audio the input buffer holds before a commit; appends beyond get an error event"
+    )
+    max_turn_s: float = Field(
+        30.0, gt=0, description="With server VAD, a caller speaking longer than this without a pause has the turn cut here"
+    )
+    max_pending_bytes: int = Field(
+        8 * 2**20,
+        ge=2**16,
+        description="Server events queued for a client that does not read them; over this the socket is closed (1008)",
+    )
+
+
 class ChorusConfig(_Strict):
     served_model_name: str = Field("chorus", description="The model id clients send to /v1/chat/completions")
     transcription_model_names: list[str] = Field(
@@ -199,6 +222,20 @@ class ChorusConfig(_Strict):
         default_factory=OcrConfig,
         description="OCR of images and PDF documents in the vision deployment (on by default); None = off",
     )
+    speech: SpeechConfig | None = Field(
+        default_factory=SpeechConfig,
+        description="Text to speech (hibari's neural English voice, espeak-ng for other languages) and the "
+        "realtime API's VAD; None = no speech out (/v1/audio/speech and /v1/realtime answer 404)",
+    )
+    speech_model_names: list[str] = Field(
+        default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "hibari"],
+        description="Model ids /v1/audio/speech accepts (one speech model serves them all)",
+    )
+    realtime_model_names: list[str] = Field(
+        default_factory=lambda: ["gpt-realtime", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview"],
+        description="Model ids /v1/realtime accepts besides served_model_name (the chat model answers them all)",
+    )
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig, description="Limits of /v1/realtime sessions")
     fusion: FusionConfig = Field(
         default_factory=FusionConfig, description="How media reaches the LLM: fusion modes and projector checkpoints"
     )
@@ -256,6 +293,7 @@ class ChorusConfig(_Strict):
             (deployments.llm_decoder, stream_drain),
             (deployments.audio_encoder, ENCODER_DRAIN_S),
             (deployments.vision_encoder, ENCODER_DRAIN_S),
+            (deployments.speech, stream_drain),
         ):
             if options.graceful_shutdown_timeout_s is None:
                 options.graceful_shutdown_timeout_s = default

@@ -58,6 +58,9 @@ ENCODER_LATENCY = _Lazy(
 ENCODER_BATCH_SIZE = _Lazy(
     "histogram", "encoder_batch_size", "Items per encoder batch", ("encoder",), boundaries=BATCH_BOUNDARIES
 )
+SPEECH_LATENCY = _Lazy(
+    "histogram", "speech_sentence_latency_s", "Speech synthesis time per sentence", ("voice",), boundaries=LATENCY_BOUNDARIES_S
+)
 QUEUE_DEPTH = _Lazy("gauge", "ingress_in_flight_requests", "Requests in flight at the ingress", ("route",))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from modalities._lazy import lazy_exports
 
-_EXPORTS = {"AudioEncoder": "audio", "VisionEncoder": "vision", "LLMDecoder": "llm"}
+_EXPORTS = {"AudioEncoder": "audio", "VisionEncoder": "vision", "LLMDecoder": "llm", "Speech": "speech"}
 
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,15 +32,20 @@ from serve.protocol.responses import (
     ConversationUpdateRequest,
     ResponseCreateRequest,
 )
+from serve.protocol.speech import SpeechRequest
 from serve.protocol.transcription import MAX_FORM_FIELDS
 from serve.services.chat import ChatService
 from serve.services.conversations import ConversationsService
 from serve.services.fetch import RemoteMediaFetcher
+from serve.services.realtime import RealtimeSession, silero_vad
+from serve.services.realtime_outbox import Outbox
 from serve.services.responses import ResponsesService, StoreAccess
+from serve.services.speech import SpeechService
+from serve.services.spoken import SpokenAnswers
 from serve.services.transcription import TranscriptionService
 from serve.store import AuditEntry
 
-from . import openapi, openapi_stored, sse
+from . import openapi, openapi_stored, openapi_voice, realtime, sse
 from .errors import error_response
 from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
@@ -48,7 +53,8 @@ log = logging.getLogger("ray.serve.chorus.ingress")
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
 CHAT, TRANSCRIPTIONS, MODELS = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/models"
-RESPONSES, CONVERSATIONS = "/v1/responses", "/v1/conversations"
+RESPONSES, CONVERSATIONS, SPEECH = "/v1/responses", "/v1/conversations", "/v1/audio/speech"
+REALTIME = "/v1/realtime"
 DEFAULT_PAGE, MAX_PAGE = 20, 100  # OpenAI's list `limit`: default 20, 1..100
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,7 +63,7 @@ class Ingress:
     """The routes, bound to this replica's services. `encoders` maps each configured modality kind
     (the registry's key) to its encoder deployment's handle."""
 
-    def __init__(self, config: dict[str, Any], encoders: dict[str, Any], llm_handle: Any) -> None:
+    def __init__(self, config: dict[str, Any], encoders: dict[str, Any], llm_handle: Any, speech_handle: Any = None) -> None:
         self.config = ChorusConfig.model_validate(config)
         self.encoders = dict(encoders)
         self.llm = llm_handle
@@ -65,6 +71,9 @@ class Ingress:
         self.gate = Gate(self.config.auth)
         self.chat = ChatService(self.config, self.encoders, llm_handle, RemoteMediaFetcher(self.config.remote_media))
         self.transcription = TranscriptionService(self.config, self.encoders.get("audio"))
+        self.speech = SpeechService(self.config, speech_handle)
+        self.spoken = SpokenAnswers(self.speech)
+        self.sessions = realtime.Sessions()
         self.store = StoreAccess(self.config.store)
         self.responses = ResponsesService(self.chat, self.store)
         self.conversations = ConversationsService(self.store)
@@ -120,6 +129,7 @@ class Ingress:
         for media in MODALITIES.values():  # images and documents share one deployment
             handles[_snake(media.deployment)] = handles.get(_snake(media.deployment)) or self.encoders.get(media.kind)
         handles["llm_decoder"] = self.llm
+        handles["speech"] = self.speech.handle
         results = dict(zip(handles, await asyncio.gather(*(probe(h) for h in handles.values()))))
         healthy = all(r["status"] in ("ok", "not_configured") for r in results.values())
         body = {
@@ -152,7 +162,7 @@ class Ingress:
         return await respond(request, MODELS + "/{model}", self._model(model), media_param=None, admit=admit, audit=self._audit)
 
     def _cards(self) -> dict[str, ModelCard]:
-        ids = [self.config.served_model_name, *self.transcription.model_names()]
+        ids = [self.config.served_model_name, *self.transcription.model_names(), *self.speech.model_names()]
         return {i: ModelCard(id=i, created=self.created) for i in dict.fromkeys(ids)}
 
     async def _models(self) -> Response:
@@ -174,10 +184,15 @@ class Ingress:
         limits, admit = self.config.limits, lambda: self._admit(request)
         return await respond(request, TRANSCRIPTIONS, self._transcribe(request), "file", limits=limits, admit=admit, audit=self._audit)
 
+    @app.post(SPEECH, openapi_extra=openapi_voice.speech(app))
+    async def speech(self, request: Request) -> Response:
+        limits, admit = self.config.limits, lambda: self._admit(request)
+        return await respond(request, SPEECH, self._speak(request), media_param=None, limits=limits, admit=admit, audit=self._audit)
+
     # --- chat ----------------------------------------------------------------------------------
 
     async def _chat(self, request: Request) -> Response:
-        req = parse_json_body(request.state.body, ChatCompletionRequest)
+        req = self.spoken.check(parse_json_body(request.state.body, ChatCompletionRequest))
         generation = await self.chat.start(req)
         request.state.audit = generation.audit
         started = request.state.started
@@ -187,6 +202,8 @@ class Ingress:
             except BaseException:  # the client left, the deadline passed, or the decoder failed
                 generation.cancel()
                 raise
+            if req.spoken():
+                completion = await unless_client_leaves(request, self.spoken.complete(req, completion))
             return JSONResponse(completion)
         # Wait for the first token before committing to a 200: overload, a decoder fault or a
         # prompt over the context still get a proper status instead of an error event in a 200.
@@ -197,8 +214,49 @@ class Ingress:
         if timing is not None:
             headers["Server-Timing"] = timing
         chunks = self.chat.chunks(generation, events, include_usage, started, request.state.deadline, request_id(request))
+        if req.spoken():
+            chunks = self.spoken.chunks(req, chunks, generation.cancel, request_id(request))
         body = cancel_unless_read_to_end(sse.encode(chunks), generation.cancel)
         return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=headers)
+
+    # --- realtime ------------------------------------------------------------------------------
+
+    @app.websocket(REALTIME)
+    async def realtime_socket(self, ws: WebSocket) -> None:
+        limits = self.config.realtime
+        await realtime.serve_session(
+            ws,
+            admit=self.gate.admit,
+            models=[self.config.served_model_name, *self.config.realtime_model_names],
+            sessions=self.sessions,
+            make_session=self._realtime_session,
+            max_sessions=limits.max_sessions,
+            max_session_s=limits.max_session_s,
+            max_pending_bytes=limits.max_pending_bytes,
+        )
+
+    def _realtime_session(self, model: str, outbox: Outbox) -> RealtimeSession:
+        audio = self.encoders.get("audio")
+
+        async def transcribe(wav: bytes) -> str:
+            return (await audio.encode.remote(wav, False, True, None)).transcript or ""
+
+        return RealtimeSession(
+            config=self.config, model=model, outbox=outbox, chat=self.chat, speech=self.speech,
+            transcribe=transcribe if audio is not None else None, vad_factory=silero_vad if self.config.speech else None,
+        )
+
+    # --- speech --------------------------------------------------------------------------------
+
+    async def _speak(self, request: Request) -> Response:
+        req = parse_json_body(request.state.body, SpeechRequest)
+        # The first sentence's audio is awaited here: a failure before any audio still gets a status.
+        stream = await self.speech.start(req)
+        if req.stream_format == "sse":
+            body = cancel_unless_read_to_end(sse.encode_events(self.speech.sse(req, stream)), stream.cancel)
+            return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=dict(sse.HEADERS))
+        body = cancel_unless_read_to_end(stream.chunks(), stream.cancel)
+        return StreamingResponse(body, media_type=stream.content_type)
 
     # --- responses -----------------------------------------------------------------------------
 

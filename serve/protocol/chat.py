@@ -85,12 +85,19 @@ class ToolCall(_Strict):
     function: FunctionCall
 
 
+class AudioRef(_Strict):
+    """An earlier spoken answer, named by its `message.audio.id` (stands for what it said)."""
+
+    id: str = Field(min_length=1, max_length=128)
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: str | None = Field(default=None, max_length=256)
+    audio: AudioRef | None = None
 
     @model_validator(mode="after")
     def _content_rules(self) -> ChatMessage:
@@ -98,7 +105,9 @@ class ChatMessage(_Strict):
             raise ValueError("only assistant messages carry tool_calls")
         if (self.tool_call_id is None) != (self.role != "tool"):
             raise ValueError("tool messages need a tool_call_id, and only they carry one")
-        if self.content is None and not self.tool_calls:
+        if self.audio is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry audio (an earlier spoken answer's id)")
+        if self.content is None and not self.tool_calls and self.audio is None:
             raise ValueError("message content is required")
         if isinstance(self.content, list) and self.role != "user":
             media = [p for p in self.content if not isinstance(p, TextPart)]
@@ -111,6 +120,16 @@ class ChatMessage(_Strict):
         if isinstance(self.content, str):
             return [TextPart(type="text", text=self.content)]
         return list(self.content or [])
+
+
+ChatAudioFormat = Literal["wav", "mp3", "flac", "opus", "pcm16", "aac"]
+
+
+class ChatAudioParams(_Strict):
+    """`audio` of a request with `modalities: ["text", "audio"]`: how the answer is spoken."""
+
+    voice: str = Field(min_length=1, max_length=64)
+    format: ChatAudioFormat
 
 
 class StreamOptions(_Strict):
@@ -203,11 +222,13 @@ class ChorusOptions(_Strict):
 class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    audio: ChatAudioParams | None = None
     frequency_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     logprobs: bool | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    modalities: list[Literal["text", "audio"]] | None = Field(default=None, min_length=1, max_length=2)
     n: int | None = None
     parallel_tool_calls: bool | None = None
     presence_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
@@ -260,7 +281,17 @@ class ChatCompletionRequest(_Strict):
             raise refuse(f"tool_choice names a function that is not in tools: {missing!r}", "tool_choice")
         if self.tool_choice in ("auto", "required") and not names:
             raise refuse(f"tool_choice '{self.tool_choice}' needs tools", "tool_choice")
+        if self.spoken() and self.audio is None:
+            raise refuse("modalities with 'audio' needs the audio parameter ({voice, format})", "audio")
+        if self.audio is not None and not self.spoken():
+            raise refuse("audio is only used with modalities: ['text', 'audio']", "modalities")
+        if self.modalities is not None and "text" not in self.modalities:
+            raise refuse("modalities must include 'text' (audio comes with its transcript)", "modalities")
         return self
+
+    def spoken(self) -> bool:
+        """Whether the answer is to be spoken too (`modalities` includes audio)."""
+        return bool(self.modalities) and "audio" in self.modalities
 
     def tools_in_use(self) -> bool:
         """Whether the model is offered the tools (`tool_choice: none` hides them, as vLLM can)."""
@@ -321,11 +352,19 @@ class ResponseToolCall(BaseModel):
     function: ResponseFunctionCall
 
 
+class ResponseAudio(BaseModel):
+    id: str
+    data: str  # base64 of the audio in the request's format
+    expires_at: int  # Unix seconds: until then a follow-up may send back {"audio": {"id": ...}}
+    transcript: str
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
     tool_calls: list[ResponseToolCall] | None = None
+    audio: ResponseAudio | None = None
 
 
 class ChoiceLogprobs(BaseModel):

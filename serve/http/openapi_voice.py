@@ -1,0 +1,37 @@
+"""OpenAPI descriptions of the voice routes (speech), built with the helpers of `openapi.py` (see
+there for how `openapi_extra` reaches the document). `/v1/realtime` is a WebSocket: OpenAPI has no
+place for it; docs/api.md describes its events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from serve.protocol.speech import CONTENT_TYPES, SpeechRequest
+
+from .openapi import SECURITY, _component, _errors, _extra
+
+SPEECH_REQUEST = _component(SpeechRequest, response=False)
+
+SPEECH: dict[str, Any] = {
+    "summary": "Speak text",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": SPEECH_REQUEST}}},
+    "responses": {
+        "200": {
+            "description": "The audio in `response_format`, chunked a sentence at a time; with stream_format `sse`, "
+            "`speech.audio.delta` events (base64 audio) then `speech.audio.done`",
+            "content": {
+                **{ctype: {"schema": {"type": "string", "format": "binary"}} for ctype in sorted(set(CONTENT_TYPES.values()))},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        },
+        **_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),
+    },
+    "security": SECURITY,
+}
+
+
+def speech(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for POST /v1/audio/speech."""
+    return _extra(app, SPEECH)

@@ -1,0 +1,131 @@
+"""The `/v1/realtime` WebSocket: admission, the read loop and the write loop of one session.
+
+Auth as OpenAI's: `Authorization: Bearer <key>` on the handshake, or (browsers cannot set headers)
+the subprotocol `openai-insecure-api-key.<key>`. The model is the `model` query parameter. A refused
+handshake is an HTTP status (403 for a bad key, 404 for an unknown model — Starlette answers a
+WebSocket closed before `accept` with 403, so both are 403 with the reason in the close frame).
+
+Close codes: 1000 the client closed, or the session reached `realtime.max_session_s`; 1008 the client
+did not read its events (more than `realtime.max_pending_bytes` queued); 1009 an event over 16 MiB;
+1011 a fault of ours; 1013 this replica holds `realtime.max_sessions` already. Every other problem
+with an event is an `error` event, and the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from serve.errors import ServiceError
+from serve.protocol.realtime import MAX_EVENT_BYTES
+from serve.services.realtime import RealtimeSession
+from serve.services.realtime_outbox import Outbox
+
+log = logging.getLogger("ray.serve.chorus.realtime")
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+NORMAL, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN = 1000, 1008, 1009, 1011, 1013
+
+
+class Sessions:
+    """The sessions this ingress replica holds (for the cap and for tests that count them)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+def authorization(ws: WebSocket) -> str | None:
+    header = ws.headers.get("authorization")
+    if header:
+        return header
+    for proto in _subprotocols(ws):
+        if proto.startswith(KEY_SUBPROTOCOL):
+            return "Bearer " + proto[len(KEY_SUBPROTOCOL):]
+    return None
+
+
+def _subprotocols(ws: WebSocket) -> list[str]:
+    raw = ws.headers.get("sec-websocket-protocol") or ""
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+async def serve_session(
+    ws: WebSocket,
+    *,
+    admit: Callable[[str | None], str],
+    models: list[str],
+    sessions: Sessions,
+    make_session: Callable[[str, Outbox], RealtimeSession],
+    max_sessions: int,
+    max_session_s: float,
+    max_pending_bytes: int,
+) -> None:
+    try:
+        admit(authorization(ws))
+    except ServiceError as err:
+        await ws.close(code=POLICY, reason=err.message[:120])
+        return
+    model = ws.query_params.get("model") or models[0]
+    if model not in models:
+        await ws.close(code=POLICY, reason=f"unknown model; this server serves {', '.join(models)}"[:120])
+        return
+    protos = _subprotocols(ws)
+    await ws.accept(subprotocol="realtime" if "realtime" in protos else None)
+    if sessions.open >= max_sessions:
+        await ws.close(code=TRY_AGAIN, reason="too many realtime sessions; retry shortly")
+        return
+    sessions.open += 1
+    outbox = Outbox(max_pending_bytes)
+    session = make_session(model, outbox)
+    session.created()
+    writer = asyncio.create_task(_write(ws, outbox))
+    reader = asyncio.create_task(_read(ws, session))
+    behind = asyncio.create_task(outbox.overflow.wait())
+    code, reason = NORMAL, ""
+    try:
+        done, _ = await asyncio.wait({writer, reader, behind}, timeout=max_session_s, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            reason = "session time limit reached"
+        elif behind in done or (writer in done and writer.exception() is None and writer.result()):
+            code, reason = POLICY, "client is not reading its events"
+        elif reader in done and reader.exception() is None and reader.result():
+            code, reason = reader.result()
+        elif any(t.exception() is not None and not isinstance(t.exception(), WebSocketDisconnect) for t in done):
+            failed = next(t for t in done if t.exception() is not None)
+            log.error("realtime session failed", exc_info=failed.exception())
+            code, reason = INTERNAL, "internal error"
+    finally:
+        for task in (reader, writer, behind):
+            task.cancel()
+        await session.close()
+        sessions.open -= 1
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, reason=reason)
+
+
+async def _read(ws: WebSocket, session: RealtimeSession) -> tuple[int, str] | None:
+    """Client events until the client closes (None) or sends one too big ((1009, reason))."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        if len(data) > MAX_EVENT_BYTES:
+            return TOO_BIG, "event over 16 MiB"
+        await session.handle(data)
+
+
+async def _write(ws: WebSocket, outbox: Outbox) -> bool:
+    """Send events in order; True when the client fell too far behind (the socket is to close)."""
+    while True:
+        if outbox.overflowed:
+            return True
+        _event, text = await outbox.get()
+        if outbox.overflowed:
+            return True
+        await ws.send_text(text)

@@ -1,0 +1,303 @@
+"""The realtime session (serve/services/realtime.py) over the real chat and speech services, with a
+scripted decoder, a fake Speech handle and a loudness VAD: event order, push-to-talk and server VAD
+turns, barge-in, and an error event (never a dead session) for every bad client event."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+from typing import Any
+
+import pytest
+
+from serve.config import ChorusConfig
+from serve.services.chat import ChatService
+from serve.services.realtime import RealtimeSession
+from serve.services.realtime_outbox import Outbox
+from serve.services.speech import SpeechService
+from tests.helpers.scripted import ScriptedDecoder
+from tests.helpers.voice import FakeSpeechHandle, LoudnessVad, pcm
+
+
+def sync(test):
+    """Run an async test on a fresh event loop (the suite has no asyncio plugin)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+ANSWER = ["Your order ", "ships today. ", "It arrives ", "on Monday."]
+
+
+class Harness:
+    def __init__(self, script: list[Any] | None = None, *, gate: asyncio.Event | None = None, max_bytes: int = 2**24, **config: Any) -> None:
+        self.config = ChorusConfig.model_validate(config)
+        self.decoder = ScriptedDecoder(script or list(ANSWER))
+        self.speech_handle = FakeSpeechHandle(gate)
+        self.outbox = Outbox(max_bytes)
+        self.transcribed: list[bytes] = []
+        self.session = RealtimeSession(
+            config=self.config, model="chorus", outbox=self.outbox, chat=ChatService(self.config, {}, self.decoder),
+            speech=SpeechService(self.config, self.speech_handle), transcribe=self._transcribe,
+            vad_factory=lambda detection: LoudnessVad(detection.silence_duration_ms),
+        )
+        self.session.created()
+
+    async def _transcribe(self, wav: bytes) -> str:
+        self.transcribed.append(wav)
+        return "where is my order"
+
+    async def send(self, **event: Any) -> None:
+        await self.session.handle(json.dumps(event))
+
+    async def append(self, audio: bytes, chunk_ms: int = 100) -> None:
+        step = 48 * chunk_ms
+        for i in range(0, len(audio), step):
+            await self.send(type="input_audio_buffer.append", audio=base64.b64encode(audio[i : i + step]).decode())
+
+    async def settle(self) -> None:
+        for _ in range(3):
+            if self.session.task is not None:
+                await asyncio.wait({self.session.task}, timeout=5)
+            await asyncio.sleep(0)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for event, _text in self.outbox._events]
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events()]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [e["error"] for e in self.events() if e["type"] == "error"]
+
+
+PUSH_TO_TALK = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+
+
+def test_session_created_reports_the_ga_session() -> None:
+    h = Harness()
+    created = h.events()[0]
+    assert created["type"] == "session.created" and created["event_id"].startswith("event_")
+    session = created["session"]
+    assert session["output_modalities"] == ["audio"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert session["audio"]["output"]["voice"] == "alloy"
+
+
+@sync
+async def test_session_update_applies_ga_and_beta_names() -> None:
+    h = Harness()
+    await h.send(type="session.update", session={"instructions": "Be brief.", "audio": {"output": {"voice": "echo"}}})
+    await h.send(type="session.update", session={"modalities": ["text"], "input_audio_format": "pcm16", "turn_detection": None})
+    updates = [e["session"] for e in h.events() if e["type"] == "session.updated"]
+    assert updates[0]["instructions"] == "Be brief." and updates[0]["audio"]["output"]["voice"] == "echo"
+    assert updates[1]["output_modalities"] == ["text"] and updates[1]["audio"]["input"]["turn_detection"] is None
+    assert updates[1]["instructions"] == "Be brief."  # fields left out keep their value
+    assert h.errors() == []
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "param"),
+    [
+        ({"type": "session.update", "session": {"audio": {"output": {"voice": "nobody"}}}}, "invalid_value", "session.audio.output.voice"),
+        ({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}, "unsupported_format", "session.audio.input.format"),
+        ({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}}, "unsupported_format", "session.audio.input.format"),
+        ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}}, "invalid_value", "session.audio.input.turn_detection"),
+        ({"type": "session.update", "session": {"temperature": 9}}, "invalid_value", "session.temperature"),
+        ({"type": "session.update", "session": "loud"}, "invalid_value", "session"),
+        ({"type": "session.explode"}, "unknown_event", "type"),
+        ({"no": "type"}, "unknown_event", "type"),
+        ({"type": "input_audio_buffer.append", "audio": "%%%"}, "invalid_value", "audio"),
+        ({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\1\2\3").decode()}, "invalid_value", "audio"),
+        ({"type": "input_audio_buffer.append", "audio": 42}, "invalid_value", "audio"),
+        ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty", None),
+        ({"type": "response.cancel"}, "response_cancel_not_active", None),
+        ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]}}, "invalid_value", "item.content[0].type"),
+        ({"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}}, "invalid_value", "item.role"),
+        ({"type": "conversation.item.create", "previous_item_id": "item_nope", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}, "invalid_value", "previous_item_id"),
+        ({"type": "conversation.item.delete", "item_id": "item_nope"}, "invalid_value", "item_id"),
+        ({"type": "response.create", "response": "now"}, "invalid_value", "response"),
+    ],
+)
+@sync
+async def test_a_bad_event_gets_an_error_event_and_the_session_goes_on(event: dict, code: str, param: str | None) -> None:
+    h = Harness()
+    await h.send(event_id="evt_client_1", **event)
+    errors = h.errors()
+    assert len(errors) == 1, h.types()
+    assert errors[0]["code"] == code and errors[0]["param"] == param
+    if "type" in event:
+        assert errors[0]["event_id"] == "evt_client_1"
+    await h.send(type="session.update", session={"instructions": "still here"})  # the session lives on
+    assert h.types()[-1] == "session.updated"
+
+
+@sync
+async def test_malformed_json_is_an_error_event() -> None:
+    h = Harness()
+    for raw in ("{not json", "[1, 2]", b"\xff\xfe", "[" * 100_000):
+        await h.session.handle(raw)
+    assert [e["code"] for e in h.errors()] == ["invalid_json", "invalid_event", "invalid_json", "invalid_json"]
+
+
+@sync
+async def test_a_full_buffer_refuses_more_audio() -> None:
+    h = Harness(realtime={"max_buffer_s": 0.5})
+    await h.send(**PUSH_TO_TALK)
+    await h.append(pcm(0.4))
+    await h.append(pcm(0.2))
+    assert [e["code"] for e in h.errors()] == ["input_audio_buffer_full"]
+    assert len(h.session.buffer) == 48 * 500  # full at 0.5 s: the refused append added nothing
+
+
+@sync
+async def test_push_to_talk_turn_streams_text_and_audio_in_openai_order() -> None:
+    h = Harness()
+    await h.send(**PUSH_TO_TALK)
+    await h.append(pcm(1.0, loud=True))
+    await h.send(type="input_audio_buffer.commit")
+    await h.send(type="response.create")
+    await h.settle()
+    types = h.types()
+    assert types.index("input_audio_buffer.committed") < types.index("response.created")
+    order = ["response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added",
+             "response.output_audio_transcript.delta", "response.output_audio.delta", "response.output_audio.done",
+             "response.output_audio_transcript.done", "response.content_part.done", "response.output_item.done", "response.done"]
+    positions = [types.index(t, types.index("response.created")) for t in order]
+    assert positions == sorted(positions), types
+    done = h.events()[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "".join(ANSWER)}]
+    assert done["usage"]["output_tokens"] == len(ANSWER)
+    # spoken a sentence at a time, in order, while the text streamed
+    assert [s[0] for s in h.speech_handle.sentences] == ["Your order ships today.", "It arrives on Monday."]
+    audio = b"".join(base64.b64decode(e["delta"]) for e in h.events() if e["type"] == "response.output_audio.delta")
+    assert len(audio) == 48 * (len("Your order ships today.") + len("It arrives on Monday."))
+    # the turn reached the decoder as Whisper's transcript (the transcript fusion mode)
+    assert len(h.transcribed) == 1 and h.transcribed[0][:4] == b"RIFF"
+    user = h.decoder.requests[0].messages[-1]
+    assert "where is my order" in str(user)
+
+
+@sync
+async def test_server_vad_detects_the_turn_and_answers_it() -> None:
+    h = Harness(speech={"vad": {"silence_duration_ms": 300}})
+    await h.send(type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    await h.append(pcm(0.5) + pcm(1.0, loud=True) + pcm(0.6))
+    await h.settle()
+    events = h.events()
+    started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
+    stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+    assert started["audio_start_ms"] == 500 - 300  # the speech's start less the prefix padding
+    assert abs(stopped["audio_end_ms"] - 1500) <= 20
+    assert started["item_id"] == stopped["item_id"]
+    committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
+    assert committed["item_id"] == started["item_id"]
+    transcribed = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert transcribed["transcript"] == "where is my order" and transcribed["item_id"] == committed["item_id"]
+    assert events[-1]["type"] == "response.done" and events[-1]["response"]["status"] == "completed"
+    # the committed audio is the speech plus the padding: ~1.3 s of 24 kHz 16-bit (+ the WAV header)
+    assert abs(len(h.transcribed[0]) - 44 - 48 * 1300) <= 48 * 20
+
+
+@sync
+async def test_barge_in_cancels_the_response_and_keeps_what_was_said() -> None:
+    gate = asyncio.Event()  # the second sentence's audio waits here: the caller interrupts first
+    h = Harness(gate=gate, speech={"vad": {"silence_duration_ms": 300}})
+    await h.send(**PUSH_TO_TALK)
+    await h.send(type="session.update", session={"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300, "create_response": False}}}})
+    await h.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Where is my order?"}]})
+    await h.send(type="response.create")
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if len(h.speech_handle.sentences) == 2:
+            break
+    assert len(h.speech_handle.sentences) == 2  # the first sentence is out, the second being spoken
+    await h.append(pcm(0.3, loud=True))  # the caller speaks
+    await h.settle()
+    types = h.types()
+    barge = types.index("input_audio_buffer.speech_started")
+    assert "response.output_audio.delta" not in types[barge:]  # no audio after the interruption
+    done = h.events()[types.index("response.done")]["response"]
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"
+    assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "Your order ships today."}]
+    assert h.speech_handle.streams[1].cancelled  # the speech synthesis stopped
+    assert h.session.items[-1].content[0]["transcript"] == "Your order ships today."  # what the caller heard
+    gate.set()
+
+
+@sync
+async def test_response_cancel_stops_the_decoder() -> None:
+    hold = asyncio.Event()
+    h = Harness(["Hello", hold, " there."])
+    await h.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
+    await h.send(type="response.create")
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "response.output_audio_transcript.delta" in h.types():
+            break
+    await h.send(type="response.create")  # one at a time
+    await h.send(type="response.cancel")
+    await h.settle()
+    assert [e["code"] for e in h.errors()] == ["conversation_already_has_active_response"]
+    done = h.events()[-1]
+    assert done["type"] == "response.done" and done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+@sync
+async def test_text_only_session_streams_text_deltas() -> None:
+    h = Harness()
+    await h.send(type="session.update", session={"output_modalities": ["text"], "instructions": "You are Northwind's assistant."})
+    await h.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
+    await h.send(type="response.create")
+    await h.settle()
+    types = h.types()
+    assert "response.output_audio.delta" not in types and h.speech_handle.sentences == []
+    deltas = [e["delta"] for e in h.events() if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "".join(ANSWER)
+    assert h.events()[-1]["response"]["output"][0]["content"] == [{"type": "output_text", "text": "".join(ANSWER)}]
+    messages = h.decoder.requests[0].messages
+    assert messages[0].role == "system" and "Northwind" in str(messages[0])
+
+
+@sync
+async def test_items_create_insert_and_delete() -> None:
+    h = Harness()
+    text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]}
+    await h.send(type="conversation.item.create", item={**text, "id": "item_a"})
+    await h.send(type="conversation.item.create", item={**text, "id": "item_b"})
+    await h.send(type="conversation.item.create", previous_item_id="root", item={**text, "id": "item_0"})
+    await h.send(type="conversation.item.create", previous_item_id="item_a", item={**text, "id": "item_a2"})
+    assert [i.id for i in h.session.items] == ["item_0", "item_a", "item_a2", "item_b"]
+    await h.send(type="conversation.item.delete", item_id="item_a2")
+    assert [i.id for i in h.session.items] == ["item_0", "item_a", "item_b"]
+    assert h.types().count("conversation.item.added") == 4 and "conversation.item.deleted" in h.types()
+    await h.send(type="conversation.item.create", item={**text, "id": "item_a"})
+    assert h.errors()[-1]["param"] == "item.id"
+
+
+@sync
+async def test_a_speaker_who_never_pauses_has_the_turn_cut() -> None:
+    h = Harness(realtime={"max_turn_s": 1.0})
+    await h.send(type="session.update", session={"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}})
+    await h.append(pcm(2.5, loud=True))
+    types = h.types()
+    assert types.count("input_audio_buffer.committed") >= 2  # cut at 1 s, listening goes on
+    assert len(h.session.buffer) <= 48 * 1600
+
+
+def test_outbox_overflow_and_purge() -> None:
+    box = Outbox(max_bytes=2000)
+    box.put({"type": "response.output_audio.delta", "response_id": "r1", "delta": "x" * 500})
+    box.put({"type": "response.output_audio.delta", "response_id": "r2", "delta": "x" * 500})
+    assert not box.overflowed
+    assert box.purge_audio("r1") == 1
+    box.put({"type": "response.output_audio.delta", "response_id": "r1", "delta": "x" * 3000})
+    assert box.overflowed and box.overflow.is_set()
