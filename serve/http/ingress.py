@@ -135,7 +135,7 @@ class Ingress:
         body = {
             "status": "ok" if healthy else "degraded",
             "deployments": results,
-            "ingress": {"in_flight": dict(in_flight.counts)},
+            "ingress": {"in_flight": dict(in_flight.counts), "realtime_sessions": self.sessions.open},
             # the store is not a deployment: a store that is down fails the stored APIs, not chat
             "store": await self.store.health(HEALTH_TIMEOUT_S),
         }

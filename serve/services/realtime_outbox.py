@@ -27,7 +27,7 @@ class Outbox:
         text = json.dumps(event, separators=(",", ":"))
         self._events.append((event, text))
         self._bytes += len(text)
-        if self._bytes > self.max_bytes:
+        if self._bytes > self.max_bytes and len(self._events) > 1:  # one event, however big, may always wait
             self.overflowed = True  # the socket is closed
             self.overflow.set()
         self._ready.set()

@@ -59,6 +59,7 @@ def test_config() -> dict:
             "audio_encoder": small,
             "vision_encoder": small,
             "llm_decoder": {"num_cpus": 1, "max_ongoing_requests": 32},
+            "speech": small,
         },
     }
 

@@ -44,7 +44,7 @@ def test_models_lists_chat_and_whisper(client):
 def test_health_reports_each_deployment(serve_url):
     body = httpx.get(f"{serve_url}/health", timeout=30).json()
     assert body["status"] == "ok"
-    assert set(body["deployments"]) == {"audio_encoder", "vision_encoder", "llm_decoder"}
+    assert set(body["deployments"]) == {"audio_encoder", "vision_encoder", "llm_decoder", "speech"}
     assert all(d["status"] == "ok" for d in body["deployments"].values())
 
 
