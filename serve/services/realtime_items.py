@@ -3,6 +3,7 @@ messages one response is decoded from."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -132,7 +133,9 @@ async def chat_messages(items: list[Item], instructions: str, audio_as_text: boo
         for part in item.content:
             if part["type"] == "input_audio":
                 if item.transcript_task is not None and audio_as_text:
-                    part["transcript"] = await item.transcript_task
+                    # shielded: a response cancelled while it waits must not cancel the transcript,
+                    # which the next response reads
+                    part["transcript"] = await asyncio.shield(item.transcript_task)
                 if audio_as_text or item.audio is None:
                     parts.append({"type": "text", "text": part.get("transcript") or ""})
                 else:

@@ -301,3 +301,28 @@ def test_outbox_overflow_and_purge() -> None:
     assert box.purge_audio("r1") == 1
     box.put({"type": "response.output_audio.delta", "response_id": "r1", "delta": "x" * 3000})
     assert box.overflowed and box.overflow.is_set()
+
+
+@sync
+async def test_a_response_cancelled_while_whisper_reads_leaves_the_transcript_for_the_next() -> None:
+    """Barge-in during the transcript wait: the next response still gets the first turn's words."""
+    h = Harness()
+    release = asyncio.Event()
+
+    async def slow_transcribe(wav: bytes) -> str:
+        await release.wait()
+        return "where is my order"
+
+    h.session.transcribe = slow_transcribe
+    await h.send(**PUSH_TO_TALK)
+    await h.append(pcm(0.5, loud=True))
+    await h.send(type="input_audio_buffer.commit")
+    await h.send(type="response.create")
+    await asyncio.sleep(0.05)  # the response waits for Whisper
+    await h.send(type="response.cancel")
+    await h.send(type="response.create")
+    release.set()
+    await h.settle()
+    statuses = [e["response"]["status"] for e in h.events() if e["type"] == "response.done"]
+    assert statuses == ["cancelled", "completed"]
+    assert "where is my order" in str(h.decoder.requests[-1].messages)
