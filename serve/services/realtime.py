@@ -360,6 +360,7 @@ class RealtimeSession:
 
     async def _chunks(self, run: ResponseRun, session: Session, audio_as_text: bool) -> Any:
         messages = await chat_messages(self.items, session.instructions, audio_as_text)
+        run.timings["context_ready_s"] = time.perf_counter() - run.started  # the turn's transcript waited for
         body: dict[str, Any] = {"model": self.config.served_model_name, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
         if session.tools:
             body["tools"] = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)} for t in session.tools]

@@ -72,6 +72,8 @@ class ResponseRun:
             "object": "realtime.response", "id": self.id, "status": self.status, "status_details": details,
             "output": [item.public() for item in self.items], "output_modalities": self.modalities,
             "conversation_id": None, "usage": dict(self.usage), "metadata": None,
+            # our extension: where this response's time went, in seconds from response.created
+            "chorus": {"timings": {k: round(v, 4) for k, v in self.timings.items()}},
         }
 
     def _open_message(self) -> Item:
@@ -95,6 +97,7 @@ class ResponseRun:
         if "audio" in self.modalities:
             self.send({"type": "response.output_audio_transcript.delta", **self._ids(message, index), "delta": text})
             for sentence in splitter.feed(text):
+                self.timings.setdefault("first_sentence_s", time.perf_counter() - self.started)
                 self._sentences.put_nowait(sentence)
         else:
             self.spoken.append(text)
@@ -141,7 +144,7 @@ class ResponseRun:
             self._speaker = asyncio.create_task(self._speak_sentences())
         try:
             groups = await self.chunks()
-            self.timings["decoder_started_s"] = time.perf_counter() - self.started
+            self.timings["first_token_s"] = time.perf_counter() - self.started
             async for group in groups:
                 for payload in group:
                     self._payload(payload, splitter)
