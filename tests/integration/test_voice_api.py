@@ -303,3 +303,29 @@ def test_fifty_sockets_at_once_and_freed_on_close(serve_url):
         if httpx.get(f"{serve_url}/health", timeout=10).json()["ingress"]["realtime_sessions"] == 0:
             break
     assert httpx.get(f"{serve_url}/health", timeout=10).json()["ingress"]["realtime_sessions"] == 0
+
+
+def _run_sample(name: str, serve_url: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CHORUS_URL": serve_url, "CHORUS_API_KEY": API_KEY}
+    run = subprocess.run([sys.executable, str(REPO / "samples" / name)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_the_speech_sample_runs_unchanged(serve_url):
+    out = _run_sample("openai_speech.py", serve_url)
+    assert "-> /tmp/chorus-greeting.wav" in out and "first audio after" in out and "answer: '" in out
+    samples, rate = sf.read("/tmp/chorus-update.wav", dtype="float32")
+    assert rate == 24_000 and len(samples) / rate > 3  # three sentences, streamed into one playable WAV
+
+
+def test_the_realtime_sample_runs_unchanged(serve_url):
+    out = _run_sample("openai_realtime.py", serve_url)
+    caller = next(line for line in out.splitlines() if line.startswith("caller: "))
+    assert "order" in _words(caller)
+    assert "[completed]" in out or "[incomplete]" in out
+    assert "assistant audio: " in out and not out.split("assistant audio: ")[1].startswith("0.0 s")
