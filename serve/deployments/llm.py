@@ -148,8 +148,10 @@ class LLMDecoder:
         self._open_stream(stream)
         try:
             while True:
-                wanted = 1 if completion_tokens == 0 else interval  # the first token never waits for a second
-                events = await loop.run_in_executor(executor, _next_events, stream, sentinel, wanted)
+                # The first token leaves alone, at once (TTFT; and always alone, whatever is queued behind it)
+                first = completion_tokens == 0
+                wanted, most = (1, 1) if first else (interval, MAX_TOKENS_PER_EVENT)
+                events = await loop.run_in_executor(executor, _next_events, stream, sentinel, wanted, most)
                 if not events:
                     return
                 first_token_s = time.perf_counter() - received if completion_tokens == 0 else None
@@ -227,15 +229,15 @@ class LLMDecoder:
 MAX_TOKENS_PER_EVENT = 16
 
 
-def _next_events(stream: EventStream, sentinel: object, at_least: int = 1) -> list:
+def _next_events(stream: EventStream, sentinel: object, at_least: int = 1, at_most: int = MAX_TOKENS_PER_EVENT) -> list:
     """The next `at_least` token events (waiting for them; fewer if the stream ends), plus those
-    already decoded behind them, up to MAX_TOKENS_PER_EVENT; [] at the end.
+    already decoded behind them, up to `at_most`; [] at the end.
 
     One event per token costs a thread hop, a loop wake-up and a Ray streaming item each, on the CPU
     the engine decodes on: when tokens are queued (the consumer is behind), they go together.
     """
     events: list = []
-    while len(events) < MAX_TOKENS_PER_EVENT and (len(events) < at_least or stream.ready()):
+    while len(events) < at_most and (len(events) < at_least or stream.ready()):
         event = next(stream, sentinel)
         if event is sentinel:
             break

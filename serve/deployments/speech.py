@@ -35,6 +35,9 @@ class Speech:
         # One synthesis at a time per replica: the engines use the replica's CPU claim; more sentences
         # at once would only slow each one (scale with replicas).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speech")
+        # Load and run the default voice once now: the first caller should not wait for the model.
+        default = self.config.speech.default_voice
+        self.synthesizer.synthesize("Hello.", default)
 
     async def synthesize(self, text: str, voice: str, speed: float = 1.0, fmt: str = "pcm") -> AsyncIterator[bytes]:
         """Speak `text` with the client's `voice` → `fmt` bytes, a chunk per sentence as it is ready."""

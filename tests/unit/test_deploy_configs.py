@@ -50,6 +50,7 @@ def test_shipped_config_validates_and_builds(path: Path, monkeypatch: pytest.Mon
             built = build_graph(build_app(application["args"]), name=application["name"])
             names = {deployment.name for deployment in built.deployments}
             expected = {media.deployment for media in config.enabled_modalities()} | {"LLMDecoder", "Ingress"}
+            expected |= {"Speech"} if config.speech is not None else set()
             assert names == expected
             overrides = {d["name"] for d in application.get("deployments", [])}
             assert overrides <= names, f"{path.name} overrides unknown deployments {overrides - names}"
