@@ -150,6 +150,8 @@ class _SpokenStream:
             self.template.update({k: v for k, v in payload.items() if k not in ("choices", "usage", "chorus")})
         choice = payload["choices"][0]
         text = choice["delta"].get("content")
+        if text == "":  # the role chunk's empty content: a spoken answer's text is its transcript
+            choice["delta"]["content"] = None
         if text:
             self.said.append(text)
             choice["delta"]["content"] = None
