@@ -326,3 +326,30 @@ async def test_a_response_cancelled_while_whisper_reads_leaves_the_transcript_fo
     statuses = [e["response"]["status"] for e in h.events() if e["type"] == "response.done"]
     assert statuses == ["cancelled", "completed"]
     assert "where is my order" in str(h.decoder.requests[-1].messages)
+
+
+@sync
+async def test_function_tools_over_realtime() -> None:
+    """A session's tools reach the decoder; a call comes back as a function_call item with its
+    arguments streamed, and its output, added as an item, is in the next response's context."""
+    from modalities.llm.tools import render_call
+
+    call = render_call("track_parcel", '{"order_id": "AB123"}')
+    h = Harness([call[: len(call) // 2], call[len(call) // 2 :]])
+    tool = {"type": "function", "name": "track_parcel", "description": "Where a parcel is", "parameters": {
+        "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}
+    await h.send(type="session.update", session={"tools": [tool], "tool_choice": "auto", "output_modalities": ["text"]})
+    await h.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Where is AB123?"}]})
+    await h.send(type="response.create")
+    await h.settle()
+    done = h.events()[-1]["response"]
+    assert done["status"] == "completed", h.types()
+    call_item = next(item for item in done["output"] if item["type"] == "function_call")
+    assert call_item["name"] == "track_parcel" and '"AB123"' in call_item["arguments"]
+    streamed = "".join(e["delta"] for e in h.events() if e["type"] == "response.function_call_arguments.delta")
+    assert streamed == call_item["arguments"]
+    assert h.decoder.requests[0].params.constraint is not None  # the grammar keeps the call valid
+    await h.send(type="conversation.item.create", item={"type": "function_call_output", "call_id": call_item["call_id"], "output": '{"status": "in transit"}'})
+    await h.send(type="response.create")
+    await h.settle()
+    assert "in transit" in str(h.decoder.requests[-1].messages)
