@@ -26,6 +26,7 @@ from serve.errors import InvalidRequest, MethodNotAllowed, NotFound, model_not_f
 from serve.metrics import node_metrics_text
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, now
 from serve.protocol.parse import parse_json_body
+from serve.protocol.realtime import TurnDetection
 from serve.protocol.responses import (
     ConversationCreateRequest,
     ConversationItemsRequest,
@@ -74,6 +75,8 @@ class Ingress:
         self.speech = SpeechService(self.config, speech_handle)
         self.spoken = SpokenAnswers(self.speech)
         self.sessions = realtime.Sessions()
+        if self.config.speech is not None:
+            silero_vad(TurnDetection())  # load the VAD model now (onnxruntime), not in the first call's session
         self.store = StoreAccess(self.config.store)
         self.responses = ResponsesService(self.chat, self.store)
         self.conversations = ConversationsService(self.store)
