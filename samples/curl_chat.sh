@@ -56,3 +56,10 @@ echo
 echo "--- transcription"
 curl -sS "$BASE/v1/audio/transcriptions" -F model=whisper-1 -F file=@"$HERE/audio/where_is_my_order.wav"
 echo
+
+echo "--- subtitles (SRT), then word timestamps"
+curl -sS "$BASE/v1/audio/transcriptions" -F model=whisper-1 -F file=@"$HERE/audio/where_is_my_order.wav" \
+  -F response_format=srt
+curl -sS "$BASE/v1/audio/transcriptions" -F model=whisper-1 -F file=@"$HERE/audio/where_is_my_order.wav" \
+  -F response_format=verbose_json -F 'timestamp_granularities[]=word'
+echo

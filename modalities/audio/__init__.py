@@ -1,4 +1,5 @@
-"""Audio: config (torch-free), client audio decoding and limits, log-mel, the Whisper runtime, weights."""
+"""Audio: config and transcription options (torch-free), client audio decoding and limits, log-mel,
+the Whisper runtime, weights."""
 
 from modalities._lazy import lazy_exports
 
@@ -8,9 +9,11 @@ _EXPORTS = {
     "AudioLimits": "decode",
     "decode_audio": "decode",
     "log_mel": "mel",
+    "TranscribeOptions": "options",
     "Segment": "whisper",
     "Transcript": "whisper",
     "WhisperRuntime": "whisper",
+    "Word": "whisper",
     "normalize_language": "whisper_names",
     "prepare_whisper": "weights",
 }

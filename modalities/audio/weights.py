@@ -426,4 +426,8 @@ def load_packaged_whisper(device: str | torch.device = "cpu") -> Whisper:
     record = read_sidecar(checkpoint) or {}
     if heads := record.get("alignment_heads"):
         set_alignment_heads(model, heads)
+    elif model.dims == WHISPER_BASE_DIMS:
+        # a checkpoint whose CTranslate2 config named no heads: whisper's own table for base
+        # (other dims keep whisper's default, every head of the decoder's last half)
+        model.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
     return model

@@ -10,11 +10,11 @@ needs, with the positional embedding sliced to match (whisper.cpp's `audio_ctx` 
   of silence (default 5 s) restores the end-of-speech cue the decoder relies on; a token budget
   proportional to the duration is a second guard. See DESIGN.md, "Whisper short clips".
 
-Decoding uses openai-whisper's own `transcribe` (greedy, temperature 0, its no-speech and
-timestamp logic) on a thin view of the model whose encoder is windowed. Audio longer than one
-window goes through whisper's standard 30-s sliding windows. Greedy decoding without whisper's
-temperature fallback keeps its known artefacts (text over silence, repetition loops over noise),
-so `clean_segments` drops those from the result.
+Decoding uses openai-whisper's own `transcribe` (greedy at temperature 0, its no-speech and
+timestamp logic, its word alignment when asked) on a thin view of the model whose encoder is
+windowed. Audio longer than one window goes through whisper's standard 30-s sliding windows.
+Decoding at the request's one temperature, without whisper's temperature fallback, keeps its known
+artefacts (text over silence, repetition loops over noise), so `clean_segments` drops those.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from modalities import paths
 from modalities.audio.config import AUTO_DEVICE, WhisperConfig
 from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES, decode_audio, feature_frames
 from modalities.audio.mel import log_mel
+from modalities.audio.options import TranscribeOptions
 from modalities.audio.whisper_names import normalize_language
 from modalities.errors import MediaError
 from modalities.paths import PACKAGED
@@ -53,12 +54,32 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 SILENCE_PEAK = 1e-3
 
 
+class Word(NamedTuple):
+    """A word and when it was spoken, seconds from the start of the audio (whisper's alignment of
+    its tokens to the audio frames through the decoder's cross-attention alignment heads)."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
 class Segment(NamedTuple):
-    """A transcribed span, seconds from the start of the audio."""
+    """A transcribed span, seconds from the start of the audio, with whisper's decoding record for
+    it: the window offset in mel frames (`seek`), its tokens, the temperature it was decoded at, the
+    window's average log-probability, compression ratio and no-speech probability, and its words
+    when they were asked for."""
 
     start: float
     end: float
     text: str
+    seek: int = 0
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,11 @@ class Transcript:
     language: str
     segments: tuple[Segment, ...]
     duration: float  # seconds of input audio
+
+    @property
+    def words(self) -> tuple[Word, ...]:
+        """Every segment's words in order (empty unless word timestamps were asked for)."""
+        return tuple(word for seg in self.segments for word in seg.words)
 
 
 def encode_mel(encoder: AudioEncoder, mel: torch.Tensor) -> torch.Tensor:
@@ -121,6 +147,10 @@ class _WindowedWhisper:
     def __init__(self, model: Whisper, n_mel_frames: int) -> None:
         self._model = model
         self.encoder = WindowedEncoder(model.encoder, n_mel_frames)
+
+    def __call__(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # whisper's word alignment runs `model(mel, tokens)`: the same windowed frames the decoding saw
+        return self._model.decoder(tokens, self.encoder(mel))
 
     def __getattr__(self, name: str):
         return getattr(self._model, name)
@@ -176,6 +206,36 @@ def clean_segments(segments: list[dict], audio: np.ndarray) -> list[dict]:
             continue
         kept.append({**seg, "start": start, "end": end})
     return kept
+
+
+def _plain_prompt(prompt: str | None) -> str | None:
+    """The prompt as plain text: whisper's tokenizer refuses text that spells a special token
+    ("<|endoftext|>", "<|en|>"), so such spellings are broken up instead of reaching it."""
+    if not prompt or not prompt.strip():
+        return None
+    return prompt.replace("<|", "< |")
+
+
+def _segment(seg: dict, duration: float) -> Segment:
+    """A whisper segment dict as a `Segment`, its words clamped into the clip."""
+    words = []
+    for w in seg.get("words") or ():
+        start = min(max(float(w["start"]), 0.0), duration)
+        end = min(max(float(w["end"]), start), duration)
+        if w["word"].strip():
+            words.append(Word(w["word"], round(start, 3), round(end, 3), float(w["probability"])))
+    return Segment(
+        start=round(float(seg["start"]), 3),
+        end=round(float(seg["end"]), 3),
+        text=seg["text"].strip(),
+        seek=int(seg["seek"]),
+        tokens=tuple(int(t) for t in seg["tokens"]),
+        temperature=float(seg["temperature"]),
+        avg_logprob=float(seg["avg_logprob"]),
+        compression_ratio=float(seg["compression_ratio"]),
+        no_speech_prob=float(seg["no_speech_prob"]),
+        words=tuple(words),
+    )
 
 
 def _same_words(a: str, b: str) -> bool:
@@ -257,16 +317,20 @@ class WhisperRuntime:
 
     # -- transcripts ----------------------------------------------------------------------------
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Mono 16 kHz audio [n] -> Transcript. `language` (code or name) overrides the config's
-        default; with neither, whisper detects it from the first window."""
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, options: TranscribeOptions | None = None
+    ) -> Transcript:
+        """Mono 16 kHz audio [n] -> Transcript (`options.task` "translate": English text).
+
+        `language` (code or name; overrides `options.language`) or else the config's default names
+        the spoken language; with neither, and always for a translation without one, whisper detects
+        it from the first window. Word timestamps cost a second decoder pass per window (the
+        alignment) and run only when `options.word_timestamps` asks."""
+        options = options or TranscribeOptions()
         audio = self._check_audio(audio)
-        try:
-            language = normalize_language(language) if language else self.config.language
-        except ValueError as e:
-            raise MediaError(str(e), param="language", code="invalid_language") from e
-        if language not in (None, "en") and not self.model.is_multilingual:
-            raise MediaError(f"this Whisper model is English-only; cannot transcribe {language!r}", param="language")
+        language = self._language(language or options.language, options)
+        if options.task == "translate" and not self.model.is_multilingual:
+            raise MediaError("this Whisper model is English-only; it cannot translate", param="model", code="invalid_value")
 
         duration = len(audio) / SAMPLE_RATE
         model: Whisper | _WindowedWhisper = self.model
@@ -286,15 +350,19 @@ class WhisperRuntime:
                 model,
                 torch.from_numpy(audio),
                 verbose=None,
-                temperature=0.0,
+                temperature=options.decoding_temperature,
                 compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
                 logprob_threshold=LOGPROB_THRESHOLD,
                 no_speech_threshold=NO_SPEECH_THRESHOLD,
                 language=language,
-                task="transcribe",
+                task=options.task,
                 fp16=self.dtype == torch.float16,
                 # Conditioning on the previous window carries a repetition loop into every later one.
                 condition_on_previous_text=False,
+                # The prompt (vocabulary, spelling, style) is given to every window, not just the first.
+                initial_prompt=_plain_prompt(options.prompt),
+                carry_initial_prompt=bool(options.prompt),
+                word_timestamps=options.word_timestamps,
                 **decode_options,
             )
         kept = clean_segments(result["segments"], audio)
@@ -302,9 +370,23 @@ class WhisperRuntime:
             # whisper's own convention: segment texts carry their leading space (none for CJK)
             text="".join(seg["text"] for seg in kept).strip(),
             language=result["language"],
-            segments=tuple(Segment(seg["start"], seg["end"], seg["text"].strip()) for seg in kept),
+            segments=tuple(_segment(seg, duration) for seg in kept),
             duration=duration,
         )
+
+    def _language(self, language: str | None, options: TranscribeOptions) -> str | None:
+        """The whisper code to decode with, or None to detect it. A translation detects the spoken
+        language unless the request names it: the config's default describes transcriptions."""
+        try:
+            if language:
+                language = normalize_language(language)
+            elif options.task == "transcribe":
+                language = self.config.language
+        except ValueError as e:
+            raise MediaError(str(e), param="language", code="invalid_language") from e
+        if language not in (None, "en") and not self.model.is_multilingual:
+            raise MediaError(f"this Whisper model is English-only; cannot transcribe {language!r}", param="language")
+        return language
 
     @staticmethod
     def _check_audio(audio: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import importlib.util
 from functools import cache
 from pathlib import Path
 
-__all__ = ["available_models", "normalize_language"]
+__all__ = ["available_models", "language_name", "normalize_language"]
 
 
 def available_models() -> tuple[str, ...]:
@@ -32,6 +32,17 @@ def normalize_language(value: str) -> str:
         shown = value[:MAX_SHOWN_CHARS].encode("ascii", "backslashreplace").decode()  # never echo input whole
         raise ValueError(f"unknown language {shown!r}; use an ISO code whisper knows, e.g. 'en', 'de', 'ja'")
     return code
+
+
+def language_name(code: str) -> str:
+    """Whisper's lower-case English name of a language code ("en" -> "english"), as OpenAI's
+    verbose transcripts give it; the code itself if whisper has no name for it."""
+    return _language_names().get(code, code)
+
+
+@cache
+def _language_names() -> dict[str, str]:
+    return _assigned_dict(_source("tokenizer.py"), "LANGUAGES")
 
 
 @cache

@@ -16,7 +16,8 @@ import torch
 
 from fusion.registry import AUDIO
 from modalities.audio.decode import SAMPLE_RATE
-from modalities.audio.whisper import WhisperRuntime
+from modalities.audio.options import TranscribeOptions
+from modalities.audio.whisper import Segment, WhisperRuntime
 from modalities.errors import MediaError
 from modalities.feature_cache import media_key
 from serve.config import ChorusConfig
@@ -30,6 +31,26 @@ class _Transcribed:
     text: str
     language: str | None
     segments: list[dict[str, Any]]
+    words: list[dict[str, Any]] | None  # None: not asked for
+
+
+def _segment_dict(seg: Segment) -> dict[str, Any]:
+    """A segment as plain data (what travels to the ingress), without its words."""
+    return {
+        "seek": seg.seek,
+        "start": seg.start,
+        "end": seg.end,
+        "text": seg.text,
+        "tokens": list(seg.tokens),
+        "temperature": seg.temperature,
+        "avg_logprob": seg.avg_logprob,
+        "compression_ratio": seg.compression_ratio,
+        "no_speech_prob": seg.no_speech_prob,
+    }
+
+
+def _transcript_key(data: bytes, options: TranscribeOptions) -> str:
+    return media_key(data, "transcript", *options.cache_key())
 
 
 class AudioEncoder(BatchedEncoder):
@@ -37,6 +58,9 @@ class AudioEncoder(BatchedEncoder):
 
     A batch decodes each clip on its own (one bad clip fails only its request), runs the encoder
     once over all clips that need features, and answers repeated clips from a content-hash cache.
+    A request is (bytes, want_features, TranscribeOptions or None for no transcript); a transcript
+    is cached under everything that changes it (task, language, prompt, temperature, words), and a
+    sampled one (temperature > 0) is not cached: asking again draws again.
     """
 
     kind = AUDIO.kind
@@ -47,10 +71,13 @@ class AudioEncoder(BatchedEncoder):
         self.runtime = factory(with_threads(self.config.whisper))
         self.cache = feature_cache(self.config.whisper.feature_cache_mib)
 
-    def _transcribe(self, audio: np.ndarray, language: str | None) -> _Transcribed:
-        result = self.runtime.transcribe(audio, language=language)
-        segments = [{"start": seg.start, "end": seg.end, "text": seg.text} for seg in result.segments]
-        return _Transcribed(result.text, result.language, segments)
+    def _transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> _Transcribed:
+        result = self.runtime.transcribe(audio, options=options)
+        segments = [_segment_dict(seg) for seg in result.segments]
+        words = None
+        if options.word_timestamps:
+            words = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
+        return _Transcribed(result.text, result.language, segments, words)
 
     def _features(self, audios: list[np.ndarray]) -> list[np.ndarray | MediaError]:
         """One encoder pass over several clips; on a bad clip, fall back to one pass per clip."""
@@ -72,14 +99,14 @@ class AudioEncoder(BatchedEncoder):
         features: dict[int, np.ndarray | None] = {}
         transcripts: dict[int, _Transcribed | None] = {}
         audios: dict[int, np.ndarray] = {}
-        for i, (data, want_features, want_transcript, language) in enumerate(requests):
+        for i, (data, want_features, options) in enumerate(requests):
             cached_f = self.cache.get(media_key(data, "features")) if want_features else None
-            cached_t = self.cache.get(media_key(data, "transcript", language)) if want_transcript else None
+            cached_t = self.cache.get(_transcript_key(data, options)) if options and not options.sampled else None
             if cached_f is not None:
                 features[i], durations[i] = cached_f
             if cached_t is not None:
                 transcripts[i], durations[i] = cached_t
-            if (want_features and cached_f is None) or (want_transcript and cached_t is None):
+            if (want_features and cached_f is None) or (options and cached_t is None):
                 try:
                     audios[i] = self.runtime.decode(data)
                 except MediaError as err:
@@ -98,15 +125,16 @@ class AudioEncoder(BatchedEncoder):
         for i in audios:
             if results[i] is not None or not requests[i][2] or i in transcripts:
                 continue
-            data, _, _, language = requests[i]
+            data, _, options = requests[i]
             try:
-                transcripts[i] = self._transcribe(audios[i], language)
+                transcripts[i] = self._transcribe(audios[i], options)
             except MediaError as err:
                 results[i] = err
                 continue
-            self.cache.put(media_key(data, "transcript", language), (transcripts[i], durations[i]))
+            if not options.sampled:
+                self.cache.put(_transcript_key(data, options), (transcripts[i], durations[i]))
 
-        for i, (_data, want_features, _want_transcript, _language) in enumerate(requests):
+        for i, (_data, want_features, _options) in enumerate(requests):
             if results[i] is not None:
                 continue
             t = transcripts.get(i)
@@ -116,13 +144,19 @@ class AudioEncoder(BatchedEncoder):
                 language=t.language if t else None,
                 duration_s=durations[i],
                 segments=list(t.segments) if t else None,
+                words=list(t.words) if t and t.words is not None else None,
             )
         return results  # type: ignore[return-value]
 
     async def encode(
         self, data: bytes, want_features: bool = True, want_transcript: bool = False, language: str | None = None
     ) -> AudioResult:
-        return await self._submit((data, want_features, want_transcript, language))
+        options = TranscribeOptions(language=language) if want_transcript else None
+        return await self._submit((data, want_features, options))
+
+    async def transcribe(self, data: bytes, options: TranscribeOptions) -> AudioResult:
+        """The Audio API's call: the transcript (or English translation) with these options."""
+        return await self._submit((data, False, options))
 
     async def encode_item(self, data: bytes, want_features: bool, want_text: bool, kind: str = "audio") -> EncodedItem:
         """The chat path's call (every encoder has it): features and/or the transcript."""

@@ -32,7 +32,8 @@ class AudioResult:
     transcript: str | None
     language: str | None
     duration_s: float
-    segments: list[dict[str, Any]] | None = None
+    segments: list[dict[str, Any]] | None = None  # whisper's record per segment (OpenAI's verbose fields)
+    words: list[dict[str, Any]] | None = None  # {word, start, end}, only when word timestamps were asked for
 
 
 @dataclass

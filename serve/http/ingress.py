@@ -25,6 +25,7 @@ from serve.config import ChorusConfig
 from serve.errors import InvalidRequest, MethodNotAllowed, NotFound, model_not_found
 from serve.metrics import node_metrics_text
 from serve.protocol import ChatCompletionRequest, ModelCard, ModelList, now
+from serve.protocol.audio_form import parse_audio_form
 from serve.protocol.parse import parse_json_body
 from serve.protocol.realtime import TurnDetection
 from serve.protocol.responses import (
@@ -34,7 +35,7 @@ from serve.protocol.responses import (
     ResponseCreateRequest,
 )
 from serve.protocol.speech import SpeechRequest
-from serve.protocol.transcription import MAX_FORM_FIELDS
+from serve.protocol.transcription import MAX_FORM_FIELDS, Task
 from serve.services.chat import ChatService
 from serve.services.conversations import ConversationsService
 from serve.services.fetch import RemoteMediaFetcher
@@ -46,14 +47,15 @@ from serve.services.spoken import SpokenAnswers
 from serve.services.transcription import TranscriptionService
 from serve.store import AuditEntry
 
-from . import openapi, openapi_stored, openapi_voice, realtime, sse
+from . import openapi, openapi_audio, openapi_stored, openapi_voice, realtime, sse
 from .errors import error_response
 from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
 log = logging.getLogger("ray.serve.chorus.ingress")
 app = FastAPI(title="Chorus", description="Multimodal assistant, OpenAI-compatible API")
 HEALTH_TIMEOUT_S = 5.0
-CHAT, TRANSCRIPTIONS, MODELS = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/models"
+CHAT, MODELS = "/v1/chat/completions", "/v1/models"
+TRANSCRIPTIONS, TRANSLATIONS = "/v1/audio/transcriptions", "/v1/audio/translations"
 RESPONSES, CONVERSATIONS, SPEECH = "/v1/responses", "/v1/conversations", "/v1/audio/speech"
 REALTIME = "/v1/realtime"
 DEFAULT_PAGE, MAX_PAGE = 20, 100  # OpenAI's list `limit`: default 20, 1..100
@@ -182,10 +184,17 @@ class Ingress:
         limits, admit = self.config.limits, lambda: self._admit(request)
         return await respond(request, CHAT, self._chat(request), media_param=None, limits=limits, admit=admit, audit=self._audit)
 
-    @app.post(TRANSCRIPTIONS, openapi_extra=openapi.transcriptions(app))
+    @app.post(TRANSCRIPTIONS, openapi_extra=openapi_audio.transcriptions(app))
     async def transcriptions(self, request: Request) -> Response:
         limits, admit = self.config.limits, lambda: self._admit(request)
-        return await respond(request, TRANSCRIPTIONS, self._transcribe(request), "file", limits=limits, admit=admit, audit=self._audit)
+        work = self._audio_text(request, "transcribe")
+        return await respond(request, TRANSCRIPTIONS, work, "file", limits=limits, admit=admit, audit=self._audit)
+
+    @app.post(TRANSLATIONS, openapi_extra=openapi_audio.translations(app))
+    async def translations(self, request: Request) -> Response:
+        limits, admit = self.config.limits, lambda: self._admit(request)
+        work = self._audio_text(request, "translate")
+        return await respond(request, TRANSLATIONS, work, "file", limits=limits, admit=admit, audit=self._audit)
 
     @app.post(SPEECH, openapi_extra=openapi_voice.speech(app))
     async def speech(self, request: Request) -> Response:
@@ -361,9 +370,9 @@ class Ingress:
         work = _json(lambda: self.conversations.delete_item(_owner(request), conversation_id, item_id))
         return await self._route(request, CONVERSATIONS + "/{id}/items/{item_id}", work)
 
-    # --- transcriptions ------------------------------------------------------------------------
+    # --- transcriptions and translations --------------------------------------------------------
 
-    async def _transcribe(self, request: Request) -> Response:
+    async def _audio_text(self, request: Request, task: Task) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("expected a multipart/form-data body", code="invalid_request")
         # The whole body is in already, under the byte cap (a chunked upload has no Content-Length
@@ -376,10 +385,9 @@ class Ingress:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidRequest("a 'file' field with the audio is required", param="file", code="missing_file")
-        response_format = str(form.get("response_format") or "json")
-        self.transcription.check(str(form.get("model") or ""), response_format)
-        language = str(form.get("language") or "") or None
-        result = await self.transcription.transcribe(await upload.read(), response_format, language)
+        req = parse_audio_form(form, task)
+        self.transcription.check(req.model)
+        result = await self.transcription.run(await upload.read(), req)
         return PlainTextResponse(result) if isinstance(result, str) else JSONResponse(result)
 
 

@@ -19,7 +19,6 @@ from pydantic import BaseModel
 
 from modalities.llm.params import MAX_STOP_SEQUENCES
 from serve.protocol import (
-    TRANSCRIPTION_FORMATS,
     ChatCompletion,
     ChatCompletionRequest,
     ErrorResponse,
@@ -124,55 +123,6 @@ CHAT_REQUEST = _component(ChatCompletionRequest, response=False)
 CHAT_COMPLETION = _component(ChatCompletion, response=True)
 MODEL_LIST = _component(ModelList, response=True)
 MODEL_CARD = _component(ModelCard, response=True)
-TRANSCRIPTION_REQUEST = _ref(
-    "TranscriptionRequest",
-    {
-        "type": "object",
-        "title": "TranscriptionRequest",
-        "required": ["file", "model"],
-        "properties": {
-            "file": {"type": "string", "format": "binary", "description": "The audio file: wav, flac, ogg or mp3"},
-            "model": {
-                "type": "string",
-                "description": "'whisper-1', or the configured Whisper's name ('whisper-base' by default)",
-                "examples": ["whisper-1"],
-            },
-            "language": {"type": "string", "description": "ISO-639-1 code of the spoken language (detected if omitted)"},
-            "response_format": {"type": "string", "enum": list(TRANSCRIPTION_FORMATS), "default": "json"},
-        },
-    },
-)
-TRANSCRIPTION = _ref(
-    "Transcription",
-    {"type": "object", "title": "Transcription", "required": ["text"], "properties": {"text": {"type": "string"}}},
-)
-VERBOSE_TRANSCRIPTION = _ref(
-    "VerboseTranscription",
-    {
-        "type": "object",
-        "title": "VerboseTranscription",
-        "required": ["task", "language", "duration", "text", "segments"],
-        "properties": {
-            "task": {"type": "string", "const": "transcribe"},
-            "language": {"type": ["string", "null"]},
-            "duration": {"type": "number"},
-            "text": {"type": "string"},
-            "segments": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["id", "start", "end", "text"],
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "start": {"type": "number"},
-                        "end": {"type": "number"},
-                        "text": {"type": "string"},
-                    },
-                },
-            },
-        },
-    },
-)
 STREAM_EVENT = {
     "type": "object",
     "description": "One server-sent event: `data` is a ChatCompletionChunk as JSON, an error body as JSON, or `[DONE]`",
@@ -250,30 +200,6 @@ CHAT_COMPLETIONS: dict[str, Any] = {
     "security": SECURITY,
 }
 
-TRANSCRIPTIONS: dict[str, Any] = {
-    "summary": "Transcribe audio",
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": TRANSCRIPTION_REQUEST,
-                "encoding": {"file": {"contentType": "application/octet-stream"}},
-            }
-        },
-    },
-    "responses": {
-        "200": {
-            "description": "The transcript: `{text}` (json), plain text (text) or with segments (verbose_json)",
-            "content": {
-                "application/json": {"schema": {"anyOf": [TRANSCRIPTION, VERBOSE_TRANSCRIPTION]}},
-                "text/plain": {"schema": {"type": "string"}},
-            },
-        },
-        **_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),
-    },
-    "security": SECURITY,
-}
-
 MODELS: dict[str, Any] = {
     "summary": "List the models",
     "responses": {
@@ -341,11 +267,6 @@ def _extra(app: FastAPI, operation: dict[str, Any]) -> dict[str, Any]:
 def chat_completions(app: FastAPI) -> dict[str, Any]:
     """`openapi_extra` for POST /v1/chat/completions."""
     return _extra(app, CHAT_COMPLETIONS)
-
-
-def transcriptions(app: FastAPI) -> dict[str, Any]:
-    """`openapi_extra` for POST /v1/audio/transcriptions."""
-    return _extra(app, TRANSCRIPTIONS)
 
 
 def models(app: FastAPI) -> dict[str, Any]:

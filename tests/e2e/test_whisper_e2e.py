@@ -13,9 +13,10 @@ import soundfile as sf
 import torch
 import whisper
 
-from modalities.audio import WhisperConfig, WhisperRuntime
+from modalities.audio import TranscribeOptions, WhisperConfig, WhisperRuntime
 from modalities.audio import weights as whisper_weights
 from modalities.speech import sample_corpus, synthesize, to_wav_bytes
+from serve.protocol import subtitles
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +103,80 @@ def test_silence_gives_no_words(runtime: WhisperRuntime) -> None:
     assert runtime.transcribe(silence).text == ""  # not whisper's classic "you"
     speech = synthesize("refund", voice="en-us")
     assert "refund" in normalize(runtime.transcribe(speech).text)
+
+
+# -- the Audio API's options: words, subtitles, translation, prompt ------------------------------
+
+WORDS = TranscribeOptions(word_timestamps=True)
+CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d) --> (\d\d):(\d\d):(\d\d)[,.](\d\d\d)")
+
+
+def test_packaged_model_aligns_words_with_whispers_base_heads(runtime: WhisperRuntime) -> None:
+    reference = whisper.model.Whisper(whisper_weights.WHISPER_BASE_DIMS)
+    reference.set_alignment_heads(whisper._ALIGNMENT_HEADS["base"])
+    assert torch.equal(runtime.model.alignment_heads.to_dense(), reference.alignment_heads.to_dense())
+    assert runtime.model.alignment_heads.to_dense().sum() == 8  # not whisper's fallback (24 heads of layers 3-5)
+
+
+def test_words_cover_the_clip_in_order(runtime: WhisperRuntime, corpus) -> None:
+    references, hypotheses = [], []
+    for text, audio in corpus[:4]:
+        transcript = runtime.transcribe(audio, options=WORDS)
+        words = transcript.words
+        references.append(text)
+        hypotheses.append(" ".join(w.word for w in words))
+        assert all(0.0 <= w.start <= w.end <= transcript.duration for w in words)
+        assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:]))
+        # the words span the speech: espeak starts at once and stops ~0.3 s before the clip ends
+        assert words[0].start < 0.5 and words[-1].end > transcript.duration - 1.0, [(w.word, w.start, w.end) for w in words]
+        # the plain transcript is the same text, without paying for the alignment
+        plain = runtime.transcribe(audio)
+        assert plain.words == () and normalize(plain.text) == normalize(transcript.text) == normalize(hypotheses[-1])
+    assert corpus_wer(references, hypotheses) <= MAX_CORPUS_WER, list(zip(references, hypotheses))
+
+
+def test_words_across_two_windows(runtime: WhisperRuntime, corpus) -> None:
+    gap = np.zeros(8_000, np.float32)
+    pieces: list[np.ndarray] = []
+    for _, clip in corpus:
+        pieces += [clip, gap]
+        if sum(len(p) for p in pieces) > 33 * 16_000:
+            break
+    transcript = runtime.transcribe(np.concatenate(pieces), options=WORDS)
+    words = transcript.words
+    assert words[-1].end > 30.0 and all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:]))
+    assert all(0.0 <= w.start <= w.end <= transcript.duration for w in words)
+
+
+@pytest.mark.parametrize("render", [subtitles.srt, subtitles.vtt])
+def test_subtitles_carry_the_spoken_words_inside_the_clip(runtime: WhisperRuntime, corpus, render) -> None:
+    text, audio = corpus[2]
+    transcript = runtime.transcribe(audio)
+    body = render([seg._asdict() for seg in transcript.segments])
+    cues = CUE.findall(body)
+    assert cues and len(cues) == len(transcript.segments)
+    for h1, m1, s1, ms1, h2, m2, s2, ms2 in cues:
+        start = int(h1) * 3600 + int(m1) * 60 + int(s1) + int(ms1) / 1000
+        end = int(h2) * 3600 + int(m2) * 60 + int(s2) + int(ms2) / 1000
+        assert 0.0 <= start <= end <= transcript.duration + 0.0005
+    spoken = " ".join(line for line in body.splitlines() if line and not CUE.match(line) and not line.isdigit() and line != "WEBVTT")
+    assert corpus_wer([text], [spoken]) <= MAX_CORPUS_WER, body
+
+
+def test_translating_english_speech_gives_english(runtime: WhisperRuntime, corpus) -> None:
+    references, hypotheses = [], []
+    for text, audio in corpus[:4]:
+        translation = runtime.transcribe(audio, options=TranscribeOptions(task="translate"))
+        references.append(text)
+        hypotheses.append(translation.text)
+        assert translation.language == "en"  # detected, not assumed: translations ignore the default
+    # Whisper base translates weakly; English in, it gives (nearly) the same English back
+    assert corpus_wer(references, hypotheses) <= 0.2, list(zip(references, hypotheses))
+
+
+def test_a_prompt_is_read_and_keeps_the_words(runtime: WhisperRuntime) -> None:
+    audio = synthesize("My order number is A B C one two three.", voice="en-us")
+    prompted = runtime.transcribe(audio, options=TranscribeOptions(prompt="Order numbers like ABC123, spelled without spaces."))
+    assert "order" in normalize(prompted.text)
+    long_prompt = "refund " * 280  # ~280 tokens: whisper keeps the last 223
+    assert "order" in normalize(runtime.transcribe(audio, options=TranscribeOptions(prompt=long_prompt)).text)

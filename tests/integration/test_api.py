@@ -160,7 +160,53 @@ def test_transcriptions_formats(client, wav_b64):
     plain = client.audio.transcriptions.create(model="whisper-base", file=("c.wav", wav), response_format="text")
     assert "refund" in str(plain).lower()
     verbose = client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav), response_format="verbose_json")
-    assert verbose.duration > 2 and verbose.segments and verbose.language == "en"
+    assert verbose.duration > 2 and verbose.segments and verbose.language == "english" and verbose.words is None
+    segment = verbose.segments[0]
+    assert segment.id == 0 and segment.tokens and segment.avg_logprob < 0 and 0 <= segment.no_speech_prob <= 1
+    assert segment.temperature == 0.0 and segment.compression_ratio > 0 and segment.seek == 0
+    srt = client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav), response_format="srt")
+    assert str(srt).startswith("1\n00:00:0") and " --> 00:00:0" in str(srt) and "refund" in str(srt).lower()
+    vtt = client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav), response_format="vtt")
+    assert str(vtt).startswith("WEBVTT\n\n00:00:0") and "refund" in str(vtt).lower()
+
+
+def test_transcription_word_timestamps_with_the_openai_client(client, wav_b64):
+    wav = base64.b64decode(wav_b64)
+    verbose = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("call.wav", wav, "audio/wav"),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        prompt="Order cancellations and refunds.",
+        temperature=0,
+    )
+    words = verbose.words
+    assert words and verbose.segments and "refund" in verbose.text.lower()
+    spoken = [w.word.strip(" .,").lower() for w in words]
+    assert spoken[:3] == ["please", "cancel", "my"] and spoken[-1] == "refund"
+    # in order, each inside the clip, none running backwards
+    assert all(0 <= w.start <= w.end <= verbose.duration for w in words)
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:]))
+    only_words = client.audio.transcriptions.create(
+        model="whisper-1", file=("c.wav", wav), response_format="verbose_json", timestamp_granularities=["word"]
+    )
+    assert only_words.words and only_words.segments is None  # as OpenAI answers
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav), timestamp_granularities=["word"])
+    assert info.value.body["param"] == "timestamp_granularities"
+
+
+def test_translations_with_the_openai_client(client, wav_b64):
+    wav = base64.b64decode(wav_b64)
+    translation = client.audio.translations.create(model="whisper-1", file=("call.wav", wav, "audio/wav"))
+    assert "refund" in translation.text.lower()
+    verbose = client.audio.translations.create(
+        model="whisper-1", file=("call.wav", wav), response_format="verbose_json", prompt="A customer call.", temperature=0.2
+    )
+    assert verbose.language == "english" and verbose.duration > 2 and verbose.segments and verbose.text
+    assert verbose.segments[0].temperature == pytest.approx(0.2)  # sampled, so the words may vary
+    srt = client.audio.translations.create(model="whisper-base", file=("call.wav", wav), response_format="srt")
+    assert str(srt).startswith("1\n00:00:0") and "refund" in str(srt).lower()
 
 
 # --- errors: OpenAI's body, the right status, a precise param --------------------------------

@@ -3,7 +3,7 @@
 `ENDPOINTS` is the registry: one line per (method, route, body strategy, examples). The JSON
 bodies come from `strategy_for(ChatCompletionRequest)` (tests/helpers/strategies.py), which walks
 the model's JSON schema: a field or content-part type added to the model is fuzzed on the next run.
-The transcription form comes from its OpenAPI component the same way. A new route adds one line
+The Audio API's forms come from their OpenAPI components the same way. A new route adds one line
 (`test_every_route_is_fuzzed` fails until it has one); a JSON route with a new request model is
 `Endpoint("POST", "/v1/responses", json_bodies(ResponseCreateRequest, VALUES), 600)`.
 
@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from serve.http import openapi
-from serve.http.ingress import CHAT, CONVERSATIONS, MODELS, RESPONSES, TRANSCRIPTIONS
+from serve.http.ingress import CHAT, CONVERSATIONS, MODELS, RESPONSES, TRANSCRIPTIONS, TRANSLATIONS
 from serve.protocol import ChatCompletionRequest
 from serve.protocol.responses import (
     ConversationCreateRequest,
@@ -74,7 +74,7 @@ MIN_REQUESTS = 2_000
 WORKERS = 6
 TIMEOUT_S = 90
 # Valid clips that may reach Whisper (each costs a pass); beyond these, the clip is cut short.
-WHISPER_BUDGET = {CHAT: 10, TRANSCRIPTIONS: 16, RESPONSES: 6}
+WHISPER_BUDGET = {CHAT: 10, TRANSCRIPTIONS: 16, TRANSLATIONS: 6, RESPONSES: 6}
 
 
 def _cheap_chat(tree: Any) -> Any:
@@ -216,6 +216,7 @@ MODEL_IDS = st.sampled_from([
 ENDPOINTS = [
     Endpoint("POST", CHAT, json_bodies(ChatCompletionRequest, CHAT_VALUES, _cheap_chat), 1_350),
     Endpoint("POST", TRANSCRIPTIONS, form_bodies(openapi.COMPONENTS["TranscriptionRequest"], FORM_VALUES, openapi.COMPONENTS), 420),
+    Endpoint("POST", TRANSLATIONS, form_bodies(openapi.COMPONENTS["TranslationRequest"], FORM_VALUES, openapi.COMPONENTS), 150),
     Endpoint("GET", MODELS, None, 80),
     Endpoint("GET", MODELS + "/{model:path}", None, 80, path_values=MODEL_IDS),
     Endpoint("GET", "/metrics", None, 20),
@@ -344,7 +345,7 @@ def _draw(strategy: st.SearchStrategy[Request], count: int) -> list[Request]:
 def _within_whisper_budget(requests: list[Request]) -> None:
     """Past each route's budget, a valid clip is swapped for a truncated one (refused at once)."""
     in_json = (b64(TINY_WAV).encode(), b64(BROKEN_WAV).encode())
-    forms = {CHAT: in_json, RESPONSES: in_json, TRANSCRIPTIONS: (TINY_WAV, BROKEN_WAV)}
+    forms = {CHAT: in_json, RESPONSES: in_json, TRANSCRIPTIONS: (TINY_WAV, BROKEN_WAV), TRANSLATIONS: (TINY_WAV, BROKEN_WAV)}
     used: collections.Counter[str] = collections.Counter()
     for request in requests:
         path = request.path

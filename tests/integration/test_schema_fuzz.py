@@ -1,7 +1,7 @@
 """Schemathesis against the live service, driven by the service's own /openapi.json.
 
 More than a thousand generated requests (schema-conforming and schema-violating) across every
-operation (chat, transcriptions, models, metrics, health, and the stored APIs: Responses and
+operation (chat, transcriptions, translations, models, metrics, health, and the stored APIs: Responses and
 Conversations), with the API key. Every response: never a 5xx; a status the document lists for the
 operation; a content type and body that match what it documents; every 4xx in OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`; `n` other than 1 refused with 400; a request
@@ -54,6 +54,7 @@ MIN_TOTAL_CASES = 1_000
 EXAMPLES = {
     ("POST", "/v1/chat/completions"): {GenerationMode.POSITIVE: 520, GenerationMode.NEGATIVE: 330},
     ("POST", "/v1/audio/transcriptions"): {GenerationMode.POSITIVE: 150, GenerationMode.NEGATIVE: 100},
+    ("POST", "/v1/audio/translations"): {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40},
     ("GET", "/v1/models"): {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
     ("GET", "/v1/models/{model}"): {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
     ("GET", "/metrics"): {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5},
@@ -75,6 +76,7 @@ EXAMPLES = {
     ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
 }
 STORED_PREFIXES = ("/v1/responses", "/v1/conversations")
+AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 MAX_TOKENS = 2
 MAX_FRESH = 8  # per DELETE route: objects made to be deleted (a response costs a decoder run)
 MAX_AUDIO_SWAPS = 3  # per route: each valid clip costs a Whisper pass
@@ -114,8 +116,8 @@ class CostCap:
         """The cap for operation `key` (method, path template), applied to its generated body."""
         if key[1] == "/v1/chat/completions":
             self.chat(body)
-        elif key[1] == "/v1/audio/transcriptions":
-            self.transcription(body)
+        elif key[1] in AUDIO_ROUTES:
+            self.transcription(body, key[1])
         elif key == ("POST", "/v1/responses"):
             self.response(body, ids)
         elif key[0] == "POST" and key[1] in ("/v1/conversations", "/v1/conversations/{conversation_id}/items"):
@@ -193,13 +195,13 @@ class CostCap:
             for part in content if isinstance(content, list) else []:
                 self._media(part, route)
 
-    def transcription(self, body: Any) -> None:
+    def transcription(self, body: Any, route: str) -> None:
         if not isinstance(body, dict):
             return
         if isinstance(body.get("model"), str) and not _pick(body["model"], 6):
             body["model"] = "whisper-1"
-        if "file" in body and self.audio_swaps["transcription"] < MAX_AUDIO_SWAPS and _pick(body, 10):
-            self.audio_swaps["transcription"] += 1
+        if "file" in body and self.audio_swaps[route] < MAX_AUDIO_SWAPS and _pick(body, 10):
+            self.audio_swaps[route] += 1
             body["file"] = TINY_WAV
 
 
@@ -337,6 +339,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
             served = {
                 "/v1/chat/completions": {"chorus"},
                 "/v1/audio/transcriptions": {"whisper-1", "whisper-base"},
+                "/v1/audio/translations": {"whisper-1", "whisper-base"},
                 "/v1/responses": {"chorus"},
             }
             if authorized and key[1] in served and isinstance(model, str) and model not in served[key[1]]:
@@ -365,7 +368,8 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
     print(f"  valid WAVs swapped in: {dict(cap.audio_swaps)}")
     assert total >= MIN_TOTAL_CASES, counts
     # both kinds of data reached the two POST routes
-    for label in ("POST /v1/chat/completions", "POST /v1/audio/transcriptions", "POST /v1/responses", "POST /v1/conversations"):
+    for label in ("POST /v1/chat/completions", "POST /v1/audio/transcriptions", "POST /v1/audio/translations",
+                  "POST /v1/responses", "POST /v1/conversations"):
         assert counts[f"{label} positive"] > 0 and counts[f"{label} negative"] > 0, counts
     # the real ids were reached: the stored routes answered more than 404s
     for label in ("GET /v1/conversations/{conversation_id}/items", "GET /v1/responses/{response_id}/input_items"):

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from modalities.audio import Segment, Transcript, WhisperRuntime
+from modalities.audio import Segment, TranscribeOptions, Transcript, WhisperRuntime, Word
 from modalities.errors import MediaError
 from modalities.feature_cache import FeatureCache, media_key, nbytes
 from modalities.vision import ClipRuntime
@@ -89,7 +89,7 @@ def test_audio_batch_one_forward_per_item_errors_and_cache(audio_encoder: AudioE
     runtime.encode_batch = spy
     try:
         results = audio_encoder._run(
-            [(clip_a, True, False, None), (b"not audio at all", True, False, None), (clip_b, True, False, None)]
+            [(clip_a, True, None), (b"not audio at all", True, None), (clip_b, True, None)]
         )
         assert isinstance(results[1], MediaError)
         assert len(spy.calls) == 1 and len(spy.calls[0][0]) == 2  # both good clips in one encoder pass
@@ -101,7 +101,7 @@ def test_audio_batch_one_forward_per_item_errors_and_cache(audio_encoder: AudioE
         assert results[2].features.shape == (115, 32)
 
         spy.calls.clear()
-        again = audio_encoder._run([(clip_b, True, False, None)])
+        again = audio_encoder._run([(clip_b, True, None)])
         assert spy.calls == []  # answered from the cache
         np.testing.assert_array_equal(again[0].features, results[2].features)
         assert again[0].duration_s == results[2].duration_s
@@ -110,23 +110,42 @@ def test_audio_batch_one_forward_per_item_errors_and_cache(audio_encoder: AudioE
         del runtime.encode_batch
 
 
-def test_audio_transcripts_cached_per_language(audio_encoder: AudioEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_audio_transcripts_cached_per_options(audio_encoder: AudioEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = audio_encoder.runtime
-    calls: list[str | None] = []
+    calls: list[TranscribeOptions] = []
 
-    def transcribe(audio: np.ndarray, language: str | None = None) -> Transcript:
-        calls.append(language)
-        return Transcript(text=f"heard {len(audio)}", language=language or "en", segments=[Segment(0.0, 1.0, "x")], duration=len(audio) / 16000)
+    def transcribe(audio: np.ndarray, language: str | None = None, options: TranscribeOptions | None = None) -> Transcript:
+        calls.append(options)
+        words = (Word("x", 0.1, 0.4, 0.9),) if options.word_timestamps else ()
+        segment = Segment(0.0, 1.0, "x", seek=0, tokens=(50364, 87), avg_logprob=-0.2, words=words)
+        return Transcript(text=f"heard {len(audio)}", language=options.language or "en", segments=(segment,), duration=len(audio) / 16000)
 
     monkeypatch.setattr(runtime, "transcribe", transcribe)
     clip = wav(1.5, seed=3)
-    first = audio_encoder._run([(clip, False, True, "en")])[0]
-    second = audio_encoder._run([(clip, False, True, "en")])[0]
-    third = audio_encoder._run([(clip, False, True, "fr")])[0]
-    assert calls == ["en", "fr"]
-    assert first.transcript == second.transcript == f"heard {int(1.5 * 16000)}"
-    assert first.features is None and third.language == "fr"
-    assert second.segments == [{"start": 0.0, "end": 1.0, "text": "x"}]
+    english = TranscribeOptions(language="en")
+    first = audio_encoder._run([(clip, False, english)])[0]
+    second = audio_encoder._run([(clip, False, TranscribeOptions(language="en"))])[0]
+    assert len(calls) == 1 and first.transcript == second.transcript == f"heard {int(1.5 * 16000)}"
+    assert first.features is None and first.words is None
+    assert second.segments == [
+        {"seek": 0, "start": 0.0, "end": 1.0, "text": "x", "tokens": [50364, 87], "temperature": 0.0,
+         "avg_logprob": -0.2, "compression_ratio": 0.0, "no_speech_prob": 0.0}
+    ]  # fmt: skip
+
+    # every option that changes the transcript is its own cache entry
+    others = [
+        TranscribeOptions(language="fr"),
+        TranscribeOptions(language="en", task="translate"),
+        TranscribeOptions(language="en", prompt="Refunds, orders."),
+        TranscribeOptions(language="en", temperature=0.2),
+        TranscribeOptions(language="en", word_timestamps=True),
+    ]
+    results = audio_encoder._run([(clip, False, options) for options in others])
+    assert calls[1:] == others
+    assert results[0].language == "fr" and results[-1].words == [{"word": "x", "start": 0.1, "end": 0.4}]
+    # each cached but the sampled one (temperature > 0: asking again draws again)
+    audio_encoder._run([(clip, False, options) for options in others])
+    assert calls[len(others) + 1 :] == [TranscribeOptions(language="en", temperature=0.2)]
 
 
 # --- vision -----------------------------------------------------------------------------------

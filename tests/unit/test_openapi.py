@@ -10,7 +10,6 @@ import pytest
 from serve.errors import PayloadTooLarge, model_not_found
 from serve.http.ingress import app
 from serve.protocol import (
-    TRANSCRIPTION_FORMATS,
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
@@ -19,10 +18,12 @@ from serve.protocol import (
     ResponseMessage,
     Usage,
 )
+from serve.protocol.transcription import TIMESTAMP_GRANULARITIES, TRANSCRIPTION_FORMATS
 
 ROUTES = {
     ("post", "/v1/chat/completions"): {"200", "400", "401", "404", "408", "413", "429", "500", "503", "504"},
     ("post", "/v1/audio/transcriptions"): {"200", "400", "401", "404", "408", "413", "429", "500", "503", "504"},
+    ("post", "/v1/audio/translations"): {"200", "400", "401", "404", "408", "413", "429", "500", "503", "504"},
     ("get", "/v1/models"): {"200", "401", "429", "500", "503"},
     ("get", "/v1/models/{model}"): {"200", "401", "404", "429", "500", "503"},
     ("get", "/metrics"): {"200", "401", "404", "429", "500", "503"},
@@ -163,22 +164,42 @@ def test_chat_request_schema_and_model_agree(doc):
             ChatCompletionRequest.model_validate(body)
 
 
-def test_transcription_body_is_multipart(doc):
-    body = doc["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]
+SEGMENT = {"id": 0, "seek": 0, "start": 0.0, "end": 1.5, "text": "hi", "tokens": [50364, 2421], "temperature": 0.0,
+           "avg_logprob": -0.3, "compression_ratio": 0.8, "no_speech_prob": 0.01}  # fmt: skip
+
+
+@pytest.mark.parametrize("route", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+def test_audio_bodies_are_multipart(doc, route):
+    body = doc["paths"][route]["post"]["requestBody"]
     assert body["required"] is True and list(body["content"]) == ["multipart/form-data"]
     schema = resolve(doc, body["content"]["multipart/form-data"]["schema"]["$ref"])
     assert schema["required"] == ["file", "model"]
-    assert schema["properties"]["file"] == {**schema["properties"]["file"], "type": "string", "format": "binary"}
-    assert schema["properties"]["model"]["type"] == "string"
-    assert schema["properties"]["language"]["type"] == "string"
-    assert tuple(schema["properties"]["response_format"]["enum"]) == TRANSCRIPTION_FORMATS
-    ok = doc["paths"]["/v1/audio/transcriptions"]["post"]["responses"]["200"]["content"]
+    properties = schema["properties"]
+    assert properties["file"] == {**properties["file"], "type": "string", "format": "binary"}
+    assert properties["model"]["type"] == properties["prompt"]["type"] == "string"
+    assert tuple(properties["response_format"]["enum"]) == TRANSCRIPTION_FORMATS
+    assert (properties["temperature"]["minimum"], properties["temperature"]["maximum"]) == (0, 1.0)
+    if route.endswith("transcriptions"):
+        assert properties["language"]["type"] == "string"
+        assert tuple(properties["timestamp_granularities[]"]["items"]["enum"]) == TIMESTAMP_GRANULARITIES
+    else:  # OpenAI's translations take neither
+        assert "language" not in properties and "timestamp_granularities[]" not in properties
+    ok = doc["paths"][route]["post"]["responses"]["200"]["content"]
     assert set(ok) == {"application/json", "text/plain"}
     check = validator(doc, ok["application/json"]["schema"])
     check.validate({"text": "hello"})
-    check.validate({"task": "transcribe", "language": "en", "duration": 1.5, "text": "hi",
-                    "segments": [{"id": 0, "start": 0.0, "end": 1.5, "text": "hi"}]})
     assert not check.is_valid({"transcript": "hello"})
+
+
+def test_verbose_transcription_schema(doc):
+    check = validator(doc, {"$ref": "#/components/schemas/VerboseTranscription"})
+    head = {"task": "transcribe", "language": "english", "duration": 1.5, "text": "hi"}
+    check.validate({**head, "segments": [SEGMENT]})
+    check.validate({**head, "words": [{"word": "hi", "start": 0.1, "end": 0.4}]})  # only words asked for
+    check.validate({**head, "task": "translate", "segments": [SEGMENT], "words": []})
+    assert not check.is_valid({**head, "segments": [{"id": 0, "start": 0.0, "end": 1.5, "text": "hi"}]})
+    assert not check.is_valid({**head, "words": [{"word": "hi", "start": 0.1}]})
+    assert not check.is_valid({**head, "task": "summarize"})
 
 
 def test_error_and_success_bodies_match_their_schemas(doc):

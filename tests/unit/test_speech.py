@@ -17,6 +17,7 @@ from whisper.model import ModelDimensions, Whisper
 from modalities.audio.config import WhisperConfig
 from modalities.audio.decode import SAMPLE_RATE, WINDOW_MEL_FRAMES, WINDOW_SAMPLES
 from modalities.audio.mel import log_mel
+from modalities.audio.options import TranscribeOptions
 from modalities.audio.whisper import TOKEN_CAP_SLACK, Transcript, WhisperRuntime, encode_mel
 from modalities.audio.whisper_names import normalize_language
 from modalities.errors import MediaError
@@ -189,6 +190,59 @@ def test_language_handling(model: Whisper, monkeypatch: pytest.MonkeyPatch) -> N
 
     detected = runtime(model, language=None, max_tokens_per_second=0.5).transcribe(noise(0.5))
     assert normalize_language(detected.language) == detected.language  # a real code, whatever it is
+
+
+def test_word_timestamps_only_when_asked_on_the_windowed_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    import whisper.timing
+
+    model = tiny_whisper()
+    spy = DecodeSpy(model, monkeypatch)
+    alignments: list[int] = []
+    find_alignment = whisper.timing.find_alignment
+
+    def spy_alignment(model, tokenizer, text_tokens, mel, num_frames, **kwargs):
+        alignments.append(num_frames)
+        return find_alignment(model, tokenizer, text_tokens, mel, num_frames, **kwargs)
+
+    monkeypatch.setattr(whisper.timing, "find_alignment", spy_alignment)
+    clip = noise(2.0)
+    rt = runtime(model, adaptive_margin_s=3.0, max_tokens_per_second=4.0)
+
+    plain = rt.transcribe(clip)
+    assert alignments == [] and plain.words == ()
+    timed = rt.transcribe(clip, options=TranscribeOptions(word_timestamps=True))
+    # one alignment per decoding window: the clip's 200 mel frames, then (whisper moves each next
+    # window to the last word's end) what is left after the words found so far
+    assert alignments[0] == 200 and alignments == sorted(alignments, reverse=True)
+    # the alignment's forward pass saw the same windowed frames as the decoding, not a 30-s window
+    assert set(spy.mel_frames) == {2 * math.ceil((2.0 + 3.0) * SAMPLE_RATE / 320)}
+    assert timed.words and all(w.word.strip() for w in timed.words)
+    assert all(0.0 <= w.start <= w.end <= timed.duration for w in timed.words)
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(timed.words, timed.words[1:]))
+    assert all(0.0 <= w.probability <= 1.0 for w in timed.words)
+
+
+def test_prompt_temperature_and_translation_reach_whisper(model: Whisper, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+    transcribe = whisper.transcribe
+
+    def spy(model, audio, **kwargs):
+        seen.append(kwargs)
+        return transcribe(model, audio, **kwargs)
+
+    monkeypatch.setattr(whisper, "transcribe", spy)
+    rt = runtime(model, max_tokens_per_second=1.0)
+    rt.transcribe(noise(0.5), options=TranscribeOptions(prompt="<|endoftext|> Chorus", temperature=0.5))
+    rt.transcribe(noise(0.5), options=TranscribeOptions(task="translate"))
+    first, second = seen
+    # special-token spellings are text, never tokens (whisper's tokenizer would refuse them)
+    assert first["initial_prompt"] == "< |endoftext|> Chorus" and first["carry_initial_prompt"]
+    assert (first["temperature"], first["task"], first["language"], first["word_timestamps"]) == (0.5, "transcribe", "en", False)
+    # a translation detects the spoken language: the configured default ("en") is for transcriptions
+    assert (second["task"], second["language"], second["initial_prompt"]) == ("translate", None, None)
+    english_only = runtime(tiny_whisper(replace(TINY, n_vocab=51864)))
+    with pytest.raises(MediaError, match="cannot translate"):
+        english_only.transcribe(noise(0.5), options=TranscribeOptions(task="translate"))
 
 
 # -- config and loading --------------------------------------------------------------------------
