@@ -70,8 +70,8 @@ class SpeechService:
         limit = self.config.speech.max_input_chars
         if len(req.input) > limit:
             raise InvalidRequest(f"input is over {limit} characters", param="input", code="string_above_max_length")
-        if not req.input.strip():
-            raise InvalidRequest("input has nothing to say", param="input", code="invalid_value")
+        if not any(c.isalnum() for c in req.input):
+            raise InvalidRequest("input has nothing to say (no letters or digits)", param="input", code="invalid_value")
         self.check_voice(req.voice)
 
     def pcm(self, text: str, voice: str, speed: float = 1.0) -> Any:

@@ -157,6 +157,7 @@ def test_without_speech_audio_answers_are_not_found() -> None:
         ({"response_format": "aac"}, InvalidRequest, "response_format"),
         ({"model": "tts-2"}, NotFound, "model"),
         ({"input": " \n "}, InvalidRequest, "input"),
+        ({"input": "... !?"}, InvalidRequest, "input"),
     ],
 )
 def test_speech_service_checks(body: dict, status_class: type[ServiceError], param: str) -> None:
