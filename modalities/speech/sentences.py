@@ -7,7 +7,8 @@ splits), after a Latin abbreviation ("e.g.", any case) or an initial ("J. K. Row
 lowercase word ("wait... what"). A sentence longer than `max_chars` is cut at its last clause mark
 (, ; : —) in the second half of the window, else at its last space, so speech never waits on a run-on.
 Streaming, a boundary is taken once the next word's first letter has arrived (it decides the rule
-above); `flush` gives the rest when the text ends.
+above); `flush` gives the rest when the text ends. With `first_clause_words`, the first piece may end
+at a clause mark once it has that many words: a voice starts speaking sooner, at a natural pause.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def _cut_long(text: str, max_chars: int) -> int:
 class SentenceStream:
     """Feed text as it streams; take each sentence as soon as it is complete."""
 
-    def __init__(self, max_chars: int = MAX_CHARS) -> None:
+    def __init__(self, max_chars: int = MAX_CHARS, first_clause_words: int | None = None) -> None:
         if max_chars < 1:
             raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         self.max_chars = max_chars
+        self.first_clause_words = first_clause_words
         self._buf = ""
+        self._given = 0  # pieces given so far
 
     def feed(self, text: str) -> list[str]:
         self._buf += text
@@ -62,6 +65,7 @@ class SentenceStream:
             piece, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip(" \t")
             if piece:
                 out.append(piece)
+                self._given += 1
         return out
 
     def flush(self) -> list[str]:
@@ -87,6 +91,10 @@ class SentenceStream:
                 return match.end()
         if newline != -1:
             return newline + 1
+        if self.first_clause_words and not self._given:
+            for match in _CLAUSE_END.finditer(buf):
+                if match.end() < len(buf) and len(buf[: match.start()].split()) >= self.first_clause_words:
+                    return match.end()
         if len(buf) > self.max_chars:
             return _cut_long(buf, self.max_chars)
         return None

@@ -174,6 +174,24 @@ class EspeakEngine:
         return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+# hibari pads each sentence with ~0.3 s of silence before and ~0.5 s after: the first would delay
+# the first sound a caller hears, both together leave ~0.8 s between sentences. Kept: a short lead-in
+# and a sentence-sized pause (a full tail after the last sentence).
+SILENCE_LEVEL = 10 ** (-50 / 20)  # -50 dBFS
+LEAD_IN_S, PAUSE_S = 0.03, 0.25
+
+
+def trim_silence(audio: np.ndarray, last: bool = False, rate: int = OUTPUT_RATE) -> np.ndarray:
+    """`audio` with its leading silence cut to LEAD_IN_S and, unless `last`, its trailing silence to
+    PAUSE_S; all-silent audio is returned as it is."""
+    loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+    if loud.size == 0:
+        return audio
+    start = max(0, int(loud[0]) - int(LEAD_IN_S * rate))
+    end = len(audio) if last else min(len(audio), int(loud[-1]) + 1 + int(PAUSE_S * rate))
+    return audio[start:end]
+
+
 class UnknownVoice(ValueError):
     """A voice name that is not in `SpeechConfig.voices`; the message lists the configured ones."""
 
@@ -227,8 +245,8 @@ class Synthesizer:
 
     def _chunks(self, chunks: list[str], spec: VoiceSpec, speed: float) -> Iterator[np.ndarray]:
         engine = self._engine(spec.engine)
-        for chunk in chunks:
-            audio = engine.synthesize(chunk, spec.voice, speed)
+        for i, chunk in enumerate(chunks):
+            audio = trim_silence(engine.synthesize(chunk, spec.voice, speed), last=i == len(chunks) - 1)
             if audio.size:
                 yield audio
 

@@ -181,6 +181,13 @@ class StreamingVad:
     def in_speech(self) -> bool:
         return self._speech_start is not None
 
+    @property
+    def silence_since_ms(self) -> int | None:
+        """Where the silence inside the current speech began (ms since the last reset), while it has
+        not yet lasted `silence_duration_ms`; None outside speech or while speaking. A caller may
+        start work on the turn from here, on the guess that the speech has ended."""
+        return None if self._silence_start is None or self._speech_start is None else _ms(self._silence_start)
+
     def turn_audio(self) -> np.ndarray | None:
         """The last finished turn's audio (float32 [n] at 16 kHz), or None before any turn has ended."""
         return self._turn

@@ -36,6 +36,10 @@ from .realtime_response import ResponseRun
 log = logging.getLogger("ray.serve.chorus.realtime")
 BYTES_PER_MS = PCM_RATE * 2 // 1000  # 48: 24 kHz, 16-bit mono
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less than 100 ms of audio
+# Whisper starts on a pause this long inside speech, before the VAD's silence_duration_ms says the
+# turn is over: if the pause does end it, the transcript is (nearly) ready when the turn is committed;
+# if the caller goes on, the guess is dropped. Shorter pauses (between words) start nothing.
+SPECULATE_AFTER_MS = 150
 
 
 def silero_vad(detection: TurnDetection) -> Any:
@@ -81,6 +85,7 @@ class RealtimeSession:
         self.task: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()
         self.last_run: ResponseRun | None = None
+        self.guess: tuple[int, int, asyncio.Task] | None = None  # (turn start, pause start, its transcript)
         self._reset_vad()
 
     # --- the socket's side -----------------------------------------------------------------
@@ -144,6 +149,7 @@ class RealtimeSession:
         self.vad = self.vad_factory(detection) if detection is not None and self.vad_factory is not None else None
         self.vad_origin_ms = self.audio_ms
         self.speech_start_ms = None
+        self.guess = None
 
     async def _on_input_audio_buffer_append(self, event: dict[str, Any]) -> None:
         audio = event.get("audio")
@@ -180,6 +186,7 @@ class RealtimeSession:
                 self.out.put({"type": "input_audio_buffer.speech_started", "audio_start_ms": self.speech_start_ms, "item_id": self.pending_item_id})
             elif self.speech_start_ms is not None:
                 await self._speech_stopped(at)
+        self._guess_the_end()
         if self.speech_start_ms is not None and self.audio_ms - self.speech_start_ms > self.limits.max_turn_s * 1000:
             # a caller who never pauses: the turn is cut here, as if they had, and listening goes on
             await self._speech_stopped(self.audio_ms)
@@ -187,16 +194,35 @@ class RealtimeSession:
         elif self.speech_start_ms is None:
             self._trim_silence(detection.prefix_padding_ms)
 
+    def _guess_the_end(self) -> None:
+        """Start Whisper on the turn so far when a pause inside it has lasted SPECULATE_AFTER_MS."""
+        since = getattr(self.vad, "silence_since_ms", None)
+        if self.transcribe is None or self.speech_start_ms is None or since is None:
+            return
+        end = self.vad_origin_ms + since
+        if self.audio_ms - end < SPECULATE_AFTER_MS or (self.guess is not None and self.guess[:2] == (self.speech_start_ms, end)):
+            return
+        wav = pcm_to_wav(self._peek(self.speech_start_ms, end))
+        self.guess = (self.speech_start_ms, end, self._spawn(self.transcribe(wav)))
+
     async def _speech_stopped(self, at_ms: int) -> None:
         item_id = self.pending_item_id or new_id("item")
         self.out.put({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": at_ms, "item_id": item_id})
-        start = self.speech_start_ms or self.buffer_start_ms
+        start = self.speech_start_ms if self.speech_start_ms is not None else self.buffer_start_ms
+        guess, self.guess = self.guess, None
         pcm = self._take(start, at_ms)
         self.speech_start_ms, self.pending_item_id = None, None
-        self._commit(pcm, item_id)
+        # the pause Whisper started on is the one that ended the turn: its transcript is this turn's
+        self._commit(pcm, item_id, guess[2] if guess is not None and guess[:2] == (start, at_ms) else None)
         detection = self.session.turn_detection
         if detection is not None and detection.create_response and self.run is None:
             self._start_response({})
+
+    def _peek(self, start_ms: int, end_ms: int) -> bytes:
+        """Audio between two session positions, left in the buffer."""
+        a = max(0, (start_ms - self.buffer_start_ms) * BYTES_PER_MS)
+        b = max(a, min(len(self.buffer), (end_ms - self.buffer_start_ms) * BYTES_PER_MS))
+        return bytes(self.buffer[a:b])
 
     def _take(self, start_ms: int, end_ms: int) -> bytes:
         """Audio between two session positions; the buffer keeps what follows `end_ms`."""
@@ -230,27 +256,28 @@ class RealtimeSession:
         self._reset_vad()
         self.out.put({"type": "input_audio_buffer.cleared"})
 
-    def _commit(self, pcm: bytes, item_id: str) -> None:
+    def _commit(self, pcm: bytes, item_id: str, transcript: asyncio.Task | None = None) -> None:
         previous = self.items[-1].id if self.items else None
         item = Item(item_id, "message", role="user", content=[{"type": "input_audio", "transcript": None}], audio=pcm_to_wav(pcm))
         self.items.append(item)
         self.out.put({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id})
         self._added(item, previous)
-        self._transcribe_later(item, len(pcm) / (BYTES_PER_MS * 1000))
+        self._transcribe_later(item, len(pcm) / (BYTES_PER_MS * 1000), transcript)
 
     def _added(self, item: Item, previous: str | None) -> None:
         self.out.put({"type": "conversation.item.added", "previous_item_id": previous, "item": item.public()})
         self.out.put({"type": "conversation.item.done", "previous_item_id": previous, "item": item.public()})
 
-    def _transcribe_later(self, item: Item, seconds: float) -> None:
-        """Whisper starts on a committed turn at once; the response awaits it where it needs text."""
+    def _transcribe_later(self, item: Item, seconds: float, started: asyncio.Task | None = None) -> None:
+        """Whisper starts on a committed turn at once (or has started on it already: `started`); the
+        response awaits it where it needs text."""
         if self.transcribe is None or item.audio is None:
             return
         wanted = self.session.transcription is not None
 
         async def run() -> str:
             try:
-                text = (await self.transcribe(item.audio)).strip()
+                text = (await (started if started is not None else self.transcribe(item.audio))).strip()
             except Exception as err:
                 log.warning("realtime transcription failed: %s", type(err).__name__)
                 if wanted:
@@ -271,6 +298,7 @@ class RealtimeSession:
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a dropped guess's failure is not news
         return task
 
     # --- conversation ------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from .realtime_items import Item, new_id
 
 log = logging.getLogger("ray.serve.chorus.realtime")
 Send = Callable[[dict[str, Any]], None]
+# The first piece spoken may end at a clause mark once it has this many words: the caller hears the
+# answer start at the first natural pause rather than at the end of a long first sentence.
+FIRST_CLAUSE_WORDS = 4
 
 
 class ResponseRun:
@@ -139,7 +142,7 @@ class ResponseRun:
 
     async def run(self) -> None:
         self.send({"type": "response.created", "response": self._public()})
-        splitter = SentenceStream()
+        splitter = SentenceStream(first_clause_words=FIRST_CLAUSE_WORDS)
         if "audio" in self.modalities:
             self._speaker = asyncio.create_task(self._speak_sentences())
         try:
@@ -149,6 +152,7 @@ class ResponseRun:
                 for payload in group:
                     self._payload(payload, splitter)
             for sentence in splitter.flush():
+                self.timings.setdefault("first_sentence_s", time.perf_counter() - self.started)
                 self._sentences.put_nowait(sentence)
             self._sentences.put_nowait(None)
             if self._speaker is not None:

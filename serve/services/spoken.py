@@ -25,6 +25,7 @@ from modalities.speech.sentences import SentenceStream
 from serve.errors import Internal, InvalidRequest, NotFound
 from serve.protocol import ChatCompletionRequest
 
+from .realtime_response import FIRST_CLAUSE_WORDS
 from .speech import NO_SPEECH, SpeechService
 
 log = logging.getLogger("ray.serve.chorus.spoken")
@@ -161,7 +162,7 @@ class _SpokenStream:
         return bool(choice.get("finish_reason"))
 
     async def _read_text(self, groups: AsyncIterator[list[Payload]]) -> None:
-        splitter = SentenceStream()
+        splitter = SentenceStream(first_clause_words=FIRST_CLAUSE_WORDS)
         try:
             async for group in groups:
                 now = []

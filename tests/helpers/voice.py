@@ -73,6 +73,10 @@ class LoudnessVad:
         self.start_ms = 0
         self._rest = np.zeros(0, dtype=np.float32)
 
+    @property
+    def silence_since_ms(self) -> int | None:
+        return self.pos_ms - self.quiet_ms if self.in_speech and self.quiet_ms else None
+
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         samples = np.concatenate([self._rest, samples])
         events = []

@@ -41,6 +41,7 @@ class Harness:
         self.speech_handle = FakeSpeechHandle(gate)
         self.outbox = Outbox(max_bytes)
         self.transcribed: list[bytes] = []
+        self.transcribed_at: list[int] = []  # how many events were out when each transcription started
         self.session = RealtimeSession(
             config=self.config, model="chorus", outbox=self.outbox, chat=ChatService(self.config, {}, self.decoder),
             speech=SpeechService(self.config, self.speech_handle), transcribe=self._transcribe,
@@ -50,6 +51,7 @@ class Harness:
 
     async def _transcribe(self, wav: bytes) -> str:
         self.transcribed.append(wav)
+        self.transcribed_at.append(len(self.outbox._events))
         return "where is my order"
 
     async def send(self, **event: Any) -> None:
@@ -353,3 +355,28 @@ async def test_function_tools_over_realtime() -> None:
     await h.send(type="response.create")
     await h.settle()
     assert "in transit" in str(h.decoder.requests[-1].messages)
+
+
+@sync
+async def test_whisper_starts_on_the_pause_that_ends_the_turn() -> None:
+    """A pause of SPECULATE_AFTER_MS starts the transcript; when the pause ends the turn, that
+    transcript is the turn's (Whisper is not asked twice), started before speech_stopped."""
+    h = Harness(speech={"vad": {"silence_duration_ms": 500}})
+    await h.send(type="session.update", session={"audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+    await h.append(pcm(0.3) + pcm(1.0, loud=True) + pcm(0.8), chunk_ms=20)
+    await h.settle()
+    types = h.types()
+    assert len(h.transcribed) == 1
+    assert h.transcribed_at[0] <= types.index("input_audio_buffer.speech_stopped")
+    assert next(e for e in h.events() if e["type"] == "conversation.item.input_audio_transcription.completed")["transcript"] == "where is my order"
+
+
+@sync
+async def test_a_pause_that_does_not_end_the_turn_drops_its_guess() -> None:
+    h = Harness(speech={"vad": {"silence_duration_ms": 500}})
+    await h.append(pcm(0.3) + pcm(0.6, loud=True) + pcm(0.3) + pcm(0.6, loud=True) + pcm(0.8), chunk_ms=20)
+    await h.settle()
+    assert h.types().count("input_audio_buffer.committed") == 1  # one turn
+    assert len(h.transcribed) == 2  # the dropped guess, then the turn
+    committed = next(i for i in h.session.items if i.role == "user")
+    assert committed.audio == h.transcribed[1]

@@ -270,3 +270,28 @@ def test_a_sentence_leaves_before_the_text_ends() -> None:
     assert stream.feed("Your order ships today. ") == []  # the next word's case is not known yet
     assert stream.feed("It") == ["Your order ships today."]
     assert stream.feed(" arrives Monday.") == [] and stream.flush() == ["It arrives Monday."]
+
+
+def test_the_first_piece_may_end_at_a_clause() -> None:
+    from modalities.speech.sentences import SentenceStream
+
+    stream, out = SentenceStream(first_clause_words=4), []
+    for piece in ["Thanks for calling ", "Northwind, ", "your parcel, ", "which left today, ", "arrives soon. ", "Bye."]:
+        out += stream.feed(piece)
+    assert out + stream.flush() == ["Thanks for calling Northwind,", "your parcel, which left today, arrives soon.", "Bye."]
+    short = SentenceStream(first_clause_words=4)
+    assert short.feed("Yes, of course. ") == [] and short.feed("I") == ["Yes, of course."]  # under 4 words: no cut
+    assert SentenceStream(first_clause_words=4).feed("It costs 1,250 dollars in total today") == []  # no space: no clause
+
+
+def test_trim_silence_keeps_a_lead_in_and_a_pause() -> None:
+    from modalities.speech.tts import LEAD_IN_S, PAUSE_S, trim_silence
+
+    rate = 24_000
+    tone = 0.5 * np.sin(np.arange(rate) / 10).astype(np.float32)
+    audio = np.concatenate([np.zeros(rate // 2, np.float32), tone, np.zeros(rate, np.float32)])
+    trimmed = trim_silence(audio)
+    assert abs(len(trimmed) - (rate + (LEAD_IN_S + PAUSE_S) * rate)) <= 2
+    assert abs(len(trim_silence(audio, last=True)) - (len(audio) - rate // 2 + int(LEAD_IN_S * rate))) <= 2
+    silent = np.zeros(100, np.float32)
+    assert trim_silence(silent) is silent

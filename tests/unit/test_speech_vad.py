@@ -218,3 +218,16 @@ def test_speech_between_silences_is_one_turn(speech: np.ndarray) -> None:
     assert abs(events[1].at_ms - true_stop_ms) <= 300
     turn = detector.turn_audio()
     assert turn.size == (events[1].at_ms - events[0].at_ms + config.prefix_padding_ms) * SAMPLE_RATE // 1000
+
+
+
+def test_silence_since_marks_a_pause_before_the_turn_ends() -> None:
+    """While a pause inside speech has not yet ended the turn, `silence_since_ms` says where it began."""
+    stream = vad()
+    stream.feed(probs((0.9, 10), (0.0, 2)))
+    assert stream.in_speech and stream.silence_since_ms == 10 * WINDOW_MS
+    stream.feed(probs((0.9, 3)))  # speech again: the pause was not the end
+    assert stream.silence_since_ms is None
+    events = stream.feed(probs((0.0, 20)))
+    assert [e.kind for e in events] == ["speech_stopped"] and events[0].at_ms == 15 * WINDOW_MS
+    assert stream.silence_since_ms is None
