@@ -54,6 +54,20 @@ class SpeechEngine(Protocol):
         ...
 
 
+# hibari reads numbers as words up to its largest scale and fails past it (an IndexError at 10**36):
+# digit runs longer than a phone or card number are read digit by digit, as a person would.
+_NUMBER = re.compile(r"\d(?:[\d,]*\d)?")
+MAX_NUMBER_DIGITS = 18
+
+
+def _read_long_numbers(text: str) -> str:
+    def spell(match: re.Match[str]) -> str:
+        digits = match.group().replace(",", "")
+        return " ".join(digits) if len(digits) > MAX_NUMBER_DIGITS else match.group()
+
+    return _NUMBER.sub(spell, text)
+
+
 class HibariEngine:
     """hibari: a small neural English voice (ONNX), ~20x faster than real time on one core.
 
@@ -105,6 +119,7 @@ class HibariEngine:
             raise ValueError(f"hibari voice {voice!r} is not available offline; use one of: {', '.join(self.OFFLINE_VOICES)}")
         _check_speed(speed)
         model_speed = min(max(speed, self.MIN_SPEED), self.MAX_SPEED)
+        text = _read_long_numbers(text)
         audio = np.asarray(self._model()(text, speed=model_speed, seed=self._seed), dtype=np.float32)
         rest = speed / model_speed
         if rest != 1.0 and audio.size:

@@ -265,7 +265,7 @@ class Ingress:
         # The first sentence's audio is awaited here: a failure before any audio still gets a status.
         stream = await self.speech.start(req)
         if req.stream_format == "sse":
-            body = cancel_unless_read_to_end(sse.encode_events(self.speech.sse(req, stream)), stream.cancel)
+            body = cancel_unless_read_to_end(sse.encode_events(self.speech.sse(req, stream, request_id(request))), stream.cancel)
             return StreamingResponse(body, media_type=sse.MEDIA_TYPE, headers=dict(sse.HEADERS))
         body = cancel_unless_read_to_end(stream.chunks(), stream.cancel)
         return StreamingResponse(body, media_type=stream.content_type)

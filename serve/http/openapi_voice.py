@@ -14,6 +14,15 @@ from .openapi import SECURITY, _component, _errors, _extra
 
 SPEECH_REQUEST = _component(SpeechRequest, response=False)
 
+# One server-sent event, as schemathesis parses an SSE stream (its `event` and `data` lines).
+SPEECH_EVENT = {
+    "type": "object",
+    "description": "One server-sent event: `event` names it (speech.audio.delta, speech.audio.done, error), `data` is "
+    "the event as JSON (a delta's `audio` is base64; done carries `usage`)",
+    "required": ["event", "data"],
+    "properties": {"event": {"type": "string", "enum": ["speech.audio.delta", "speech.audio.done", "error"]}, "data": {"type": "string"}},
+}
+
 SPEECH: dict[str, Any] = {
     "summary": "Speak text",
     "requestBody": {"required": True, "content": {"application/json": {"schema": SPEECH_REQUEST}}},
@@ -23,7 +32,7 @@ SPEECH: dict[str, Any] = {
             "`speech.audio.delta` events (base64 audio) then `speech.audio.done`",
             "content": {
                 **{ctype: {"schema": {"type": "string", "format": "binary"}} for ctype in sorted(set(CONTENT_TYPES.values()))},
-                "text/event-stream": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": SPEECH_EVENT},
             },
         },
         **_errors("400", "401", "404", "408", "413", "429", "500", "503", "504"),

@@ -7,7 +7,7 @@ sets is validated here and refused whole (an `error` event naming the field) whe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,7 +77,7 @@ class Session(BaseModel):
     tools: list[FunctionTool] = Field(default_factory=list, max_length=128)
     tool_choice: str | dict[str, Any] = "auto"
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_output_tokens: int | Literal["inf"] = "inf"
+    max_output_tokens: Annotated[int, Field(ge=1, le=MAX_RESPONSE_TOKENS)] | Literal["inf"] = "inf"
 
     def speaks(self) -> bool:
         return "audio" in self.output_modalities
@@ -108,6 +108,8 @@ class Session(BaseModel):
 
 def _format(value: Any, param: str) -> str:
     """A GA format object ({type, rate}) or a beta format name → "audio/pcm", or a refusal."""
+    if not isinstance(value, dict | str):
+        raise ProtocolError(f"{param} must be a format object ({{type, rate}}) or a format name", param=param)
     kind = value.get("type") if isinstance(value, dict) else _BETA_FORMATS.get(value, value)
     rate = value.get("rate", PCM_RATE) if isinstance(value, dict) else PCM_RATE
     if kind != "audio/pcm" or rate != PCM_RATE:
@@ -119,8 +121,41 @@ def _format(value: Any, param: str) -> str:
     return "audio/pcm"
 
 
-def _updates(session: dict[str, Any]) -> dict[str, Any]:
+# What a session update may hold: the fields applied here, and OpenAI's fields accepted with no effect
+# on this server (tracing, noise reduction, reasoning, ...). Anything else is refused by name.
+SESSION_FIELDS = frozenset({
+    "instructions", "tools", "tool_choice", "temperature", "max_output_tokens", "voice", "speed", "output_modalities",
+    "audio", "max_response_output_tokens", "modalities", "input_audio_format", "output_audio_format", "turn_detection",
+    "input_audio_transcription",
+})
+INERT_SESSION_FIELDS = frozenset({
+    "type", "model", "id", "object", "expires_at", "include", "prompt", "tracing", "truncation", "reasoning",
+    "parallel_tool_calls", "input_audio_noise_reduction", "client_secret",
+})
+AUDIO_FIELDS = {"input": frozenset({"format", "transcription", "turn_detection", "noise_reduction"}),
+                "output": frozenset({"format", "voice", "speed"})}
+
+
+def _check_fields(session: dict[str, Any], where: str = "session") -> None:
+    for key in session:
+        if key not in SESSION_FIELDS and key not in INERT_SESSION_FIELDS:
+            raise ProtocolError(f"unknown parameter: '{where}.{str(key)[:64]}'", code="unknown_parameter", param=f"{where}.{str(key)[:64]}")
+    audio = session.get("audio")
+    for side, known in AUDIO_FIELDS.items():
+        part = audio.get(side) if isinstance(audio, dict) else None
+        for key in part if isinstance(part, dict) else ():
+            if key not in known:
+                param = f"{where}.audio.{side}.{str(key)[:64]}"
+                raise ProtocolError(f"unknown parameter: '{param}'", code="unknown_parameter", param=param)
+    for key in audio if isinstance(audio, dict) else ():
+        if key not in AUDIO_FIELDS:
+            param = f"{where}.audio.{str(key)[:64]}"
+            raise ProtocolError(f"unknown parameter: '{param}'", code="unknown_parameter", param=param)
+
+
+def _updates(session: dict[str, Any], where: str) -> dict[str, Any]:
     """A `session.update`'s session (GA nesting or beta's flat fields) → `Session` field updates."""
+    _check_fields(session, where)
     out: dict[str, Any] = {}
     for key in ("instructions", "tools", "tool_choice", "temperature", "max_output_tokens", "voice", "speed"):
         if key in session:
@@ -132,26 +167,26 @@ def _updates(session: dict[str, Any]) -> dict[str, Any]:
     elif "modalities" in session:  # beta: ["text"] or ["audio", "text"]
         mods = session["modalities"]
         out["output_modalities"] = ["audio"] if isinstance(mods, list) and "audio" in mods else mods
-    out.update(_audio_updates(session))
+    out.update(_audio_updates(session, where))
     if isinstance(out.get("turn_detection"), dict) and out["turn_detection"].get("type", "server_vad") != "server_vad":
-        raise ProtocolError("turn_detection: only server_vad (or null for push-to-talk) is supported", param="session.audio.input.turn_detection")
+        raise ProtocolError("turn_detection: only server_vad (or null for push-to-talk) is supported", param=f"{where}.audio.input.turn_detection")
     return out
 
 
-def _audio_updates(session: dict[str, Any]) -> dict[str, Any]:
+def _audio_updates(session: dict[str, Any], where: str) -> dict[str, Any]:
     """The audio settings of a session update: GA's `audio.input` / `audio.output`, beta's flat names."""
     out: dict[str, Any] = {}
     audio = session.get("audio") or {}
     if not isinstance(audio, dict):
-        raise ProtocolError("session.audio must be an object", param="session.audio")
+        raise ProtocolError(f"{where}.audio must be an object", param=f"{where}.audio")
     audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
     if not isinstance(audio_in, dict) or not isinstance(audio_out, dict):
-        raise ProtocolError("session.audio.input and .output must be objects", param="session.audio")
+        raise ProtocolError(f"{where}.audio.input and .output must be objects", param=f"{where}.audio")
     formats = (
-        ("input_format", "session.audio.input.format", audio_in.get("format")),
-        ("input_format", "session.input_audio_format", session.get("input_audio_format")),
-        ("output_format", "session.audio.output.format", audio_out.get("format")),
-        ("output_format", "session.output_audio_format", session.get("output_audio_format")),
+        ("input_format", f"{where}.audio.input.format", audio_in.get("format")),
+        ("input_format", f"{where}.input_audio_format", session.get("input_audio_format")),
+        ("output_format", f"{where}.audio.output.format", audio_out.get("format")),
+        ("output_format", f"{where}.output_audio_format", session.get("output_audio_format")),
     )
     for field, where, value in formats:
         if value is not None:
@@ -165,14 +200,17 @@ def _audio_updates(session: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def updated(current: Session, session: Any) -> Session:
-    """`current` with a `session.update`'s settings applied; `ProtocolError` if any is invalid."""
+def updated(current: Session, session: Any, where: str = "session") -> Session:
+    """`current` with a `session.update`'s settings (or a `response.create`'s overrides: `where`
+    "response") applied; `ProtocolError` naming the field if any is invalid."""
     if not isinstance(session, dict):
-        raise ProtocolError("session.update needs a session object", param="session")
-    changes = _updates(session)
+        raise ProtocolError(f"{where} must be an object", param=where)
+    changes = _updates(session, where)
     try:
         return Session.model_validate({**current.model_dump(), **changes})
     except ValidationError as err:
         first = err.errors()[0]
-        where = "session." + ".".join(str(p) for p in first["loc"])
-        raise ProtocolError(f"{where}: {first['msg']}", param=where) from err
+        # a union's branch name ("int", "str", "literal[...]") is not a field
+        loc = [str(p) for p in first["loc"] if not (isinstance(p, str) and (p in ("int", "str", "float", "bool") or "[" in p or "-" in p))]
+        param = ".".join([where, *loc])
+        raise ProtocolError(f"{param}: {first['msg']}", param=param) from err

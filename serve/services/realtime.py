@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from modalities.audio.decode import resample
 from serve.config import ChorusConfig
 from serve.errors import ServiceError
 from serve.protocol import ChatCompletionRequest
-from serve.protocol.parse import validation_error
+from serve.protocol.parse import check_untrusted, validation_error
 from serve.protocol.realtime import CLIENT_EVENTS, PCM_RATE, ProtocolError, Session, TurnDetection, updated
 
 from .realtime_items import Item, chat_messages, item_from_client, new_id, pcm_to_wav
@@ -104,6 +103,7 @@ class RealtimeSession:
             if not isinstance(event, dict):
                 raise ProtocolError("an event must be a JSON object", code="invalid_event")
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+            check_untrusted(event)  # depth and Unicode, as every HTTP route checks its body
             kind = event.get("type")
             if kind not in CLIENT_EVENTS:
                 raise ProtocolError(f"unknown event type {str(kind)[:64]!r}; known: {', '.join(CLIENT_EVENTS)}", code="unknown_event", param="type")
@@ -157,7 +157,7 @@ class RealtimeSession:
             raise ProtocolError("audio must be a base64 string", param="audio")
         try:
             pcm = base64.b64decode(audio, validate=True)
-        except binascii.Error as err:
+        except ValueError as err:  # binascii.Error, or non-ASCII text
             raise ProtocolError("audio is not valid base64", param="audio") from err
         if len(pcm) % 2:
             raise ProtocolError("audio must be whole 16-bit samples (an even number of bytes)", param="audio")
@@ -362,7 +362,8 @@ class RealtimeSession:
         self.run = None
 
     def _start_response(self, overrides: dict[str, Any]) -> None:
-        session = updated(self.session, {k: v for k, v in overrides.items() if k in ("instructions", "tools", "tool_choice", "temperature", "max_output_tokens", "output_modalities", "modalities", "audio", "voice")})
+        applied = ("instructions", "tools", "tool_choice", "temperature", "max_output_tokens", "output_modalities", "modalities", "audio", "voice")
+        session = updated(self.session, {k: v for k, v in overrides.items() if k in applied}, "response")
         if session.speaks():
             self.speech.check_voice(session.voice, "response.audio.output.voice")
         audio_as_text = self.config.fusion.audio_mode == "transcript"

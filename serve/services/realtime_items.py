@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import io
 import uuid
 import wave
@@ -99,7 +98,7 @@ def item_from_client(raw: Any) -> Item:
         if ptype == "input_audio":
             try:
                 pcm = base64.b64decode(_text(part.get("audio"), f"{where}.audio"), validate=True)
-            except binascii.Error as err:
+            except ValueError as err:  # binascii.Error, or non-ASCII text
                 raise ProtocolError(f"{where}.audio is not valid base64", param=f"{where}.audio") from err
             if len(pcm) % 2 or not pcm:
                 raise ProtocolError(f"{where}.audio must be whole 16-bit samples", param=f"{where}.audio")

@@ -166,8 +166,9 @@ class ResponseRun:
         except Exception as err:  # a refusal or a fault: the response fails, the session lives on
             log.warning("realtime response failed: %s", type(err).__name__)
             self.status = "failed"
-            self.error = getattr(err, "body", lambda: {"error": {"type": "server_error", "message": "internal error"}})()["error"]
-            self.send({"type": "error", "error": self.error})
+            error = getattr(err, "body", lambda: {"error": {"type": "server_error", "message": "internal error"}})()["error"]
+            self.error = {"code": "server_error" if error.get("type") == "server_error" else "invalid_value", **{k: v for k, v in error.items() if v is not None}}
+            self.send({"type": "error", "error": {"param": None, "event_id": None, **self.error}})
         finally:
             self._stop_speaking()
             if self.status != "completed" and self.stop_decoder is not None:

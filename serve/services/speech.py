@@ -4,14 +4,16 @@ as chunked bytes or as OpenAI's speech SSE events (`speech.audio.delta`, `speech
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from serve.config import ChorusConfig
-from serve.errors import InvalidRequest, NotFound, model_not_found
+from serve.errors import Internal, InvalidRequest, NotFound, model_not_found
 from serve.protocol.speech import CONTENT_TYPES, ENCODABLE_FORMATS, SpeechRequest
 
+log = logging.getLogger("ray.serve.chorus.speech")
 NO_SPEECH = "this deployment has no speech synthesis configured; set `speech` in the service config"
 
 
@@ -93,10 +95,16 @@ class SpeechService:
         return SpeechStream(first, iterator, stream.cancel, CONTENT_TYPES[req.response_format])
 
     @staticmethod
-    async def sse(req: SpeechRequest, stream: SpeechStream) -> AsyncIterator[dict[str, Any]]:
+    async def sse(req: SpeechRequest, stream: SpeechStream, request_id: str = "-") -> AsyncIterator[dict[str, Any]]:
         """OpenAI's speech events: a delta per chunk (base64 audio), then done with usage. Speech is
-        counted in characters of input, as tts-1 was billed; there are no output tokens."""
-        async for chunk in stream.chunks():
-            yield {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")}
+        counted in characters of input, as tts-1 was billed; there are no output tokens. A failure
+        after the first audio ends the stream with an `error` event."""
+        try:
+            async for chunk in stream.chunks():
+                yield {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")}
+        except Exception:
+            log.exception("speech failed mid-stream request_id=%s", request_id)
+            yield {"type": "error", **Internal(f"speech synthesis failed (request id {request_id})").body()}
+            return
         chars = len(req.input)
         yield {"type": "speech.audio.done", "usage": {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}}

@@ -70,8 +70,8 @@ class SpokenAnswers:
                 said = self._recall(message.audio.id)
                 if said is None:
                     raise InvalidRequest(
-                        f"messages[{i}].audio.id is unknown here or expired",
-                        param=f"messages[{i}].audio.id",
+                        f"messages.{i}.audio.id is unknown here or expired",
+                        param=f"messages.{i}.audio.id",
                         code="invalid_value",
                     )
                 text = message.content if isinstance(message.content, str) and message.content else said

@@ -123,7 +123,7 @@ def test_chat_answer_spoken_and_named_in_a_follow_up(client):
     assert follow.choices[0].message.content is not None
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="chorus", messages=[ask, {"role": "assistant", "audio": {"id": "audio_unknown"}}], max_completion_tokens=4)
-    assert err.value.body["param"] == "messages[1].audio.id"
+    assert err.value.body["param"] == "messages.1.audio.id"
 
 
 def test_chat_audio_streams_while_the_text_does(client):
@@ -252,14 +252,18 @@ def test_realtime_refuses_bad_events_and_keeps_going(serve_url):
 
 
 def test_realtime_handshake_refusals(serve_url):
-    with pytest.raises(Exception):  # no key: refused before the socket opens (HTTP 403)
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:  # no key: refused before the socket opens (HTTP 403)
         with ws_client.connect(_ws_url(serve_url)) as ws:
             ws.recv(timeout=10)
+    assert refused.value.response.status_code == 403
     with ws_client.connect(_ws_url(serve_url), subprotocols=[f"openai-insecure-api-key.{API_KEY}", "realtime"]) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "session.created"  # the browser's way to send a key
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidStatus) as refused:
         with ws_client.connect(_ws_url(serve_url, model="gpt-9"), additional_headers=AUTH) as ws:
             ws.recv(timeout=10)
+    assert refused.value.response.status_code == 403
 
 
 def test_realtime_oversized_event_closes_with_1009(serve_url):

@@ -125,6 +125,15 @@ async def test_session_update_applies_ga_and_beta_names() -> None:
         ({"type": "conversation.item.create", "previous_item_id": "item_nope", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}, "invalid_value", "previous_item_id"),
         ({"type": "conversation.item.delete", "item_id": "item_nope"}, "invalid_value", "item_id"),
         ({"type": "response.create", "response": "now"}, "invalid_value", "response"),
+        # found by the fuzzing: each once closed the socket (1011) or failed the next response
+        ({"type": "input_audio_buffer.append", "audio": "é"}, "invalid_value", "audio"),
+        ({"type": "session.update", "session": {"input_audio_format": ["pcm16"]}}, "invalid_value", "session.input_audio_format"),
+        ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a\ud800b"}]}}, "invalid_unicode", "item.content.0.text"),
+        ({"type": "session.update", "session": {"max_output_tokens": 0}}, "invalid_value", "session.max_output_tokens"),
+        ({"type": "session.update", "session": {"max_output_tokens": 10**30}}, "invalid_value", "session.max_output_tokens"),
+        ({"type": "session.update", "session": {"turn_detecton": None}}, "unknown_parameter", "session.turn_detecton"),
+        ({"type": "session.update", "session": {"audio": {"output": {"voise": "alloy"}}}}, "unknown_parameter", "session.audio.output.voise"),
+        ({"type": "response.create", "response": {"max_output_tokens": -1}}, "invalid_value", "response.max_output_tokens"),
     ],
 )
 @sync

@@ -295,3 +295,17 @@ def test_trim_silence_keeps_a_lead_in_and_a_pause() -> None:
     assert abs(len(trim_silence(audio, last=True)) - (len(audio) - rate // 2 + int(LEAD_IN_S * rate))) <= 2
     silent = np.zeros(100, np.float32)
     assert trim_silence(silent) is silent
+
+
+@pytest.mark.parametrize("text", ["1" * 37, "$" + "9" * 40, "1" + ",000" * 12, "Call 1234567890123456789012 now."])
+def test_hibari_reads_numbers_past_its_scales(text: str) -> None:
+    """hibari's number reader stops at 10**36 (IndexError): longer digit runs are read digit by digit."""
+    audio = HibariEngine().synthesize(text, "heart", 1.0)
+    assert audio.dtype == np.float32 and len(audio) > OUTPUT_RATE
+
+
+def test_numbers_a_person_reads_as_numbers_stay() -> None:
+    from modalities.speech.tts import _read_long_numbers
+
+    assert _read_long_numbers("Pay 1,250.50 by card 1234 5678.") == "Pay 1,250.50 by card 1234 5678."
+    assert _read_long_numbers("id " + "12" * 10) == "id " + " ".join("12" * 10)

@@ -122,7 +122,7 @@ def test_chat_audio_fields_are_checked(body: dict, param: str) -> None:
     [
         ({**SPOKEN, "audio": {"voice": "nobody", "format": "wav"}}, "audio.voice"),
         ({**SPOKEN, "audio": {"voice": "alloy", "format": "aac"}}, "audio.format"),
-        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "audio": {"id": "audio_gone"}}]}, "messages[1].audio.id"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "audio": {"id": "audio_gone"}}]}, "messages.1.audio.id"),
     ],
 )
 def test_spoken_checks_name_the_field(body: dict, param: str) -> None:
