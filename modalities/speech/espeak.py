@@ -19,12 +19,8 @@ ESPEAK = "espeak-ng"
 SYNTH_TIMEOUT_S = 60
 
 
-def synthesize(text: str, voice: str = "en-us", speed_wpm: int = 160, pitch: int = 50) -> np.ndarray:
-    """Speak `text` -> mono float32 [n] at SAMPLE_RATE.
-
-    `voice` is an espeak-ng voice name (`espeak-ng --voices`), optionally with a variant ("en+f3");
-    `speed_wpm` words per minute (espeak-ng accepts 80..450); `pitch` 0..99.
-    """
+def speak(text: str, voice: str = "en-us", speed_wpm: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
+    """espeak-ng's own output for `text`: (mono float32 [n], its sample rate, 22.05 kHz)."""
     if not text.strip():
         raise ValueError("nothing to synthesize")
     exe = shutil.which(ESPEAK)
@@ -41,7 +37,17 @@ def synthesize(text: str, voice: str = "en-us", speed_wpm: int = 160, pitch: int
     if proc.returncode != 0 or not proc.stdout:
         raise RuntimeError(f"espeak-ng failed (voice {voice!r}): {proc.stderr.decode(errors='replace').strip()}")
     audio, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    return resample(audio.mean(axis=1), rate)
+    return audio.mean(axis=1), rate
+
+
+def synthesize(text: str, voice: str = "en-us", speed_wpm: int = 160, pitch: int = 50) -> np.ndarray:
+    """Speak `text` -> mono float32 [n] at SAMPLE_RATE (16 kHz, what Whisper reads).
+
+    `voice` is an espeak-ng voice name (`espeak-ng --voices`), optionally with a variant ("en+f3");
+    `speed_wpm` words per minute (espeak-ng accepts 80..450); `pitch` 0..99.
+    """
+    audio, rate = speak(text, voice, speed_wpm, pitch)
+    return resample(audio, rate)
 
 
 def to_wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

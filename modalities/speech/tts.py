@@ -7,7 +7,6 @@ spoken, so the first bytes of a long answer leave after one sentence's synthesis
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import shutil
@@ -17,11 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from modalities.speech.config import OUTPUT_RATE, SpeechConfig, VoiceSpec
-from modalities.speech.espeak import ESPEAK, SYNTH_TIMEOUT_S
+from modalities.speech.espeak import ESPEAK, SYNTH_TIMEOUT_S, speak
 from modalities.speech.sentences import split_sentences
 
 if TYPE_CHECKING:
@@ -172,18 +170,7 @@ class EspeakEngine:
             raise ValueError(f"espeak-ng has no voice {voice!r}; `espeak-ng --voices` lists them (e.g. en-us, en-gb, de, fr)")
         _check_speed(speed)
         wpm = min(max(round(self.BASE_WPM * speed), self.MIN_WPM), self.MAX_WPM)
-        # Text goes in on stdin so that text starting with "-" is never taken for an option.
-        proc = subprocess.run(
-            [self._exe(), "--stdout", "-v", voice, "-s", str(wpm)],
-            input=text.encode("utf-8"),
-            capture_output=True,
-            timeout=SYNTH_TIMEOUT_S,
-            check=False,
-        )
-        if proc.returncode != 0 or not proc.stdout:
-            raise RuntimeError(f"espeak-ng failed (voice {voice!r}): {proc.stderr.decode(errors='replace').strip()}")
-        audio, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-        mono = audio.mean(axis=1)
+        mono, rate = speak(text, voice, wpm)
         if rate != OUTPUT_RATE:
             mono = soxr.resample(mono, rate, OUTPUT_RATE)
         return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)

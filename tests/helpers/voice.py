@@ -10,24 +10,7 @@ from typing import Any
 
 import numpy as np
 
-
-class _Remote:
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-
-class _Stream:
-    def __init__(self, chunks) -> None:
-        self.chunks, self.cancelled = chunks, False
-
-    def __aiter__(self):
-        return self.chunks.__aiter__()
-
-    def cancel(self) -> None:
-        self.cancelled = True
+from tests.helpers.scripted import _Remote, _Stream
 
 
 class FakeSpeechHandle:
