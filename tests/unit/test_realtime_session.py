@@ -389,3 +389,23 @@ async def test_a_pause_that_does_not_end_the_turn_drops_its_guess() -> None:
     assert len(h.transcribed) == 2  # the dropped guess, then the turn
     committed = next(i for i in h.session.items if i.role == "user")
     assert committed.audio == h.transcribed[1]
+
+
+@sync
+async def test_embed_modes_send_the_turns_audio_itself() -> None:
+    """With fusion.audio_mode embed the LLM hears the audio (an input_audio part), not Whisper's text;
+    assistant audio is always its transcript (what was said)."""
+    from serve.services.realtime_items import Item, chat_messages, pcm_to_wav
+
+    wav = pcm_to_wav(pcm(0.2, loud=True))
+    user = Item("item_u", "message", role="user", content=[{"type": "input_audio", "transcript": None}], audio=wav)
+    said = Item("item_a", "message", role="assistant", content=[{"type": "output_audio", "transcript": "It ships today."}])
+    embed = await chat_messages([user, said], "Be brief.", audio_as_text=False)
+    assert embed[0] == {"role": "system", "content": "Be brief."}
+    part = embed[1]["content"][0]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
+    assert base64.b64decode(part["input_audio"]["data"]) == wav
+    assert embed[2] == {"role": "assistant", "content": "It ships today."}
+    user.transcript_task = asyncio.ensure_future(asyncio.sleep(0, result="where is my order"))
+    text = await chat_messages([user], "", audio_as_text=True)
+    assert text == [{"role": "user", "content": [{"type": "text", "text": "where is my order"}]}]
