@@ -586,6 +586,24 @@ def test_audit_rows_are_redacted(config):
     run(scenario())
 
 
+def test_our_response_ids_are_kept_whole_in_the_audit(config):
+    """A response id whose hex holds a 13-digit run passing Luhn was once redacted as a card number
+    ('resp_61eb…bd[CARD]'), and its audit row could not be found by the id (seen in make test)."""
+    looks_like_a_card = "resp_61eb61673b7140989bd5694952038854"
+
+    async def scenario():
+        store = await Store.open(config)
+        try:
+            await store.audit(AuditEntry(at=T0, key_id=A, route="/v1/responses", method="POST", status=200, request_id="r", response_id=looks_like_a_card))
+            await store.audit(AuditEntry(at=T0, key_id=B, route="/v1/responses", method="POST", status=200, request_id="r", response_id="card 4111 1111 1111 1111"))
+            assert (await store.audit_rows(key_id=A))[0].response_id == looks_like_a_card
+            assert "4111" not in (await store.audit_rows(key_id=B))[0].response_id  # not ours: redacted as ever
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
 def test_media_is_content_addressed_and_refused_without_keep_media(config):
     async def scenario():
         store = await Store.open(config)
