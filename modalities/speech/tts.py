@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -117,7 +118,9 @@ class HibariEngine:
             raise ValueError(f"hibari voice {voice!r} is not available offline; use one of: {', '.join(self.OFFLINE_VOICES)}")
         _check_speed(speed)
         model_speed = min(max(speed, self.MIN_SPEED), self.MAX_SPEED)
-        text = _read_long_numbers(text)
+        # NFKC first: hibari's number reader takes superscript, subscript and circled digits for digits
+        # and then fails on int() ("¹", "①"); NFKC makes them plain digits (and "²" in "mc²" a 2)
+        text = _read_long_numbers(unicodedata.normalize("NFKC", text))
         audio = np.asarray(self._model()(text, speed=model_speed, seed=self._seed), dtype=np.float32)
         rest = speed / model_speed
         if rest != 1.0 and audio.size:

@@ -91,7 +91,7 @@ def item_from_client(raw: Any) -> Item:
     allowed = _USER_PARTS if role == "user" else _ASSISTANT_PARTS if role == "assistant" else {"input_text"}
     item = Item(item_id, "message", role=role)
     for i, part in enumerate(parts):
-        where = f"item.content[{i}]"
+        where = f"item.content.{i}"
         ptype = part.get("type") if isinstance(part, dict) else None
         if ptype not in allowed:
             raise ProtocolError(f"{where}.type must be one of {', '.join(sorted(allowed))} for a {role} message", param=f"{where}.type")

@@ -104,7 +104,7 @@ class SpeechService:
                 yield {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")}
         except Exception:
             log.exception("speech failed mid-stream request_id=%s", request_id)
-            yield {"type": "error", **Internal(f"speech synthesis failed (request id {request_id})").body()}
+            yield {"type": "error", **Internal(f"speech synthesis failed (request id {request_id})", code="server_error").body()}
             return
         chars = len(req.input)
         yield {"type": "speech.audio.done", "usage": {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}}

@@ -196,7 +196,7 @@ class _SpokenStream:
                 kind, group = await self.out.get()
                 if kind == "failed":
                     self.cancel()
-                    yield [Internal(f"speech synthesis failed (request id {self.request_id})").body(), "[DONE]"]
+                    yield [Internal(f"speech synthesis failed (request id {self.request_id})", code="server_error").body(), "[DONE]"]
                     return
                 if kind == "end":
                     break

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from serve.http import openapi
-from serve.http.ingress import CHAT, CONVERSATIONS, MODELS, RESPONSES, TRANSCRIPTIONS, TRANSLATIONS
+from serve.http.ingress import CHAT, CONVERSATIONS, MODELS, RESPONSES, SPEECH, TRANSCRIPTIONS, TRANSLATIONS
 from serve.protocol import ChatCompletionRequest
 from serve.protocol.responses import (
     ConversationCreateRequest,
@@ -48,6 +48,7 @@ from serve.protocol.responses import (
     ConversationUpdateRequest,
     ResponseCreateRequest,
 )
+from serve.protocol.speech import SpeechRequest
 from tests import pdfs
 from tests.helpers.strategies import (
     BROKEN_WAV,
@@ -140,6 +141,20 @@ def _cheap_response(tree: Any) -> Any:
     return tree
 
 
+MAX_SPEECH_CHARS = 160  # what a fuzzed speech request may have spoken (each character costs synthesis)
+SPEECH_VALUES = {
+    "model": st.sampled_from(["tts-1", "tts-1", "tts-1", "gpt-4o-mini-tts", "hibari", "chorus", "whisper-1"]),
+    "voice": st.sampled_from(["alloy", "alloy", "nova", "espeak-de", "nobody", "ALLOY"]),
+}
+
+
+def _cheap_speech(tree: Any) -> Any:
+    """A speech input the service would take (at most 4096 characters) is cut to MAX_SPEECH_CHARS."""
+    if isinstance(tree, dict) and isinstance(tree.get("input"), str) and len(tree["input"]) <= 4096:
+        tree["input"] = tree["input"][:MAX_SPEECH_CHARS]
+    return tree
+
+
 # Placeholders for real objects' ids (swapped in by `with_real_ids` just before sending); the
 # DOOMED ones are deleted by the first DELETE that names them.
 REAL = {
@@ -217,6 +232,7 @@ ENDPOINTS = [
     Endpoint("POST", CHAT, json_bodies(ChatCompletionRequest, CHAT_VALUES, _cheap_chat), 1_350),
     Endpoint("POST", TRANSCRIPTIONS, form_bodies(openapi.COMPONENTS["TranscriptionRequest"], FORM_VALUES, openapi.COMPONENTS), 420),
     Endpoint("POST", TRANSLATIONS, form_bodies(openapi.COMPONENTS["TranslationRequest"], FORM_VALUES, openapi.COMPONENTS), 150),
+    Endpoint("POST", SPEECH, json_bodies(SpeechRequest, SPEECH_VALUES, _cheap_speech), 300),
     Endpoint("GET", MODELS, None, 80),
     Endpoint("GET", MODELS + "/{model:path}", None, 80, path_values=MODEL_IDS),
     Endpoint("GET", "/metrics", None, 20),
@@ -419,10 +435,28 @@ def _send(client: httpx.Client, base: str, request: Request) -> Outcome:
     outcome = Outcome(status, content_type, data[:600], time.monotonic() - started)
     if status >= 500:
         outcome.problem = f"HTTP {status}"
+    elif request.path.split("?")[0] == SPEECH and status == 200:
+        outcome.problem = _speech_problem(data, outcome)
     elif status == 200 and content_type.startswith("text/event-stream"):
         responses = request.path.split("?")[0] == RESPONSES
         outcome.problem = (_responses_stream_problem if responses else _stream_problem)(data, outcome)
     return outcome
+
+
+def _speech_problem(data: bytes, outcome: Outcome) -> str | None:
+    """A speech 200 (read to its end, or the connection dropped: 'no response' above) is audio, or
+    SSE events (`speech.audio.delta`s) ending in `speech.audio.done`, with no error among them."""
+    if not outcome.content_type.startswith("text/event-stream"):
+        return None if outcome.content_type.startswith("audio/") else f"a speech 200 of type {outcome.content_type!r}"
+    events = [line[5:].strip() for line in data.decode("utf-8", "replace").splitlines() if line.startswith("data:")]
+    outcome.events = events
+    try:
+        types = [json.loads(event).get("type") for event in events]
+    except ValueError:
+        return "200 speech stream with an event that is not JSON"
+    if "error" in types or not types or types[-1] != "speech.audio.done":
+        return f"200 speech stream did not end with speech.audio.done: {types[-3:]}"
+    return None
 
 
 def _stream_problem(data: bytes, outcome: Outcome) -> str | None:

@@ -1,8 +1,8 @@
 """Schemathesis against the live service, driven by the service's own /openapi.json.
 
 More than a thousand generated requests (schema-conforming and schema-violating) across every
-operation (chat, transcriptions, translations, models, metrics, health, and the stored APIs: Responses and
-Conversations), with the API key. Every response: never a 5xx; a status the document lists for the
+operation (chat, transcriptions, translations, speech, models, metrics, health, and the stored APIs:
+Responses and Conversations), with the API key. Every response: never a 5xx; a status the document lists for the
 operation; a content type and body that match what it documents; every 4xx in OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`; `n` other than 1 refused with 400; a request
 without the right key refused with 401.
@@ -15,6 +15,8 @@ capped the same way (`max_output_tokens` at most 2, the served model mostly, tin
 stored APIs' path ids are generated (404s), and one in two is swapped for a real object's id
 (`RealIds`), so that their 200s are checked against the document too; a DELETE deletes an object
 made for it. The stored APIs' share of the run is printed (about a minute on 2 cores).
+Speech gets a served model and a known voice mostly, and at most 160 characters to say; its 200s
+(binary audio, or SSE) must carry the requested format's content type (`_check_speech`).
 Run with `-s` to see the counts, the status histogram and where the time went (almost all of it in
 the ~200 completions that reach the decoder). The 500s it found (a denormal temperature or top_p
 broke sampling) are regression cases in test_hostile.py.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import base64
 import collections
 import io
+import json
 import math
 import time
 import zlib
@@ -55,6 +58,8 @@ EXAMPLES = {
     ("POST", "/v1/chat/completions"): {GenerationMode.POSITIVE: 520, GenerationMode.NEGATIVE: 330},
     ("POST", "/v1/audio/transcriptions"): {GenerationMode.POSITIVE: 150, GenerationMode.NEGATIVE: 100},
     ("POST", "/v1/audio/translations"): {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40},
+    # speech: a 200 is audio in the requested format (binary, chunked) or speech SSE events
+    ("POST", "/v1/audio/speech"): {GenerationMode.POSITIVE: 120, GenerationMode.NEGATIVE: 80},
     ("GET", "/v1/models"): {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
     ("GET", "/v1/models/{model}"): {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10},
     ("GET", "/metrics"): {GenerationMode.POSITIVE: 5, GenerationMode.NEGATIVE: 5},
@@ -80,6 +85,9 @@ AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 MAX_TOKENS = 2
 MAX_FRESH = 8  # per DELETE route: objects made to be deleted (a response costs a decoder run)
 MAX_AUDIO_SWAPS = 3  # per route: each valid clip costs a Whisper pass
+MAX_SPEECH_CHARS = 160  # what a speech request may have spoken (each character costs synthesis)
+SPEECH_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", "hibari"}
+SPEECH_CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "flac": "audio/flac", "wav": "audio/wav", "pcm": "audio/pcm"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -118,6 +126,8 @@ class CostCap:
             self.chat(body)
         elif key[1] in AUDIO_ROUTES:
             self.transcription(body, key[1])
+        elif key[1] == "/v1/audio/speech":
+            self.speech(body)
         elif key == ("POST", "/v1/responses"):
             self.response(body, ids)
         elif key[0] == "POST" and key[1] in ("/v1/conversations", "/v1/conversations/{conversation_id}/items"):
@@ -194,6 +204,20 @@ class CostCap:
             content = item.get("content") if isinstance(item, dict) else None
             for part in content if isinstance(content, list) else []:
                 self._media(part, route)
+
+    def speech(self, body: Any) -> None:
+        """POST /v1/audio/speech: a served model and a known voice mostly (so that 200s are checked
+        against the document), and at most MAX_SPEECH_CHARS to say (a longer input, refused
+        anyway, stays as it is)."""
+        if not isinstance(body, dict):
+            return
+        if isinstance(body.get("model"), str) and not _pick(body["model"], 8):
+            body["model"] = "tts-1"
+        if isinstance(body.get("voice"), str) and not _pick(body["voice"], 3):
+            body["voice"] = "alloy"
+        text = body.get("input")
+        if isinstance(text, str) and len(text) <= 4096:
+            body["input"] = text[:MAX_SPEECH_CHARS]
 
     def transcription(self, body: Any, route: str) -> None:
         if not isinstance(body, dict):
@@ -279,6 +303,22 @@ def _check_error_shape(response: Response, label: str) -> None:
     assert error["code"] is None or isinstance(error["code"], str)
 
 
+def _check_speech(key: tuple[str, str], body: Any, response: Response, seen: collections.Counter[str]) -> None:
+    """A speech 200: the requested format's content type (the document lists them all, so
+    schemathesis alone would take mp3 for wav), or SSE events ending in `speech.audio.done`."""
+    if key[1] != "/v1/audio/speech" or response.status_code != 200:
+        return
+    content_type = response.headers.get("content-type", [""])[0]
+    seen[content_type.split(";")[0]] += 1
+    if isinstance(body, dict) and body.get("stream_format") == "sse":
+        assert content_type.startswith("text/event-stream"), content_type
+        events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events and events[-1]["type"] == "speech.audio.done", response.text[-300:]
+    else:
+        fmt = body.get("response_format", "mp3") if isinstance(body, dict) else "mp3"
+        assert content_type.startswith(SPEECH_CONTENT_TYPES[fmt]), (fmt, content_type)
+
+
 def test_schemathesis_against_live_service(serve_url, api_schema):
     operations = {(op.method.upper(), op.path): op for op in (r.ok() for r in api_schema.get_all_operations())}
     assert set(operations) == set(EXAMPLES), sorted(operations)
@@ -289,6 +329,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
     counts: collections.Counter[str] = collections.Counter()
     statuses: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     seconds: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+    speech_types: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
 
     def fuzz(key: tuple[str, str], mode: GenerationMode, max_examples: int) -> None:
@@ -324,6 +365,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
             seconds[label][response.status_code // 100 * 100] += time.monotonic() - sent
             counts[f"{label} {mode.value}"] += 1
             statuses[label][response.status_code] += 1
+            _check_speech(key, case.body, response, speech_types)
 
             assert response.status_code < 500, (label, response.status_code, response.text[:300], repr(case.body)[:1500])
             if 400 <= response.status_code < 500:
@@ -341,6 +383,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
                 "/v1/audio/transcriptions": {"whisper-1", "whisper-base"},
                 "/v1/audio/translations": {"whisper-1", "whisper-base"},
                 "/v1/responses": {"chorus"},
+                "/v1/audio/speech": SPEECH_MODELS,
             }
             if authorized and key[1] in served and isinstance(model, str) and model not in served[key[1]]:
                 assert response.status_code in (400, 404), (label, model, response.text[:300])  # never served
@@ -369,9 +412,36 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
     assert total >= MIN_TOTAL_CASES, counts
     # both kinds of data reached the two POST routes
     for label in ("POST /v1/chat/completions", "POST /v1/audio/transcriptions", "POST /v1/audio/translations",
-                  "POST /v1/responses", "POST /v1/conversations"):
+                  "POST /v1/audio/speech", "POST /v1/responses", "POST /v1/conversations"):
         assert counts[f"{label} positive"] > 0 and counts[f"{label} negative"] > 0, counts
     # the real ids were reached: the stored routes answered more than 404s
     for label in ("GET /v1/conversations/{conversation_id}/items", "GET /v1/responses/{response_id}/input_items"):
         assert statuses[label][200] > 0, (label, dict(statuses[label]))
     assert statuses["POST /v1/responses"][200] > 0, dict(statuses["POST /v1/responses"])
+    # speech answered with audio (binary or SSE), not only refusals: its 200s were checked too
+    print(f"  speech 200s by content type: {dict(speech_types)}")
+    assert statuses["POST /v1/audio/speech"][200] > 0, dict(statuses["POST /v1/audio/speech"])
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "opus", "flac", "wav", "pcm"])
+def test_speech_audio_matches_the_document(serve_url, api_schema, response_format):
+    """Each format's binary 200 passes every check against the document."""
+    case = api_schema["/v1/audio/speech"]["POST"].Case(
+        body={"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": response_format}
+    )
+    response = case.call(base_url=serve_url, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text[:300]
+    _check_speech(("POST", "/v1/audio/speech"), case.body, response, collections.Counter())
+    case.validate_response(response, checks=CHECKS, headers=AUTH)
+
+
+def test_speech_sse_matches_the_document(serve_url, api_schema):
+    """A speech SSE 200 passes every check against the document: each event an `{event, data}`
+    object, `event` one of speech.audio.delta, speech.audio.done, error."""
+    case = api_schema["/v1/audio/speech"]["POST"].Case(
+        body={"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "pcm", "stream_format": "sse"}
+    )
+    response = case.call(base_url=serve_url, headers=AUTH, timeout=120)
+    assert response.status_code == 200, response.text[:300]
+    _check_speech(("POST", "/v1/audio/speech"), case.body, response, collections.Counter())
+    case.validate_response(response, checks=CHECKS, headers=AUTH)

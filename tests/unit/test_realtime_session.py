@@ -120,7 +120,7 @@ async def test_session_update_applies_ga_and_beta_names() -> None:
         ({"type": "input_audio_buffer.append", "audio": 42}, "invalid_value", "audio"),
         ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty", None),
         ({"type": "response.cancel"}, "response_cancel_not_active", None),
-        ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]}}, "invalid_value", "item.content[0].type"),
+        ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_image"}]}}, "invalid_value", "item.content.0.type"),
         ({"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}}, "invalid_value", "item.role"),
         ({"type": "conversation.item.create", "previous_item_id": "item_nope", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}, "invalid_value", "previous_item_id"),
         ({"type": "conversation.item.delete", "item_id": "item_nope"}, "invalid_value", "item_id"),

@@ -309,3 +309,9 @@ def test_numbers_a_person_reads_as_numbers_stay() -> None:
 
     assert _read_long_numbers("Pay 1,250.50 by card 1234 5678.") == "Pay 1,250.50 by card 1234 5678."
     assert _read_long_numbers("id " + "12" * 10) == "id " + " ".join("12" * 10)
+
+
+@pytest.mark.parametrize("text", ["\x08\u00b9", "\u00b9" * 37, "Call \u200b\u2460 now.", "~\u2081"])
+def test_hibari_reads_digits_that_are_not_decimal(text: str) -> None:
+    """Superscript, subscript and circled digits once failed hibari's number reader (int('¹'))."""
+    assert HibariEngine().synthesize(text, "heart", 1.0).size > 0
