@@ -92,8 +92,8 @@ class Internal(ServiceError):
 
     type = SERVER_ERROR
 
-    def __init__(self, message: str = "internal error") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "internal error", *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
 
 
 def from_input_error(err: InputError, param: str | None = None) -> InvalidRequest:
