@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -20,7 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
 API_KEY_B = "sk-chorus-integration-other"  # a second tenant: the stored APIs' isolation tests
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Read-only: a library that merged its own defaults into the dict it was given (schemathesis' requests
+# transport added `Connection: keep-alive`) turned every later WebSocket handshake sent with it into a
+# plain GET (404); a shared header set must not change under the tests that follow.
+AUTH = MappingProxyType({"Authorization": f"Bearer {API_KEY}"})
 MAX_IN_FLIGHT = 24
 BODY_IDLE_TIMEOUT_S = 3.0
 STORE_DIR = tempfile.mkdtemp(prefix="chorus-store-")  # the session's SQLite store (never the user's)

@@ -359,7 +359,8 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
             # One in 16 requests keeps the generated (wrong) Authorization header; negative cases that
             # negate the header drop it whatever we pass.
             keep_auth = generated_auth is not None and _pick((generated_auth, case.body), 16)
-            headers = None if keep_auth else AUTH
+            # a copy: with a session, schemathesis merges the session's headers into the dict it is given
+            headers = None if keep_auth else dict(AUTH)
             sent = time.monotonic()
             response = case.call(base_url=serve_url, session=session, headers=headers, timeout=120)
             seconds[label][response.status_code // 100 * 100] += time.monotonic() - sent
@@ -429,10 +430,10 @@ def test_speech_audio_matches_the_document(serve_url, api_schema, response_forma
     case = api_schema["/v1/audio/speech"]["POST"].Case(
         body={"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": response_format}
     )
-    response = case.call(base_url=serve_url, headers=AUTH, timeout=120)
+    response = case.call(base_url=serve_url, headers=dict(AUTH), timeout=120)
     assert response.status_code == 200, response.text[:300]
     _check_speech(("POST", "/v1/audio/speech"), case.body, response, collections.Counter())
-    case.validate_response(response, checks=CHECKS, headers=AUTH)
+    case.validate_response(response, checks=CHECKS, headers=dict(AUTH))
 
 
 def test_speech_sse_matches_the_document(serve_url, api_schema):
@@ -441,7 +442,7 @@ def test_speech_sse_matches_the_document(serve_url, api_schema):
     case = api_schema["/v1/audio/speech"]["POST"].Case(
         body={"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "pcm", "stream_format": "sse"}
     )
-    response = case.call(base_url=serve_url, headers=AUTH, timeout=120)
+    response = case.call(base_url=serve_url, headers=dict(AUTH), timeout=120)
     assert response.status_code == 200, response.text[:300]
     _check_speech(("POST", "/v1/audio/speech"), case.body, response, collections.Counter())
-    case.validate_response(response, checks=CHECKS, headers=AUTH)
+    case.validate_response(response, checks=CHECKS, headers=dict(AUTH))
