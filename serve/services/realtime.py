@@ -218,16 +218,19 @@ class RealtimeSession:
         if detection is not None and detection.create_response and self.run is None:
             self._start_response({})
 
+    def _span(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """Byte offsets in the buffer of two session positions (clipped to it)."""
+        a = max(0, (start_ms - self.buffer_start_ms) * BYTES_PER_MS)
+        return a, max(a, min(len(self.buffer), (end_ms - self.buffer_start_ms) * BYTES_PER_MS))
+
     def _peek(self, start_ms: int, end_ms: int) -> bytes:
         """Audio between two session positions, left in the buffer."""
-        a = max(0, (start_ms - self.buffer_start_ms) * BYTES_PER_MS)
-        b = max(a, min(len(self.buffer), (end_ms - self.buffer_start_ms) * BYTES_PER_MS))
+        a, b = self._span(start_ms, end_ms)
         return bytes(self.buffer[a:b])
 
     def _take(self, start_ms: int, end_ms: int) -> bytes:
         """Audio between two session positions; the buffer keeps what follows `end_ms`."""
-        a = max(0, (start_ms - self.buffer_start_ms) * BYTES_PER_MS)
-        b = max(a, min(len(self.buffer), (end_ms - self.buffer_start_ms) * BYTES_PER_MS))
+        a, b = self._span(start_ms, end_ms)
         pcm = bytes(self.buffer[a:b])
         del self.buffer[:b]
         self.buffer_start_ms += b // BYTES_PER_MS
@@ -370,7 +373,7 @@ class RealtimeSession:
         run = ResponseRun(
             send=self.out.put,
             chunks=lambda: self._chunks(run, session, audio_as_text),
-            speak=(lambda sentence: self.speech.pcm(sentence, session.voice, session.speed)) if session.speaks() else None,
+            speak=(lambda sentence: self.speech.stream(sentence, session.voice, session.speed)) if session.speaks() else None,
             modalities=list(session.output_modalities),
             conversation=self.items,
         )

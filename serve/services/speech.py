@@ -76,14 +76,14 @@ class SpeechService:
             raise InvalidRequest("input has nothing to say (no letters or digits)", param="input", code="invalid_value")
         self.check_voice(req.voice)
 
-    def pcm(self, text: str, voice: str, speed: float = 1.0) -> Any:
-        """The deployment's stream of 24 kHz s16le PCM chunks for `text`, one per sentence (a
-        `DeploymentResponseGenerator`: iterate it, `cancel()` it)."""
-        return self.handle.options(stream=True).synthesize.remote(text, voice, speed, "pcm")
+    def stream(self, text: str, voice: str, speed: float = 1.0, fmt: str = "pcm") -> Any:
+        """The deployment's stream of `fmt` chunks for `text`, one per sentence (a
+        `DeploymentResponseGenerator`: iterate it, `cancel()` it); `pcm` is 24 kHz s16le."""
+        return self.handle.options(stream=True).synthesize.remote(text, voice, speed, fmt)
 
     async def start(self, req: SpeechRequest) -> SpeechStream:
         self.check(req)
-        stream = self.handle.options(stream=True).synthesize.remote(req.input, req.voice, req.speed, req.response_format)
+        stream = self.stream(req.input, req.voice, req.speed, req.response_format)
         iterator = stream.__aiter__()
         try:
             first = await iterator.__anext__()

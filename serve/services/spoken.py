@@ -103,7 +103,7 @@ class SpokenAnswers:
         if not text:  # tool calls: nothing to say
             return payload
         fmt = CHAT_FORMATS[req.audio.format]
-        stream = self.speech.handle.options(stream=True).synthesize.remote(text, req.audio.voice, 1.0, fmt)
+        stream = self.speech.stream(text, req.audio.voice, 1.0, fmt)
         audio = b"".join([chunk async for chunk in stream])
         audio_id = _audio_id()
         expires_at = self.remember(audio_id, text)
@@ -176,10 +176,9 @@ class _SpokenStream:
             self.sentences.put_nowait(None)
 
     async def _speak(self) -> None:
-        synthesize = self.answers.speech.handle.options(stream=True).synthesize
         try:
             while (sentence := await self.sentences.get()) is not None:
-                async for chunk in synthesize.remote(sentence, self.voice, 1.0, self.fmt):
+                async for chunk in self.answers.speech.stream(sentence, self.voice, 1.0, self.fmt):
                     data = base64.b64encode(chunk).decode("ascii")
                     self.out.put_nowait(("audio", [self._audio_chunk({"data": data})]))
         except Exception:
