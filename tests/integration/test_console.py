@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from urllib.parse import quote
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tests.integration.browser import CALLER_WORDS, PHONE, launch, open_console
+from tests.integration.browser import CALLER_WAV, CALLER_WORDS, PHONE, launch, open_console
 from tests.integration.conftest import API_KEY, AUTH, REPO
 
 RECEIPT = REPO / "samples" / "images" / "receipt.jpg"
@@ -125,6 +126,44 @@ def test_a_pdf_is_attached_and_its_text_shown(console, tmp_path):
     console.send("What is this document?")
     console.wait_answered(1)
     assert "INVOICE" in console.page.locator("article.user .read").inner_text().upper()
+
+
+def test_images_can_be_dropped_and_pasted(console):
+    page = console.page
+    data = list(RECEIPT.read_bytes())
+    make = """([bytes, name]) => { const t = new DataTransfer();
+        t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/jpeg'})); return t; }"""
+    dropped = page.evaluate_handle(make, [data, "dropped.jpg"])
+    page.dispatch_event("#composer", "drop", {"dataTransfer": dropped})
+    pasted = page.evaluate_handle(make, [data, "pasted.jpg"])
+    page.evaluate("t => document.getElementById('message').dispatchEvent(new ClipboardEvent('paste', {clipboardData: t}))", pasted)
+    names = page.locator("#attachments .name")
+    names.nth(1).wait_for()
+    assert names.all_inner_texts() == ["dropped.jpg", "pasted.jpg"]
+    page.locator("#attachments button", has_text="Remove").first.click()
+    assert names.all_inner_texts() == ["pasted.jpg"]
+
+
+def test_the_fusion_mode_chosen_is_sent_and_shown(console):
+    console.page.select_option("#audio-mode", "embed")
+    console.page.set_input_files("#files", str(CALLER_WAV))
+    console.send("What does the caller want?")
+    console.wait_answered(1)
+    read = console.page.locator("article.user .read").inner_text()
+    assert "Heard (embed)" in read  # the clip went in as projected audio, not as a transcript
+
+
+def test_answers_are_spoken_when_asked(console):
+    console.page.check("#speak")
+    console.page.fill("#max-tokens", "24")
+    console.send("Say hello.")
+    console.wait_answered(1)
+    player = console.answers().nth(0).locator("audio")
+    player.wait_for(timeout=60_000)
+    duration = console.page.wait_for_function(
+        "a => Number.isFinite(a.duration) && a.duration > 0 ? a.duration : null", arg=player.element_handle(), timeout=30_000
+    ).json_value()
+    assert duration > 0.3  # real speech decoded by the browser, not an empty file
 
 
 def test_push_to_talk_records_the_microphone_and_shows_the_transcript(console):
@@ -292,3 +331,47 @@ def test_live_voice_hears_the_caller_and_answers(console):
     page.click("#live")
     assert page.locator("#live").get_attribute("aria-pressed") == "false"
     assert "ended" in page.locator("#voice-status").inner_text()
+
+
+# --- hostile paths: the console's routes join the corpus ----------------------------------------------
+
+CONSOLE_PATH_CASES = [
+    ("head-page", "HEAD", "/", 200, None),
+    ("post-page", "POST", "/", 405, "method_not_allowed"),
+    ("delete-asset", "DELETE", "/console/js/main.js", 405, "method_not_allowed"),
+    ("dotdot-encoded", "GET", "/console/%2e%2e/%2e%2e/serve/config.py", 404, "unknown_url"),
+    ("dotdot-backslash", "GET", "/console/..%5c..%5cpyproject.toml", 404, "unknown_url"),
+    ("absolute", "GET", "/console//etc/passwd", 404, "unknown_url"),
+    ("nul", "GET", "/console/index.html%00.js", 404, "unknown_url"),
+    ("invalid-utf8", "GET", "/console/%ED%A0%80", 404, "unknown_url"),
+    ("long-name", "GET", "/console/" + "a" * 5000, 404, "unknown_url"),
+    ("dotfile", "GET", "/console/.gitignore", 404, "unknown_url"),
+    ("directory", "GET", "/console/js", 404, "unknown_url"),
+    ("source-module", "GET", "/console/../http/console.py", 404, "unknown_url"),
+]
+
+
+@pytest.mark.parametrize("case,method,path,status,code", CONSOLE_PATH_CASES, ids=[c[0] for c in CONSOLE_PATH_CASES])
+def test_console_routes_hostile_paths(serve_url, case, method, path, status, code):
+    resp = httpx.request(method, serve_url + path, timeout=30)
+    assert resp.status_code == status, resp.text[:300]
+    if code is not None:
+        error = resp.json()["error"]
+        assert error["code"] == code and len(resp.content) < 2000
+
+
+def test_console_routes_random_paths_are_files_or_404(serve_url):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    known = {"index.html", "console.css", "icon.svg"}
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60))
+    def probe(name):
+        resp = httpx.get(serve_url + "/console/" + quote(name, safe="/"), timeout=30)
+        assert resp.status_code in (200, 404), (name, resp.status_code)
+        if resp.status_code == 200:
+            assert name in known or name.startswith("js/"), name
+
+    probe()
