@@ -48,6 +48,7 @@ from serve.services.transcription import TranscriptionService
 from serve.store import AuditEntry
 
 from . import openapi, openapi_audio, openapi_stored, openapi_voice, realtime, sse
+from .console import Console
 from .errors import error_response
 from .respond import cancel_unless_read_to_end, in_flight, request_id, respond, server_timing, unless_client_leaves
 
@@ -82,6 +83,7 @@ class Ingress:
         self.store = StoreAccess(self.config.store)
         self.responses = ResponsesService(self.chat, self.store)
         self.conversations = ConversationsService(self.store)
+        self.console = Console(self.config.console)
 
     def _admit(self, request: Request) -> None:
         """Authenticate and rate-limit before any other work (401 / 429 with Retry-After)."""
@@ -145,6 +147,14 @@ class Ingress:
             "store": await self.store.health(HEALTH_TIMEOUT_S),
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def console_page(self, request: Request) -> Response:
+        return await respond(request, "/", _static(self.console, "index.html", request), media_param=None)
+
+    @app.api_route("/console/{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def console_file(self, request: Request, name: str) -> Response:
+        return await respond(request, "/console/{name}", _static(self.console, name, request), media_param=None)
 
     @app.get("/metrics", openapi_extra=openapi.metrics(app))
     async def metrics(self, request: Request) -> Response:
@@ -318,6 +328,12 @@ class Ingress:
 
     # --- conversations ---------------------------------------------------------------------------
 
+    @app.get(CONVERSATIONS, openapi_extra=openapi_stored.conversation_list(app))
+    async def list_conversations(self, request: Request) -> Response:
+        """The caller's conversations: a Chorus extension (OpenAI has no such route)."""
+        work = _json(lambda: self.conversations.list(_owner(request), *_page(request)))
+        return await self._route(request, CONVERSATIONS, work)
+
     @app.post(CONVERSATIONS, openapi_extra=openapi_stored.conversation_create(app))
     async def create_conversation(self, request: Request) -> Response:
         async def work() -> Response:
@@ -411,6 +427,11 @@ def _owner(request: Request) -> str:
 async def _json(work: Callable[[], Awaitable[Any]]) -> Response:
     """Run `work` once admitted (the owner is known only then) and answer its result as JSON."""
     return JSONResponse(await work())
+
+
+async def _static(console: Console, name: str, request: Request) -> Response:
+    """A console file: public (the page asks for the key), never audited (not an API request)."""
+    return console.page(name, request.headers.get("if-none-match"))
 
 
 def _page(request: Request) -> tuple[str | None, int, str]:

@@ -54,6 +54,16 @@ CONVERSATION = _object(
     "conversation",
     {"id": {"type": "string"}, "created_at": {"type": "integer"}, "metadata": {"type": "object", "additionalProperties": {"type": "string"}}},
 )
+CONVERSATION_LIST = _object(
+    "ConversationList",
+    "list",
+    {
+        "data": {"type": "array", "items": CONVERSATION},
+        "first_id": {"type": ["string", "null"]},
+        "last_id": {"type": ["string", "null"]},
+        "has_more": {"type": "boolean"},
+    },
+)
 
 
 def _deleted(name: str, kind: str) -> dict[str, Any]:
@@ -120,6 +130,13 @@ def item_list(app: FastAPI) -> dict[str, Any]:
 
 def item_get(app: FastAPI) -> dict[str, Any]:
     return _extra(app, _operation("One conversation item", ITEM))
+
+
+def conversation_list(app: FastAPI) -> dict[str, Any]:
+    """`openapi_extra` for GET /v1/conversations (a Chorus extension: OpenAI has no such route)."""
+    parameters = [{**PAGE_PARAMETERS[0], "description": "List after this conversation id"}, *PAGE_PARAMETERS[1:]]
+    summary = "The caller's conversations, paginated by creation time (a Chorus extension, not in OpenAI's API)"
+    return _extra(app, _operation(summary, CONVERSATION_LIST, parameters=parameters))
 
 
 def conversation_create(app: FastAPI) -> dict[str, Any]:

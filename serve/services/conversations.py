@@ -65,6 +65,16 @@ class ConversationsService:
             raise not_found("conversation", conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
+    async def list(self, owner: str, after: str | None, limit: int, order: str) -> dict[str, Any]:
+        """The caller's conversations (a Chorus extension: OpenAI has no such list), in the list
+        shape of the items list, each as `retrieve` returns it."""
+        try:
+            page = await (await self._store()).list_conversations(owner, after=after, limit=limit, order=order)
+        except StoreNotFound as err:
+            raise NotFound(short(str(err)), param=err.param, code="not_found") from err
+        data = [conversation_body(record) for record in page.items]
+        return {"object": "list", "data": data, "first_id": page.first_id, "last_id": page.last_id, "has_more": page.has_more}
+
     async def list_items(self, owner: str, conversation_id: str, after: str | None, limit: int, order: str) -> dict[str, Any]:
         store = await self._store()
         try:

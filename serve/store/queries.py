@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, Table, delete, exists, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, Table, delete, exists, insert, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from serve.store.records import NotFound, Page
+from serve.store.records import ConversationRecord, NotFound, Page
 from serve.store.schema import (
     ID_LEN,
     AuditRow,
@@ -110,6 +110,31 @@ async def page(conn: AsyncConnection, items: Table, where: tuple, after: str | N
         has_more=len(found) > limit,
         first_id=data[0]["id"] if data else None,
         last_id=data[-1]["id"] if data else None,
+    )
+
+
+async def conversation_page(
+    conn: AsyncConnection, owner: str, after: str | None, limit: int, order: str
+) -> Page[ConversationRecord]:
+    """One page of the owner's conversations by creation time, then id (ties), starting after the
+    conversation `after` (one of the owner's: anything else is NotFound, as for an item list)."""
+    check_page(limit, order)
+    c = CONVERSATIONS
+    where: tuple = (c.c.owner == owner,)
+    if after is not None:
+        anchor = (await conn.execute(select(c.c.created_at).where(*where, c.c.id == after))).first()
+        if anchor is None:
+            raise conversation_not_found(after, "after")
+        key, at = tuple_(c.c.created_at, c.c.id), tuple_(anchor.created_at, after)  # a row value: an index seek
+        where = (*where, key > at if order == "asc" else key < at)
+    by = (c.c.created_at, c.c.id) if order == "asc" else (c.c.created_at.desc(), c.c.id.desc())
+    rows = (await conn.execute(select(c.c.id, c.c.created_at, c.c.metadata).where(*where).order_by(*by).limit(limit + 1))).all()
+    data = [ConversationRecord(row.id, row.created_at, row.metadata) for row in rows[:limit]]
+    return Page(
+        items=data,
+        has_more=len(rows) > limit,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
     )
 
 

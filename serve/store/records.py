@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -34,10 +37,11 @@ class ConversationRecord:
 
 
 @dataclass(frozen=True)
-class Page:
-    """One page of a list endpoint, in OpenAI's list shape (`data`, `has_more`, `first_id`, `last_id`)."""
+class Page(Generic[T]):
+    """One page of a list endpoint, in OpenAI's list shape (`data`, `has_more`, `first_id`, `last_id`):
+    item dicts, or the conversations list's ConversationRecords."""
 
-    items: list[dict]
+    items: list[T]
     has_more: bool
     first_id: str | None
     last_id: str | None

@@ -104,7 +104,8 @@ class Conversation(Base):
     metadata_: Mapped[dict] = mapped_column("metadata", JSON)
     next_position: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (Index(None, "updated_at"),)
+    # the conversations list (GET /v1/conversations): an owner's, by creation time then id
+    __table_args__ = (Index(None, "updated_at"), Index(None, "owner", "created_at", "id"))
 
 
 class ConversationItem(Base):

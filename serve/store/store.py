@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import delete, insert, literal, select, update
@@ -45,6 +46,7 @@ from serve.store.queries import (
     check_page,
     claim_positions,
     conversation_not_found,
+    conversation_page,
     drop_unreferenced_media,
     held_item_ids,
     insert_items,
@@ -256,19 +258,10 @@ class Store(MediaAuditRetention):
 
     async def get_response(self, owner: str, response_id: str) -> ResponseRecord | None:
         r = RESPONSES
+        columns = [r.c[f.name] for f in fields(ResponseRecord)]  # the record's fields are columns
         async with self._read() as conn:
-            row = (await conn.execute(select(r).where(r.c.owner == owner, r.c.id == response_id))).first()
-        if row is None:
-            return None
-        return ResponseRecord(
-            id=row.id,
-            status=row.status,
-            body=row.body,
-            model=row.model,
-            created_at=row.created_at,
-            previous_response_id=row.previous_response_id,
-            conversation_id=row.conversation_id,
-        )
+            row = (await conn.execute(select(*columns).where(r.c.owner == owner, r.c.id == response_id))).first()
+        return None if row is None else ResponseRecord(**row._mapping)
 
     async def delete_response(self, owner: str, response_id: str) -> bool:
         """The response, its items and the media only they referenced. Conversation items appended
@@ -426,6 +419,13 @@ class Store(MediaAuditRetention):
             if not await row_exists(conn, CONVERSATIONS, owner, conversation_id):
                 raise conversation_not_found(conversation_id)
             return await page(conn, ci, (ci.c.owner == owner, ci.c.conversation_id == conversation_id), after, limit, order)
+
+    async def list_conversations(
+        self, owner: str, *, after: str | None = None, limit: int = 20, order: str = "desc"
+    ) -> Page[ConversationRecord]:
+        """The owner's conversations by creation time, a page at a time (`after`: one of them)."""
+        async with self._read() as conn:
+            return await conversation_page(conn, owner, after, limit, order)
 
     async def all_conversation_items(self, owner: str, conversation_id: str) -> list[dict]:
         """Every item in order, for building a prompt."""

@@ -228,6 +228,10 @@ MODEL_IDS = st.sampled_from([
     "%3C%7Cim_start%7C%3E", "chorus/extra/segments", "%F0%9F%98%80", "chorus%20",
 ])
 
+CONSOLE_FILES = st.one_of(
+    st.sampled_from(["index.html", "js/main.js", "console.css", "%2e%2e/%2e%2e/pyproject.toml", "js", "", "%00", "%ED%A0%80"]),
+    st.sampled_from(HOSTILE_IDS),
+)
 ENDPOINTS = [
     Endpoint("POST", CHAT, json_bodies(ChatCompletionRequest, CHAT_VALUES, _cheap_chat), 1_350),
     Endpoint("POST", TRANSCRIPTIONS, form_bodies(openapi.COMPONENTS["TranscriptionRequest"], FORM_VALUES, openapi.COMPONENTS), 420),
@@ -237,12 +241,19 @@ ENDPOINTS = [
     Endpoint("GET", MODELS + "/{model:path}", None, 80, path_values=MODEL_IDS),
     Endpoint("GET", "/metrics", None, 20),
     Endpoint("GET", HEALTH, None, 40),
+    # the console's static files (public, no body): hostile names must stay 404s
+    Endpoint("GET", "/", None, 10),
+    Endpoint("HEAD", "/", None, 5),
+    Endpoint("GET", "/console/{name:path}", None, 60, path_values=CONSOLE_FILES),
+    Endpoint("HEAD", "/console/{name:path}", None, 10, path_values=CONSOLE_FILES),
     # the stored APIs
     Endpoint("POST", RESPONSES, json_bodies(ResponseCreateRequest, RESPONSE_VALUES, _cheap_response), 450),
     Endpoint("GET", RESPONSES + "/{response_id}", None, 40, path_values=RESPONSE_IDS),
     Endpoint("POST", RESPONSES + "/{response_id}/cancel", None, 40, path_values=RESPONSE_IDS),
     Endpoint("GET", RESPONSES + "/{response_id}/input_items", None, 80, path_values=RESPONSE_IDS, queries=tuple(PAGE_QUERIES)),
     Endpoint("POST", CONVERSATIONS, json_bodies(ConversationCreateRequest, STORED_MEDIA), 250),
+    Endpoint("GET", CONVERSATIONS, None, 60,  # the caller's conversations (a Chorus extension)
+             queries=(*PAGE_QUERIES, f"?after={REAL['conversation']}", f"?after={REAL['other_conversation']}&order=asc")),
     Endpoint("GET", CONVERSATIONS + "/{conversation_id}", None, 40, path_values=CONVERSATION_IDS),
     Endpoint("POST", CONVERSATIONS + "/{conversation_id}", json_bodies(ConversationUpdateRequest), 120, path_values=CONVERSATION_IDS),
     Endpoint("GET", CONVERSATIONS + "/{conversation_id}/items", None, 80, path_values=CONVERSATION_IDS, queries=tuple(PAGE_QUERIES)),

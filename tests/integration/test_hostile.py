@@ -591,7 +591,7 @@ def test_stored_api_bad_ids(serve_url, stored, method, template, body, label, ba
     _still_answers(serve_url)
 
 
-LIST_ROUTES = ["/v1/conversations/{conversation}/items", "/v1/responses/{response}/input_items"]
+LIST_ROUTES = ["/v1/conversations", "/v1/conversations/{conversation}/items", "/v1/responses/{response}/input_items"]
 # (id, query, status, error param)
 PAGE_CASES = [
     ("limit-0", "limit=0", 400, "limit"),
@@ -639,6 +639,8 @@ def test_stored_api_list_after_another_lists_item(serve_url, stored):
         _openai_error(resp, 404, "after", "not_found")
     resp = httpx.get(f"{serve_url}/v1/responses/{stored['b_response']}/input_items?after={stored['input_item']}", headers=OTHER, timeout=30)
     _openai_error(resp, 404, "after", "not_found")
+    resp = httpx.get(f"{serve_url}/v1/conversations?after={stored['conversation']}", headers=OTHER, timeout=30)
+    _openai_error(resp, 404, "after", "not_found")
 
 
 # Every route of the stored APIs: (method, template, body)
@@ -649,6 +651,7 @@ STORED_ROUTES = [
     ("POST", "/v1/responses/{response}/cancel", None),
     ("GET", "/v1/responses/{response}/input_items", None),
     ("POST", "/v1/conversations", {}),
+    ("GET", "/v1/conversations", None),
     ("GET", "/v1/conversations/{conversation}", None),
     ("POST", "/v1/conversations/{conversation}", {"metadata": {"hacked": "yes"}}),
     ("DELETE", "/v1/conversations/{conversation}", None),
@@ -708,6 +711,8 @@ def test_another_tenants_ids_are_not_found(serve_url, stored):
         _openai_error(resp, 404, code="not_found")
         assert stored["response"] not in resp.text or "No response found" in resp.text
         assert "AB123" not in resp.text  # the other tenant's content never leaks
+    listed = {c["id"] for c in httpx.get(f"{serve_url}/v1/conversations?limit=100", headers=OTHER, timeout=30).json()["data"]}
+    assert stored["b_conversation"] in listed and not {stored["conversation"], stored["other_conversation"]} & listed
     assert _snapshot(serve_url, stored) == before
 
 
@@ -731,7 +736,7 @@ def test_stored_api_wrong_methods(serve_url, stored):
         ("PATCH", f"/v1/responses/{stored['response']}"),
         ("GET", f"/v1/responses/{stored['response']}/cancel"),
         ("DELETE", f"/v1/responses/{stored['response']}/input_items"),
-        ("GET", "/v1/conversations"),
+        ("DELETE", "/v1/conversations"),
         ("PUT", f"/v1/conversations/{stored['conversation']}"),
         ("PATCH", f"/v1/conversations/{stored['conversation']}/items/{stored['item']}"),
     ):

@@ -72,6 +72,7 @@ EXAMPLES = {
     ("POST", "/v1/responses/{response_id}/cancel"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
     ("GET", "/v1/responses/{response_id}/input_items"): {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30},
     ("POST", "/v1/conversations"): {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 60},
+    ("GET", "/v1/conversations"): {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20},
     ("GET", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
     ("POST", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30},
     ("DELETE", "/v1/conversations/{conversation_id}"): {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6},
@@ -261,6 +262,11 @@ class RealIds:
         return self._post("/v1/responses", {"model": "chorus", "input": "hi", "max_output_tokens": MAX_TOKENS})["id"]
 
     def swap(self, key: tuple[str, str], case) -> None:
+        query = case.query
+        if key == ("GET", "/v1/conversations") and isinstance(query, dict) and isinstance(query.get("after"), str):
+            if _pick(query["after"], 2):
+                query["after"] = self.conversation  # the list, paged from a real conversation
+            return
         params = case.path_parameters
         if not params or not all(isinstance(v, str) for v in params.values()) or not _pick(sorted(params.items()), 2):
             return
@@ -416,7 +422,7 @@ def test_schemathesis_against_live_service(serve_url, api_schema):
                   "POST /v1/audio/speech", "POST /v1/responses", "POST /v1/conversations"):
         assert counts[f"{label} positive"] > 0 and counts[f"{label} negative"] > 0, counts
     # the real ids were reached: the stored routes answered more than 404s
-    for label in ("GET /v1/conversations/{conversation_id}/items", "GET /v1/responses/{response_id}/input_items"):
+    for label in ("GET /v1/conversations", "GET /v1/conversations/{conversation_id}/items", "GET /v1/responses/{response_id}/input_items"):
         assert statuses[label][200] > 0, (label, dict(statuses[label]))
     assert statuses["POST /v1/responses"][200] > 0, dict(statuses["POST /v1/responses"])
     # speech answered with audio (binary or SSE), not only refusals: its 200s were checked too
