@@ -22,6 +22,7 @@ the prefix cache don't move).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import weakref
@@ -61,11 +62,30 @@ class MediaSlot:
     index: int
 
 
+@dataclass(frozen=True)
+class Literal:
+    """A text of the request in the prompt: a message's own text (`kind` "text" or "instructions",
+    `message` its index) or what an encoder read from a media item (`kind` its modality, `media` its
+    index). `text` is the string as it entered the prompt."""
+
+    kind: str
+    text: str
+    message: int | None = None
+    media: int | None = None
+
+
 @dataclass
 class PromptPlan:
-    """The prompt as alternating token-id pieces and media slots, in order."""
+    """The prompt as alternating token-id pieces and media slots, in order.
+
+    `sources` follows the text tokens in plan order: `(literal, char)` for a token that starts in
+    `literals[literal]` at character `char`, None for markup (the template's, our delimiters). It is
+    what an explanation maps attention back to; the ids never depend on it.
+    """
 
     pieces: list[list[int] | MediaSlot] = field(default_factory=list)
+    literals: list[Literal] = field(default_factory=list)
+    sources: list[tuple[int, int] | None] = field(default_factory=list)
 
     @property
     def slots(self) -> list[MediaSlot]:
@@ -105,11 +125,14 @@ class _Sentinels:
         self._format = f"\x00chorus-{nonce}-{{}}{{}}\x00"
         self.pattern = re.compile(f"\x00chorus-{nonce}-([tm])(\\d+)\x00")
         self.literals: list[str] = []
+        self.origins: list[Literal] = []
+        self.origin = Literal("text", "")  # what the next literals are (set per message and media item)
 
     def literal(self, text: str) -> str:
         if not text:
             return ""
         self.literals.append(text)
+        self.origins.append(dataclasses.replace(self.origin, text=text))
         return self._format.format("t", len(self.literals) - 1)
 
     def media(self, index: int) -> str:
@@ -132,6 +155,15 @@ def _media_text(item: MediaItem, mode: FusionMode, sentinels: _Sentinels) -> str
     delimiters and the words around the text are ours: markup, like the template's. Text read from an
     image or a document stands quoted, as data (`ModalitySpec.text_frame`)."""
     media = spec(item.kind)
+    message_origin = sentinels.origin
+    sentinels.origin = Literal(item.kind, "", media=item.index)
+    try:
+        return _media_text_of(item, media, mode, sentinels)
+    finally:
+        sentinels.origin = message_origin
+
+
+def _media_text_of(item: MediaItem, media, mode: FusionMode, sentinels: _Sentinels) -> str:
     opening, closing = media.delimiters
     slot = f"{opening}{sentinels.media(item.index)}{closing}"
     if not media.wants_text(mode):
@@ -181,7 +213,10 @@ class _Encoder:
         self._plain, self._added_ids = _plain_encoder(tokenizer)
         self._tokenizer = tokenizer
         self.ids: list[int] = []
+        self.sources: list[tuple[int, int] | None] = []
         self._text: list[str] = []
+        self._spans: list[tuple[int, int, int]] = []  # (start, end, literal) in the pending text
+        self._pending = 0  # characters pending
 
     def markup(self, text: str) -> None:
         """Text the template (or this module) wrote: the added tokens in it are real tokens."""
@@ -191,27 +226,41 @@ class _Encoder:
         cursor = 0
         for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
             if token in self._added_ids:
-                self._text.append(text[cursor:start])
+                self._append(text[cursor:start])
                 self._flush_text()
                 self.ids.append(token)
+                self.sources.append(None)
                 cursor = end
-        self._text.append(text[cursor:])
+        self._append(text[cursor:])
 
-    def literal(self, text: str) -> None:
-        """Text from the request: plain characters, whatever they spell."""
+    def literal(self, text: str, number: int) -> None:
+        """Text from the request (literal `number`): plain characters, whatever they spell."""
+        self._spans.append((self._pending, self._pending + len(text), number))
+        self._append(text)
+
+    def _append(self, text: str) -> None:
         self._text.append(text)
+        self._pending += len(text)
 
-    def take(self) -> list[int]:
-        """The ids so far (pending text encoded); the encoder starts a new piece."""
+    def take(self) -> tuple[list[int], list[tuple[int, int] | None]]:
+        """The ids so far (pending text encoded) and their sources; the encoder starts a new piece."""
         self._flush_text()
         ids, self.ids = self.ids, []
-        return ids
+        sources, self.sources = self.sources, []
+        return ids, sources
 
     def _flush_text(self) -> None:
         text = "".join(self._text)
+        spans = self._spans
         self._text.clear()
-        if text:
-            self.ids.extend(self._plain.encode(text, add_special_tokens=False).ids)
+        self._spans, self._pending = [], 0
+        if not text:
+            return
+        encoding = self._plain.encode(text, add_special_tokens=False)
+        self.ids.extend(encoding.ids)
+        for start, _end in encoding.offsets:
+            # the literal this token starts in (a token may run on into the markup after it)
+            self.sources.append(next(((n, start - a) for a, b, n in spans if a <= start < b), None))
 
 
 def resolve_modes(
@@ -245,9 +294,11 @@ def build_prompt(
     chosen = resolve_modes(audio_mode, modes)
     sentinels = _Sentinels()
     conversation = []
-    for message in messages:
+    for number, message in enumerate(messages):
         if not _ROLE.fullmatch(message.role):  # the template writes the role as markup
             raise ValueError(f"invalid role {message.role!r}")
+        kind = "instructions" if message.role in ("system", "developer") else "text"
+        sentinels.origin = Literal(kind, "", message=number)
         text = "".join(
             sentinels.literal(part)
             if isinstance(part, str)
@@ -258,22 +309,27 @@ def build_prompt(
     rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     kinds = {part.index: part.kind for m in messages for part in m.parts if isinstance(part, MediaItem)}
 
-    plan = PromptPlan()
+    plan = PromptPlan(literals=sentinels.origins)
     encoder = _Encoder(tokenizer)
     cursor = 0
+
+    def flush() -> None:
+        ids, sources = encoder.take()
+        if ids:
+            plan.pieces.append(ids)
+            plan.sources.extend(sources)
+
     for match in sentinels.pattern.finditer(rendered):
         encoder.markup(rendered[cursor : match.start()])
         cursor = match.end()
         which, number = match.group(1), int(match.group(2))
         if which == "t":
-            encoder.literal(sentinels.literals[number])
+            encoder.literal(sentinels.literals[number], number)
             continue
-        if ids := encoder.take():
-            plan.pieces.append(ids)
+        flush()
         plan.pieces.append(MediaSlot(kind=kinds[number], index=number))
     encoder.markup(rendered[cursor:])
-    if ids := encoder.take():
-        plan.pieces.append(ids)
+    flush()
     return plan
 
 

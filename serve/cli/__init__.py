@@ -7,6 +7,7 @@ transformers, whisper, ray) happen inside the commands, so `chorus --help` is in
   chorus models info                                     where prepared models live, their hashes
   chorus demo [--audio FILE] [--question TEXT]           a spoken request → transcript → LLM answer
   chorus serve [--config deploy/local.yaml]              run the service (Ray Serve), print how to try it
+  chorus explain REQUEST.json [--out explanation.png]    why the service answered so: per-modality table, a PNG
   chorus make-speech-data [--out DIR]                    espeak-ng speech corpus + cached Whisper features
   chorus make-vision-data [--out DIR]                    synthetic shape images + cached CLIP patch features
   chorus train-projector --data DIR [--out DIR]          train a projector (encoder, LLM frozen); audio or image by --data
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 
-from serve.cli import bench, data, demo, models, projector, serve_cmd
+from serve.cli import bench, data, demo, explain, models, projector, serve_cmd
 from serve.cli.common import HelpFormatter
 
 DESCRIPTION = "Chorus: a multimodal (text, speech, image) assistant service on Ray Serve, and its tools."
 # In `chorus --help` order.
-GROUPS = (models, demo, serve_cmd, data, projector, bench)
+GROUPS = (models, demo, serve_cmd, explain, data, projector, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

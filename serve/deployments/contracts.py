@@ -52,6 +52,7 @@ class DecodeRequest:
     params: SamplingParams
     media: dict[int, np.ndarray] = field(default_factory=dict)  # media index → encoder features
     requested_max_tokens: int | None = None
+    explain: bool = False  # `chorus.explain`: the last event carries the answer's explanation
 
 
 @dataclass
@@ -65,3 +66,6 @@ class DecodeEvent:
     first_token_s: float | None = None
     # With `params.logprobs`: OpenAI's `logprobs.content` entries for this event's tokens.
     logprobs: list[dict[str, Any]] | None = None
+    # Last event only, with `DecodeRequest.explain`: modality shares, ablation deltas, segments
+    # (`modalities.llm.explain`), media referred to by index; the ingress adds boxes.
+    explanation: dict[str, Any] | None = None

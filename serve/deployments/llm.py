@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from serve.config import ChorusConfig
 
 from .common import with_threads
 from .contracts import DecodeEvent, DecodeRequest
+from .explainer import Explainer
 
 CONTEXT_EXCEEDED = "context_length_exceeded"
 
@@ -44,6 +46,7 @@ class LLMDecoder:
         self._generating = 0  # generate() calls in progress
         self._streams: list[EventStream] = []  # their runtime streams, kept until the decode loop lets go of them
         self._streams_lock = threading.Lock()
+        self.explainer = Explainer(self.config.llm.model)  # its model loads on the first explained request
 
     @property
     def active_streams(self) -> int:
@@ -110,7 +113,7 @@ class LLMDecoder:
         params = dataclasses.replace(request.params, max_tokens=min(request.params.max_tokens, max_context - prompt_tokens))
         return plan, params, prompt_tokens
 
-    def _inputs(self, plan: PromptPlan, request: DecodeRequest) -> torch.Tensor:
+    def _inputs(self, plan: PromptPlan, request: DecodeRequest) -> tuple[torch.Tensor, dict[int, int]]:
         text_pieces = [p for p in plan.pieces if isinstance(p, list)]
         text_embeds = [self.runtime.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_pieces]
         media: dict[int, torch.Tensor] = {}
@@ -120,23 +123,30 @@ class LLMDecoder:
                 projector = self._projector(slot.kind, features.shape[-1])
                 dtype = text_embeds[0].dtype if text_embeds else torch.float32
                 media[slot.index] = projector(features)[0].to(dtype)
-        inputs_embeds, _mask, _counts = splice(plan, text_embeds, media)
-        return inputs_embeds
+        inputs_embeds, _mask, counts = splice(plan, text_embeds, media)
+        return inputs_embeds, counts
 
-    def _start(self, request: DecodeRequest) -> tuple[EventStream, int]:
-        """The prompt embedded and queued in the decode loop (its constraint compiled): (stream, prompt tokens)."""
+    def _start(self, request: DecodeRequest) -> tuple[EventStream, int, Callable[[list[int]], dict] | None]:
+        """The prompt embedded and queued in the decode loop (its constraint compiled): (stream, prompt
+        tokens, and with `request.explain` the function that explains the answer's token ids)."""
         plan, params, _prompt_tokens = self._plan(request)
-        inputs_embeds = self._inputs(plan, request)
-        return self.runtime.stream(inputs_embeds=inputs_embeds, params=params), inputs_embeds.shape[1]
+        inputs_embeds, counts = self._inputs(plan, request)
+        stream = self.runtime.stream(inputs_embeds=inputs_embeds, params=params)
+        explain = None
+        if request.explain:
+            frames = {index: features.shape[0] for index, features in request.media.items()}
+            explain = functools.partial(self.explainer.explain, plan, inputs_embeds, media_tokens=counts, media_frames=frames)
+        return stream, inputs_embeds.shape[1], explain
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         """Stream decode events; the last one carries finish_reason and usage."""
         received = time.perf_counter()
         if request.media or request.params.constraint is not None:
             # Projectors run, or a grammar compiles (a large schema can take a while): off the event loop.
-            stream, prompt_tokens = await asyncio.to_thread(self._start, request)
+            stream, prompt_tokens, explain = await asyncio.to_thread(self._start, request)
         else:  # text only: tokenizing and an embedding lookup, cheaper than the thread hop (TTFT)
-            stream, prompt_tokens = self._start(request)
+            stream, prompt_tokens, explain = self._start(request)
+        answer_ids: list[int] = []
         sentinel = object()
         completion_tokens = 0
         # One thread per stream: steps of concurrent streams interleave token by token. Cancelling
@@ -158,8 +168,14 @@ class LLMDecoder:
                 completion_tokens += len(events)
                 text = "".join(event.text for event in events)
                 logprobs = self._logprobs(events) if params.logprobs else None
-                yield DecodeEvent(text, events[-1].finish_reason, prompt_tokens, completion_tokens, first_token_s, logprobs)
-                if events[-1].finish_reason is not None:
+                finish = events[-1].finish_reason
+                explanation = None
+                if explain is not None:
+                    answer_ids.extend(event.token_id for event in events)
+                    if finish is not None and answer_ids:  # one batched pass, off the loop and the engine
+                        explanation = await asyncio.to_thread(explain, answer_ids)
+                yield DecodeEvent(text, finish, prompt_tokens, completion_tokens, first_token_s, logprobs, explanation)
+                if finish is not None:
                     return
         finally:
             # A client that went away stops its request now, whatever the executor is blocked on: a

@@ -206,6 +206,11 @@ class ChorusOptions(_Strict):
         description="Return what was read from each media item (OCR lines with boxes and confidences, a "
         "document's pages, a clip's transcript) in the response's `chorus.media`",
     )
+    explain: bool = Field(
+        default=False,
+        description="Return what the answer rested on in `chorus.explanation`: each input kind's attention share "
+        "and ablation delta, and per-segment relevance (one extra batched forward pass; docs/explanations.md)",
+    )
     regex: str | None = Field(default=None, max_length=MAX_PATTERN_CHARS, description="The answer matches this regex")
     choice: list[str] | None = Field(
         default=None, min_length=1, max_length=MAX_CHOICES, description="The answer is exactly one of these strings"

@@ -20,17 +20,14 @@ from typing import Any
 from fusion.registry import FusionMode, ModalitySpec
 from modalities.errors import InputError
 from modalities.llm.params import SamplingParams
-from serve import metrics
 from serve.config import ChorusConfig
 from serve.deployments.contracts import DecodeEvent, DecodeRequest
 from serve.errors import DeadlineExceeded, Internal, InvalidRequest, ServiceError, from_input_error, model_not_found
 from serve.policy import Policy, StreamGuard
 from serve.protocol import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    ChunkChoice,
     Delta,
     ResponseMessage,
     TextPart,
@@ -41,14 +38,15 @@ from serve.protocol import (
 from serve.protocol.chat import ChoiceLogprobs
 from serve.redact import RedactingFilter
 
+from .chunking import ChunkMaker, Counts, record_timing
+from .explanations import with_boxes
 from .fetch import RemoteMediaFetcher
 from .media import EncodedMedia, MediaInput, encode_all, extract, with_texts
 from .rails import RefusalStream, audit_codes, flag_dicts, untrusted_parts, with_handoff, with_system_prompt
-from .structured import AnswerReader, constraint_for, delta_dicts, render_conversation
+from .structured import AnswerReader, constraint_for, render_conversation
 
 log = logging.getLogger("ray.serve.chorus.chat")
 log.addFilter(RedactingFilter())  # a traceback may quote a prompt
-ROUTE = "/v1/chat/completions"
 DONE = "[DONE]"
 
 
@@ -67,6 +65,7 @@ class Generation:
     audit: dict[str, Any] = field(default_factory=dict)  # for the audit row: tokens, policy flags (never content)
     guard: Policy | None = None  # the policy whose output rail reads the answer
     cancelled: bool = False  # cancelled by us (client gone, a cancel or delete, the output rail)
+    media_details: dict[int, dict[str, Any]] = field(default_factory=dict)  # encoders' detail, for explanations' boxes
 
     def __post_init__(self) -> None:
         stop = self.cancel
@@ -228,6 +227,7 @@ class ChatService:
             params=params,
             media=encoded.features,
             requested_max_tokens=req.requested_max_tokens(),
+            explain=bool(req.chorus and req.chorus.explain),
         )
         # A request without media features (text, transcripts) goes to the decoder over Serve's
         # gRPC channel between replicas, its tokens stream back the same way: the round trip
@@ -238,7 +238,7 @@ class ChatService:
         events = self.decoder.options(stream=True, _by_reference=bool(encoded.features)).generate.remote(decode)
         return Generation(
             events=events, cancel=events.cancel, decoder_called=called, tools=req.tools_in_use(), chorus=chorus,
-            media_read=read, audit=audit, guard=policy,
+            media_read=read, audit=audit, guard=policy, media_details=dict(encoded.details),
         )
 
     async def first_event(self, generation: Generation) -> tuple[DecodeEvent | None, AsyncIterator[DecodeEvent]]:
@@ -277,6 +277,7 @@ class ChatService:
                 logprobs = (logprobs or []) + event.logprobs
             prompt_tokens, completion_tokens = event.prompt_tokens, event.completion_tokens
             finish = event.finish_reason or finish
+            _explained(generation, event)
         record_timing(started, first_at, completion_tokens)
         generation.audit.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
@@ -328,17 +329,19 @@ class ChatService:
         fewer before the first token reaches the client). A failure mid-stream ends it with an error
         payload, never silently truncated; a passed deadline cancels the generation.
         """
-        chunk = _ChunkMaker(generation, self.config.served_model_name, include_usage)
+        chunk = ChunkMaker(generation, self.config.served_model_name, include_usage)
         pending: list[dict[str, Any] | str] = [chunk(Delta(role="assistant", content=""))]
         if generation.chorus is not None:  # what was read from the media leaves with the first chunk
             pending[0]["chorus"] = generation.chorus
-        counts = _Counts()
+        counts = Counts()
         reader = AnswerReader() if generation.tools else None
         guard = generation.guard.stream_guard() if generation.guard is not None else None
         logprobs: list[dict[str, Any]] | None = None  # of tokens whose text is not out yet
+        explained = None
         try:
             async for event in events:
                 counts.see(event)
+                explained = _explained(generation, event) or explained
                 if event.logprobs is not None:
                     logprobs = (logprobs or []) + event.logprobs
                 out = _deltas(reader, event.text, final=bool(event.finish_reason))
@@ -381,6 +384,8 @@ class ChatService:
         closing = [*pending, chunk(Delta(), finish=counts.finish, logprobs=logprobs)]  # EOS's entry, held text's
         if include_usage:
             closing.append(chunk(Delta(), usage=counts.usage(), empty=True))
+        if explained is not None:  # the explanation: a last chunk of its own, before [DONE]
+            closing.append({**chunk(Delta(), empty=True), "chorus": {"explanation": explained}})
         yield [*closing, DONE]
 
 
@@ -421,6 +426,15 @@ def _guarded(guard: StreamGuard, deltas: list[Delta], final: bool) -> list[Delta
     return out
 
 
+def _explained(generation: Generation, event: DecodeEvent) -> dict[str, Any] | None:
+    """The event's explanation with its boxes, also kept in the answer's `chorus` (None if it has none)."""
+    if event.explanation is None:
+        return None
+    explanation = with_boxes(event.explanation, generation.media_details)
+    generation.chorus = {**(generation.chorus or {}), "explanation": explanation}
+    return explanation
+
+
 def _note_output_rail(generation: Generation, code: str | None) -> None:
     """The answer was replaced by the refusal: say so in `chorus.policy` and the audit row."""
     chorus = generation.chorus or {}
@@ -438,60 +452,3 @@ def _deltas(reader: AnswerReader | None, text: str, final: bool) -> list[Delta]:
         released, calls = released + more_text, calls + more_calls
     deltas = [Delta(content=released)] if released else []
     return deltas + ([Delta(tool_calls=calls)] if calls else [])
-
-
-class _Counts:
-    """What a stream has seen so far: first token time, token counts, finish reason."""
-
-    def __init__(self) -> None:
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-        self.prompt_tokens = self.completion_tokens = 0
-        self.finish = "stop"
-
-    def see(self, event: DecodeEvent) -> None:
-        at = time.perf_counter()
-        if self.first_at is None:
-            self.first_at = at
-        elif self.last_at is not None:
-            metrics.INTER_TOKEN.observe(at - self.last_at, tags={"route": ROUTE})
-        self.last_at = at
-        self.prompt_tokens, self.completion_tokens = event.prompt_tokens, event.completion_tokens
-
-    def usage(self) -> Usage:
-        total = self.prompt_tokens + self.completion_tokens
-        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total)
-
-
-class _ChunkMaker:
-    def __init__(self, generation: Generation, model: str, include_usage: bool) -> None:
-        self.generation, self.model, self.include_usage = generation, model, include_usage
-
-    def __call__(
-        self,
-        delta: Delta,
-        finish: str | None = None,
-        usage: Usage | None = None,
-        empty: bool = False,
-        logprobs: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        entries = None if logprobs is None else ChoiceLogprobs(content=logprobs)
-        choices = [] if empty else [ChunkChoice(delta=delta, finish_reason=finish, logprobs=entries)]  # type: ignore[arg-type]
-        g = self.generation
-        payload = ChatCompletionChunk(id=g.completion_id, created=g.created, model=self.model, choices=choices, usage=usage).model_dump()
-        for choice in payload["choices"]:  # OpenAI sends only the delta fields that are set
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-            if delta.tool_calls:
-                choice["delta"]["tool_calls"] = delta_dicts(delta.tool_calls)
-        if not self.include_usage:  # `usage` appears on chunks only when the client asked for it
-            payload.pop("usage")
-        return payload
-
-
-def record_timing(started: float, first: float | None, completion_tokens: int) -> None:
-    route = {"route": ROUTE}
-    if first is not None:
-        metrics.TTFT.observe(first - started, tags=route)
-        elapsed = time.perf_counter() - first
-        if completion_tokens > 1 and elapsed > 0:
-            metrics.TOKENS_PER_S.observe((completion_tokens - 1) / elapsed, tags=route)

@@ -14,7 +14,7 @@ from serve.cli import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = (
-    "models", "demo", "serve", "make-speech-data", "make-vision-data", "train-projector", "eval-projector",
+    "models", "demo", "serve", "explain", "make-speech-data", "make-vision-data", "train-projector", "eval-projector",
     "eval-agreement", "bench",
 )
 
