@@ -375,3 +375,29 @@ def test_console_routes_random_paths_are_files_or_404(serve_url):
             assert name in known or name.startswith("js/"), name
 
     probe()
+
+
+# --- explanations -----------------------------------------------------------------------------------
+
+
+def test_an_explained_answer_draws_shares_the_words_heard_and_the_image_heatmap(console):
+    page = console.page
+    page.check("#explain")
+    page.fill("#max-tokens", "24")
+    page.set_input_files("#files", [str(CALLER_WAV), str(RECEIPT)])
+    console.send("What does the caller want, and what is the total?")
+    console.wait_answered(1)
+    why = console.answers().nth(0).locator(".why")
+    why.wait_for()
+    kinds = why.locator("tr th:first-child").all_inner_texts()[1:]
+    assert sorted(kinds) == ["Audio", "Image", "Your text"]
+    shares = [float(m.get_attribute("value")) for m in why.locator("meter").all()]
+    assert abs(sum(shares) - 1.0) < 0.01
+    words = page.locator("article.user .words span")
+    assert words.count() > 5  # one per word Whisper heard, tinted by relevance
+    heatmap = page.locator("article.user canvas.heatmap")
+    heatmap.wait_for()
+    assert "attended most" in heatmap.get_attribute("aria-label")
+    why.scroll_into_view_if_needed()
+    console.screenshot("console-explain.png")
+    assert console.axe() == []

@@ -2,6 +2,7 @@
 // with the history kept in the page). Shows the answer as it streams, what was read from the media,
 // a "stopped" badge when the person stops it, and speaks the answer when asked to.
 import { inputPart } from "./attachments.js";
+import { drawExplanation } from "./explain.js";
 import { MessageView } from "./view.js";
 
 const MAX_SPEECH_CHARS = 4096;
@@ -22,6 +23,7 @@ export class Chat {
     const user = new MessageView(this.log, "user", { text, attachments: items });
     const message = { type: "message", role: "user", content };
     const body = { model: this.settings.model(), input: [message], stream: true, chorus: { return_media_text: true } };
+    if (this.settings.explain()) body.chorus.explain = true;
     const fusion = this.settings.fusion();
     if (fusion) body.chorus.fusion = fusion;
     const instructions = this.settings.instructions();
@@ -42,7 +44,7 @@ export class Chat {
       }
       answer = new MessageView(this.log, "assistant");
       answer.badge("streaming", "Answering…");
-      await this.stream(body, user, answer);
+      await this.stream(body, user, answer, items);
       if (!conversation && answer.node.dataset.status === "completed") this.history.push(message, { type: "message", role: "assistant", content: answer.text });
     } catch (err) {
       if (err.name === "AbortError") {
@@ -62,7 +64,7 @@ export class Chat {
     return true;
   }
 
-  async stream(body, user, answer) {
+  async stream(body, user, answer, items) {
     for await (const event of this.api.events("/v1/responses", body, this.controller.signal)) {
       const media = event.response?.chorus?.media;
       if (media) user.mediaRead(media);
@@ -85,6 +87,12 @@ export class Chat {
           this.showError(`${event.message ?? event.error?.message ?? "error"}${event.code ? ` [${event.code}]` : ""}`);
           break;
         default:
+      }
+      if (["response.completed", "response.incomplete"].includes(event.type) && event.response?.chorus?.explanation) {
+        // this message's media, by their index in the whole prompt (stored turns' media come first)
+        const mine = `input.${body.input.length - 1}`;
+        const indices = (media || []).filter((m) => m.param === mine || m.param.startsWith(`${mine}.`)).map((m) => m.index);
+        drawExplanation(user, answer, event.response.chorus.explanation, items, indices);
       }
     }
   }

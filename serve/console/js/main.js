@@ -22,6 +22,7 @@ const settings = {
   instructions: () => $("instructions").value.trim(),
   voice: () => $("voice").value,
   speak: () => $("speak").checked,
+  explain: () => $("explain").checked,
   maxTokens: () => {
     const n = Number.parseInt($("max-tokens").value, 10);
     return Number.isFinite(n) && n > 0 ? n : null;
