@@ -7,6 +7,7 @@ import io
 import json
 
 import httpx
+import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from .conftest import AUTH, REPO
@@ -102,3 +103,43 @@ def test_explain_must_be_a_boolean(serve_url):
     resp = _chat(serve_url, "Hi", chorus={"explain": "yes please"})
     assert resp.status_code == 400
     assert resp.json()["error"]["param"].startswith("chorus.explain")
+
+
+def _silence_wav() -> str:
+    import numpy as np
+    import soundfile as sf
+
+    out = io.BytesIO()
+    sf.write(out, np.zeros(16000, dtype="float32"), 16000, format="WAV")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+# explain beside everything else a request can ask for: each a 200 with a whole explanation, never a 5xx
+EXPLAIN_WITH = {
+    "one token": {"max_tokens": 1},
+    "a json schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}, "required": ["city"]}}}},
+    "a required tool call": {"tool_choice": "required", "tools": [{"type": "function", "function": {
+        "name": "lookup_order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]},
+    "a choice": {"chorus": {"explain": True, "choice": ["yes", "no"]}},
+    "logprobs": {"logprobs": True, "top_logprobs": 2},
+    "a silent clip": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What did I say?"},
+        {"type": "input_audio", "input_audio": {"data": _silence_wav(), "format": "wav"}}]}]},
+    "embedded audio": {"chorus": {"explain": True, "fusion": "embed"}, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What did I say?"}, _audio_part()]}]},
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLAIN_WITH))
+def test_explain_beside_other_features(serve_url, case):
+    body = {"model": "chorus", "max_tokens": 12, "temperature": 0, "chorus": {"explain": True},
+            "messages": [{"role": "user", "content": "Which city is the capital of France?"}], **EXPLAIN_WITH[case]}
+    resp = httpx.post(f"{serve_url}/v1/chat/completions", json=body, headers=dict(AUTH), timeout=180)
+    assert resp.status_code == 200, resp.text[:500]
+    explanation = resp.json()["chorus"]["explanation"]
+    assert explanation["answer"]["tokens"] >= 1
+    assert abs(sum(m["attention_share"] for m in explanation["modalities"].values()) - 1.0) < 1e-3
+    if case == "embedded audio":  # 80 ms bins over the clip's 6.35 s
+        bins = [s for s in explanation["segments"] if "start_s" in s]
+        assert bins and bins[0]["start_s"] == 0.0 and 6.0 < bins[-1]["end_s"] < 6.6
