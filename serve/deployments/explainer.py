@@ -26,6 +26,17 @@ METHOD = {
 }
 
 
+def explainer_dtype() -> torch.dtype:
+    """bfloat16 where the CPU multiplies it natively (AMX, AVX-512 BF16; measured 1.9x faster than
+    float32 here, deltas within ~0.3 nats of float32's) or on a GPU; float32 elsewhere."""
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
 class Explainer:
     def __init__(self, model: str) -> None:
         self.model_name = model
@@ -53,7 +64,7 @@ class Explainer:
         with self._lock:
             if self._model is None:
                 self.source = resolve_model_source(self.model_name)
-                self._model = load_explainer(self.source)
+                self._model = load_explainer(self.source, explainer_dtype())
             result = explain(self._model, inputs_embeds, answer_ids, mapped.kinds)
         mass = result.position_mass.tolist()
         return {
@@ -74,7 +85,7 @@ class Explainer:
                 "passes": 1,
                 "rows": result.rows,
                 "cost_ms": round(result.cost_ms, 1),
-                "model": f"{Path(self.source or self.model_name).name} (float32)",
+                "model": f"{Path(self.source or self.model_name).name} ({str(explainer_dtype()).removeprefix('torch.')})",
             },
         }
 
