@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CLIP = REPO / "tests" / "assets" / "tiny_clip.json"
 API_KEY = "sk-chorus-integration-test"
 API_KEY_B = "sk-chorus-integration-other"  # a second tenant: the stored APIs' isolation tests
+# the console's browser tests: a tenant of their own, so the conversations and media they store never
+# change what the stored APIs' tests count
+API_KEY_CONSOLE = "sk-chorus-integration-console"
 # Read-only: a library that merged its own defaults into the dict it was given (schemathesis' requests
 # transport added `Connection: keep-alive`) turned every later WebSocket handshake sent with it into a
 # plain GET (404); a shared header set must not change under the tests that follow.
@@ -49,7 +52,7 @@ def test_config() -> dict:
             "image_mode": "ocr",
         },
         # the key is configured by its hash, as a shared config should
-        "auth": {"api_keys": ["sha256:" + hashlib.sha256(key.encode()).hexdigest() for key in (API_KEY, API_KEY_B)]},
+        "auth": {"api_keys": ["sha256:" + hashlib.sha256(key.encode()).hexdigest() for key in (API_KEY, API_KEY_B, API_KEY_CONSOLE)]},
         # remote images on, with loopback names allowlisted: the hostile cases prove the address
         # check after resolution refuses them anyway
         "remote_media": {"enabled": True, "allowed_hosts": ["localhost", "127.0.0.1", "example.com"], "timeout_s": 3},

@@ -60,7 +60,9 @@ export class Chat {
       this.onBusy(false);
       this.conversations.refresh();
     }
-    if (answer && answer.text && this.settings.speak() && answer.node.dataset.status === "completed") await this.speak(answer);
+    // a whole answer, or one cut at the longest-answer limit, is spoken; a stopped or failed one is not
+    const whole = answer && ["completed", "incomplete"].includes(answer.node.dataset.status);
+    if (whole && answer.text && this.settings.speak()) await this.speak(answer);
     return true;
   }
 
