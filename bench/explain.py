@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -329,19 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                 speak(item.audio)
     speak(REPRESENTATIVE_CLIP)
     info["synthesis_s"] = round(time.perf_counter() - began, 1)
-    stop = None
-    if args.url:
-        base = args.url.rstrip("/")
-        httpx.get(f"{base}/health", timeout=10).raise_for_status()
-    else:
-        from bench.service import start_service, stop_service
-        from serve.ports import free_port
+    from bench.service import open_service
 
-        os.environ["CHORUS_DATA_DIR"] = tempfile.mkdtemp(prefix="chorus-bench-store-")
-        started = time.perf_counter()
-        base, _ = start_service(free_port(), SERVE_CONFIG)
-        info["service_start_s"] = round(time.perf_counter() - started, 1)
-        stop = stop_service
+    base, stop = open_service(args.url, SERVE_CONFIG, info)
     try:
         results: dict[str, Any] = {
             "command": " ".join([".venv/bin/python -m bench.explain", *(sys.argv[1:] if argv is None else argv)]),

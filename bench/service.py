@@ -84,6 +84,26 @@ def stop_service() -> None:
     haproxy.cleanup(_proxy_env)
 
 
+def open_service(url: str | None, config_path: Path, info: dict) -> tuple[str, object]:
+    """The service a bench talks to: `url` if given (checked up), else deploy config `config_path`
+    started here on a free port with a store of its own (`info["service_start_s"]` records how long
+    it took). Returns (base URL, the function that stops it, or None)."""
+    if url:
+        base = url.rstrip("/")
+        try:
+            httpx.get(f"{base}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as err:
+            raise SystemExit(f"the service at {base} is not up ({type(err).__name__}: {err}); start it (make serve) or drop --url") from None
+        return base, None
+    import tempfile
+
+    os.environ["CHORUS_DATA_DIR"] = tempfile.mkdtemp(prefix="chorus-bench-store-")
+    started = time.perf_counter()
+    base, _ = start_service(free_port(), config_path)
+    info["service_start_s"] = round(time.perf_counter() - started, 1)
+    return base, stop_service
+
+
 def decoder_threads(service_args: dict) -> int:
     """The decoder replica's torch threads: its config's, else its CPU claim (serve/deployments/common.py)."""
     return int(service_args["llm"].get("threads") or service_args["deployments"]["llm_decoder"]["num_cpus"])

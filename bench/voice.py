@@ -24,7 +24,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -460,21 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     synth = Synthesizer(SpeechConfig())  # the engine alone, as the Speech deployment builds it (1 thread)
     synth.synthesize("Warming up the engine.", "alloy")
     info = machine()
-    if args.url:
-        base, stop = args.url.rstrip("/"), None
-        try:
-            httpx.get(f"{base}/health", timeout=10).raise_for_status()
-        except httpx.HTTPError as err:
-            raise SystemExit(f"the service at {base} is not up ({type(err).__name__}: {err}); start it (make serve) or drop --url") from None
-    else:
-        from bench.service import start_service, stop_service
-        from serve.ports import free_port
+    from bench.service import open_service
 
-        os.environ["CHORUS_DATA_DIR"] = tempfile.mkdtemp(prefix="chorus-bench-store-")
-        started = time.perf_counter()
-        base, _ = start_service(free_port(), SERVE_CONFIG)
-        info["service_start_s"] = round(time.perf_counter() - started, 1)
-        stop = stop_service
+    base, stop = open_service(args.url, SERVE_CONFIG, info)
     try:
         results: dict[str, Any] = {"command": " ".join([".venv/bin/python -m bench.voice", *(sys.argv[1:] if argv is None else argv)]),
                                    "service": args.url or "deploy/local.yaml, started here", "machine": info, "targets": TARGETS, "dither_seed": RUN_SEED}
