@@ -21,7 +21,7 @@ export class Attachments {
     else if (AUDIO_FORMATS[mime]) kind = "audio";
     else throw new Error(`${name}: only images, PDFs and WAV, MP3, FLAC or Ogg audio can be attached (this is ${mime || "an unknown type"})`);
     const dataUrl = await readDataUrl(file);
-    const item = { kind, name, mime, dataUrl, preview: URL.createObjectURL(file) };
+    const item = { kind, name, mime, dataUrl, size: file.size, preview: URL.createObjectURL(file) };
     this.items.push(item);
     this.draw();
     return item;
@@ -78,7 +78,8 @@ export function preview(item) {
     audio.setAttribute("aria-label", `Recording ${item.name}`);
     return audio;
   }
-  return el("span", `📄 ${item.name}`);
+  const size = item.size ? ` · ${Math.max(1, Math.round(item.size / 1024))} KB` : "";
+  return el("span", `📄 ${item.name}${size}`);
 }
 
 function readDataUrl(file) {
