@@ -130,6 +130,7 @@ def test_chat_audio_streams_while_the_text_does(client):
     stream = client.chat.completions.create(
         model="chorus", messages=[{"role": "user", "content": "Tell a customer two short facts about parcels."}],
         modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"}, max_completion_tokens=48, stream=True,
+        temperature=0,  # greedy: an answer of several sentences every time (a sampled one was once a single sentence)
     )
     kinds, transcript, audio = [], [], b""
     for chunk in stream:
@@ -143,6 +144,8 @@ def test_chat_audio_streams_while_the_text_does(client):
             kinds.append("audio")
             audio += base64.b64decode(delta["audio"]["data"])
     assert transcript and audio and len(audio) % 2 == 0
+    said = "".join(transcript)
+    assert sum(said.count(mark) for mark in ".!?") >= 2, said  # a first sentence to speak while the rest is written
     assert kinds.index("audio") < len(kinds) - 1 - kinds[::-1].index("text")  # audio began before the text ended
 
 
