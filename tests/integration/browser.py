@@ -62,6 +62,9 @@ class ConsolePage:
         """The text of the `n`-th answer (1-based) once it has finished (completed or not)."""
         answer = self.answers().nth(n - 1)
         answer.and_(self.page.locator("[data-status]:not([data-status=streaming])")).wait_for(timeout=ANSWER_TIMEOUT_MS)
+        # the final event is in, but the stream may still be closing: the composer is idle again only
+        # after it has (Send enabled, Stop disabled), and what a test does next assumes an idle page
+        self.page.locator("#send:enabled").wait_for(timeout=ANSWER_TIMEOUT_MS)
         return answer.locator(".body").inner_text()
 
     def screenshot(self, name: str) -> Path:

@@ -192,7 +192,8 @@ def test_a_stream_can_be_stopped_and_says_so(console):
     badge = answer.locator(".badge.stopped")
     badge.wait_for()
     assert "Stopped" in badge.inner_text()
-    assert console.page.locator("#send").is_enabled() and console.page.locator("#stop").is_disabled()
+    console.page.locator("#send:enabled").wait_for()  # the composer is idle again
+    assert console.page.locator("#stop").is_disabled()
 
 
 def test_a_401_is_shown_with_the_apis_own_message(browser, serve_url):
