@@ -18,6 +18,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
+
 SERVER_USER = "postgres"  # the OS user the server runs as when we are root
 SUPERUSER = "postgres"  # the database superuser initdb creates
 START_TIMEOUT_S = 30
@@ -114,3 +116,15 @@ class PostgresServer:
         finally:
             self._started = False
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(name="config", params=["sqlite", "postgresql"])
+def store_config(request, tmp_path, monkeypatch):
+    """A store test's `config`: a SQLite file in the test's folder, then the session's PostgreSQL."""
+    from serve.store import StoreConfig
+    from serve.store.config import DSN_ENV
+
+    monkeypatch.delenv(DSN_ENV, raising=False)
+    if request.param == "sqlite":
+        return StoreConfig(data_dir=str(tmp_path / "data"))
+    return StoreConfig(dsn=request.getfixturevalue("postgres_dsn"))

@@ -34,12 +34,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def config(request, tmp_path, monkeypatch) -> StoreConfig:
-    monkeypatch.delenv(DSN_ENV, raising=False)
-    if request.param == "sqlite":
-        return StoreConfig(data_dir=str(tmp_path / "data"))
-    return StoreConfig(dsn=request.getfixturevalue("postgres_dsn"))
+from tests.helpers.postgres import store_config  # noqa: E402,F401 - the `config` fixture: SQLite, then PostgreSQL
 
 
 def run(coro):

@@ -13,18 +13,12 @@ from serve.protocol.responses import ConversationCreateRequest
 from serve.services.conversations import ConversationsService
 from serve.services.responses import StoreAccess
 from serve.store import NotFound, Store, StoreConfig
-from serve.store.config import DSN_ENV
 
 T0 = 1_700_000_000.0
 A, B, C = "key_a", "key_b", "key_c"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def config(request, tmp_path, monkeypatch) -> StoreConfig:
-    monkeypatch.delenv(DSN_ENV, raising=False)
-    if request.param == "sqlite":
-        return StoreConfig(data_dir=str(tmp_path / "data"))
-    return StoreConfig(dsn=request.getfixturevalue("postgres_dsn"))
+from tests.helpers.postgres import store_config  # noqa: E402,F401 - the `config` fixture: SQLite, then PostgreSQL
 
 
 async def ids(store: Store, owner: str, **page) -> tuple[list[str], bool, str | None, str | None]:
