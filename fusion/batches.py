@@ -40,6 +40,7 @@ class Example:
     transcript: str | None = None
     media_first: bool = False  # the media part before the instruction
     kind: MediaKind = "audio"
+    spoken: str | None = None  # what the clip says, when the target is not it (an answer to it)
     audio_first: InitVar[bool | None] = None  # the earlier name of media_first
 
     def __post_init__(self, audio_first: bool | None) -> None:
@@ -50,7 +51,7 @@ class Example:
 def _messages(example: Example, transcript: str | None = None) -> list[Message]:
     media = MediaItem(example.kind, MEDIA_INDEX, transcript)
     parts = [media, example.instruction] if example.media_first else [example.instruction, media]
-    return [Message("user", parts)]
+    return [Message("user", [p for p in parts if p != ""])]  # no instruction: the clip is the whole turn
 
 
 def _target_ids(tokenizer, text: str) -> list[int]:
@@ -96,7 +97,8 @@ def _turn_row(
     """One turn's input embeddings `[L, H]` (prompt, media spliced in, then the target) and its
     labels `[L]`: the target tokens, one position early; IGNORE_INDEX elsewhere."""
     device = embedding.weight.device
-    plan = build_prompt(_messages(example, example.target if mode == "transcript" else None), tokenizer, mode)
+    said = example.spoken if example.spoken is not None else example.target
+    plan = build_prompt(_messages(example, said if mode == "transcript" else None), tokenizer, mode)
     text_pieces = [p for p in plan.pieces if isinstance(p, list)]
     with torch.no_grad():
         text_embeds = [embedding(torch.tensor(ids, dtype=torch.long, device=device)) for ids in text_pieces]
@@ -130,8 +132,17 @@ def _pad_rows(
 
 def target_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Logits `[N, V]` at the N labelled positions only, in row-major order."""
+    return _target_outputs(model, inputs, mask, labels)[0]
+
+
+def _target_outputs(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits `[N, V]` at the labelled positions, last hidden state `[B, H]` at each row's final
+    prompt position — the position that predicts the first target token)."""
     hidden = model.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[labels != IGNORE_INDEX])
+    labelled = labels != IGNORE_INDEX
+    first = labelled.float().argmax(dim=1)  # the first labelled position of each row
+    final_prompt = hidden[torch.arange(hidden.shape[0], device=hidden.device), first.to(hidden.device)]
+    return model.get_output_embeddings()(hidden[labelled]), final_prompt
 
 
 def projector_loss(
@@ -140,22 +151,35 @@ def projector_loss(
     model: nn.Module,
     tokenizer,
     distill_weight: float = 0.0,
+    ce_weight: float = 1.0,
+    hidden_weight: float = 0.0,
+    kl_temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on the target tokens (+ distill_weight × KL to the text-reading teacher)."""
+    """ce_weight × cross-entropy on the target tokens, plus, against the teacher (the same LLM
+    reading what was said as text): distill_weight × KL(teacher ‖ student) over the target positions
+    at `kl_temperature` (Ultravox), and hidden_weight × the squared distance between the last hidden
+    states at the final prompt position, relative to the teacher's norm (DiVA)."""
     inputs, mask, labels = build_inputs(examples, projector, model, tokenizer, "embed")
-    logits = target_logits(model, inputs, mask, labels)
+    logits, final = _target_outputs(model, inputs, mask, labels)
     targets = labels[labels != IGNORE_INDEX]
     ce = F.cross_entropy(logits.float(), targets)
     stats = {"ce": ce.item()}
-    loss = ce
-    if distill_weight > 0:
+    loss = ce_weight * ce
+    if distill_weight > 0 or hidden_weight > 0:
         with torch.no_grad():
             t_inputs, t_mask, t_labels = build_inputs(examples, None, model, tokenizer, "transcript")
-            teacher = target_logits(model, t_inputs, t_mask, t_labels)
+            teacher, t_final = _target_outputs(model, t_inputs, t_mask, t_labels)
         assert teacher.shape == logits.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(logits.shape)}"
-        kl = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(teacher.float(), -1), log_target=True, reduction="batchmean")
-        loss = loss + distill_weight * kl
-        stats["kl"] = kl.item()
+        if distill_weight > 0:
+            t = kl_temperature
+            kl = F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(teacher.float() / t, -1), log_target=True, reduction="batchmean")
+            loss = loss + distill_weight * kl
+            stats["kl"] = kl.item()
+        if hidden_weight > 0:
+            t_final = t_final.float()
+            hidden = ((final.float() - t_final).pow(2).sum(-1) / t_final.pow(2).sum(-1)).mean()
+            loss = loss + hidden_weight * hidden
+            stats["hidden"] = hidden.item()
     stats["loss"] = loss.item()
     return loss, stats
 

@@ -248,10 +248,25 @@ def fill(template: str, rng: random.Random) -> str:
     return text[0].upper() + text[1:]
 
 
-def template_sentences(count: int, seed: int) -> list[tuple[str, str]]:
-    """`count` distinct (domain, sentence) pairs, domains round-robin; deterministic given `seed`."""
+def split_templates(seed: int, per_domain: int = 1) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """(training templates, held-out templates): `per_domain` whole templates of each domain held out,
+    drawn by `seed`. No sentence filled from a held-out template is ever trained on."""
     rng = random.Random(seed)
-    domains = sorted(TEMPLATES)
+    train: dict[str, tuple[str, ...]] = {}
+    heldout: dict[str, tuple[str, ...]] = {}
+    for domain in sorted(TEMPLATES):
+        chosen = set(rng.sample(range(len(TEMPLATES[domain])), per_domain))
+        heldout[domain] = tuple(t for i, t in enumerate(TEMPLATES[domain]) if i in chosen)
+        train[domain] = tuple(t for i, t in enumerate(TEMPLATES[domain]) if i not in chosen)
+    return train, heldout
+
+
+def template_sentences(count: int, seed: int, templates: dict[str, tuple[str, ...]] | None = None) -> list[tuple[str, str]]:
+    """`count` distinct (domain, sentence) pairs from `templates` (default: all), domains round-robin;
+    deterministic given `seed`."""
+    rng = random.Random(seed)
+    templates = TEMPLATES if templates is None else templates
+    domains = sorted(templates)
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
     attempts = 0
@@ -261,7 +276,7 @@ def template_sentences(count: int, seed: int) -> list[tuple[str, str]]:
         if attempts > max_attempts:
             raise ValueError(f"could only produce {len(out)} distinct template sentences, asked for {count}")
         domain = domains[len(out) % len(domains)]
-        sentence = fill(rng.choice(TEMPLATES[domain]), rng)
+        sentence = fill(rng.choice(templates[domain]), rng)
         if sentence not in seen:
             seen.add(sentence)
             out.append((domain, sentence))

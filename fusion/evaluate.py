@@ -166,15 +166,16 @@ def repeat_outputs(
 
 def cached_transcripts(data_dir: Path, clips, whisper_factory) -> dict[str, str]:
     """Whisper's transcript per clip id, made by re-synthesizing the clip, cached in the corpus."""
-    from modalities.speech import synthesize
+    from fusion.speech_data import load_recipe, render
 
+    seed = load_recipe(data_dir)["config"]["seed"]
     path = data_dir / TRANSCRIPTS_FILE
     cache = json.loads(path.read_text()) if path.exists() else {}
     missing = [c for c in clips if c.id not in cache]
     if missing:
         runtime = whisper_factory()
         for clip in missing:
-            audio = synthesize(clip.text, voice=clip.voice, speed_wpm=clip.speed_wpm, pitch=clip.pitch)
+            audio = render(clip, seed)
             cache[clip.id] = runtime.transcribe(audio).text.strip()
         path.write_text(json.dumps(cache, indent=1))
     return cache

@@ -1,19 +1,23 @@
-"""The speech corpus for audio-projector training: sentences → espeak-ng speech → cached Whisper features.
+"""The speech corpus for audio-projector training: sentences → four synthesizers → cached Whisper features.
 
 Recipe (`SpeechDataConfig`, recorded in `recipe.json` and in every projector checkpoint trained on it):
 
 1. Sentences: slot-filled customer-service templates (`fusion.corpus`), sentences the LLM itself
-   writes at high temperature across many topics and personas (cached in `llm_sentences.json`:
-   CPU generation is slow), and English prose that installs offline (stdlib docstrings), deduplicated.
-2. Splits: whole sentences are held out (`eval_sentences`, spoken by training voices), the same
-   held-out sentences are also spoken by held-out voices (`eval_voices`), and a hand-written
-   free-form list (`eval_freeform`, held-out voices) checks what no template or generator produced.
-3. Each clip: a voice (espeak-ng voice + variant), speed and pitch drawn at random, 16 kHz.
-4. Whisper features `[T, d_audio]` at the clip's real length (what serve's AudioEncoder returns),
+   writes at high temperature across many topics and personas (cached in `llm_sentences.json`), and
+   English prose that installs offline (stdlib docstrings), deduplicated.
+2. Splits: `eval_templates` — sentences filled from whole templates held out of training, spoken by
+   the training synthesizers; `eval_synth` — unseen sentences of the training kinds spoken by the
+   held-out synthesizer (`fusion.synthesizers.HELDOUT_SYNTH`); `eval_freeform` — a hand-written list,
+   held-out synthesizer. Nothing is tuned on them.
+3. Each clip: a synthesizer and voice, speaking rate (and espeak pitch) drawn at random; training
+   clips also get a channel augmentation (`fusion.augment`: noise, telephone band, level), 16 kHz.
+4. The teacher's targets: the LLM's own greedy answer to each training sentence as text
+   (`fusion.teacher`, cached in `answers.json`, written into the manifest).
+5. Whisper features `[T, d_audio]` at the clip's real length (what serve's AudioEncoder returns),
    stored float16 in safetensors shards, one key per clip. Shards are written one at a time (eval
    clips first), so an interrupted run resumes where it stopped and training can start on the
    shards already complete. Whisper transcripts for `transcript`-mode evaluation are made at eval
-   time (re-synthesizing the clip: espeak-ng is deterministic) and cached in `transcripts.json`.
+   time (`render` re-synthesizes a clip exactly: every draw is seeded) and cached in `transcripts.json`.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import json
 import random
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, template_sentences
+from fusion import augment
+from fusion.corpus import FREEFORM_SENTENCES, prose_sentences, split_templates, template_sentences
 from fusion.shards import (
     Instructions,
     prepare_set_dir,
@@ -40,8 +47,9 @@ from fusion.shards import (
     write_recipe,
     write_shards,
 )
+from fusion.synthesizers import HELDOUT_SYNTH, PITCH_RANGE, SPEED_RANGE, SYNTHS, TRAIN_SYNTH_WEIGHTS, Voice, speak
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 REPEAT_INSTRUCTION = "Repeat exactly what was said."
 REPEAT_PARAPHRASES: tuple[str, ...] = (
     "Repeat what was said, word for word.",
@@ -50,22 +58,11 @@ REPEAT_PARAPHRASES: tuple[str, ...] = (
 )
 INSTRUCTIONS = Instructions(REPEAT_INSTRUCTION, REPEAT_PARAPHRASES, canonical_share=0.5, media_first_share=0.2)
 
-# espeak-ng voice + variant. Held-out voices share neither the base accent nor the variant with
-# any training voice, so `eval_voices` measures speakers the projector never heard.
-TRAIN_BASES: tuple[str, ...] = ("en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-029")
-TRAIN_VARIANTS: tuple[str, ...] = ("", "+m1", "+m2", "+m3", "+m4", "+m6", "+f1", "+f2", "+klatt")
-HELDOUT_VOICES: tuple[str, ...] = ("en-gb-scotland+m7", "en-us-nyc+m5", "en-gb-x-gbcwmd+f5", "en-us-nyc")
-SPEED_WPM = (130, 200)
-PITCH = (25, 75)
-
-SPLITS = ("train", "eval_sentences", "eval_voices", "eval_freeform")
+SPLITS = ("train", "eval_templates", "eval_synth", "eval_freeform")
 EVAL_SPLITS = SPLITS[1:]
 LLM_SENTENCES = "llm_sentences.json"
-SYNTHESIS_THREADS = 2  # espeak-ng subprocesses running ahead of the Whisper encoder
-
-
-def train_voices() -> list[str]:
-    return [base + variant for base in TRAIN_BASES for variant in TRAIN_VARIANTS]
+ANSWERS = "answers.json"
+SYNTHESIS_THREADS = 2  # synthesizer subprocesses running ahead of the Whisper encoder
 
 
 class SpeechDataConfig(BaseModel):
@@ -74,14 +71,17 @@ class SpeechDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     out_dir: str = Field(description="Directory for the manifest, recipe and feature shards (outside the repo)")
-    template_sentences: int = Field(3400, ge=1, description="Distinct slot-filled template sentences")
-    llm_sentences: int = Field(300, ge=0, description="Sentences the LLM writes (at most; see llm_budget_s)")
-    prose_sentences: int = Field(3000, ge=0, description="Sentences from installed English prose (stdlib docstrings)")
-    llm_budget_s: float = Field(420.0, ge=0, description="Wall-clock cap on LLM sentence generation")
+    template_sentences: int = Field(3000, ge=1, description="Distinct slot-filled sentences from the training templates")
+    llm_sentences: int = Field(200, ge=0, description="Sentences the LLM writes (at most; see llm_budget_s)")
+    prose_sentences: int = Field(2200, ge=0, description="Sentences from installed English prose (stdlib docstrings)")
+    llm_budget_s: float = Field(180.0, ge=0, description="Wall-clock cap on LLM sentence generation")
     llm_temperature: float = Field(1.1, gt=0, description="Sampling temperature for LLM-written sentences")
-    heldout_sentences: int = Field(60, ge=1, description="Sentences held out of training (eval_sentences/voices)")
+    heldout_templates_per_domain: int = Field(1, ge=1, description="Whole templates per domain held out (eval_templates)")
+    eval_clips: int = Field(100, ge=1, description="Clips in eval_templates and in eval_synth each")
+    answers: bool = Field(True, description="Write the LLM's own answer to each training sentence (the distillation targets)")
+    answer_max_tokens: int = Field(32, ge=1, description="Longest teacher answer, in tokens")
     shard_size: int = Field(500, ge=1, description="Clips per feature shard")
-    seed: int = Field(0, description="Seed for sentences, splits, voices, speeds and pitches")
+    seed: int = Field(0, description="Seed for sentences, splits, voices, speeds, pitches and augmentations")
 
 
 @dataclass
@@ -91,13 +91,23 @@ class Clip:
     id: str
     split: str
     text: str
-    source: str  # template domain, "llm" or "freeform"
+    source: str  # template domain, "llm", "prose" or "freeform"
+    synth: str  # fusion.synthesizers engine
     voice: str
-    speed_wpm: int
+    speed: float
     pitch: int
+    augment: str  # fusion.augment kind
     frames: int = 0
     shard: str = ""
     transcript: str | None = None
+    answer: str | None = None  # the LLM's answer to `text` as text (training clips)
+
+
+def render(clip: Clip, seed: int = 0) -> np.ndarray:
+    """The clip's audio (16 kHz float32), the same every time: synthesis and augmentation are seeded."""
+    audio = speak(Voice(clip.synth, clip.voice), clip.text, clip.speed, clip.pitch)
+    rng = np.random.default_rng([seed, zlib.crc32(clip.id.encode())])
+    return augment.apply(audio, clip.augment, rng)
 
 
 # --- LLM-written sentences -------------------------------------------------------------------------
@@ -175,37 +185,55 @@ def generate_llm_sentences(model, tokenizer, count: int, budget_s: float, temper
 # --- corpus plan ------------------------------------------------------------------------------------
 
 
-def plan_clips(config: SpeechDataConfig, llm_sentences: Sequence[str]) -> list[Clip]:
-    """Assign every sentence to a split and a voice/speed/pitch; deterministic given the config."""
+def plan_sentences(config: SpeechDataConfig, llm_sentences: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """(source, sentence) per split. `eval_templates` comes from whole held-out templates;
+    `eval_synth` is drawn from the training pool (and then removed from it) so that only its
+    synthesizer is new; `eval_freeform` is the hand-written list. Deterministic given the config."""
     rng = random.Random(config.seed)
-    pool = [(source, text) for source, text in template_sentences(config.template_sentences, config.seed)]
+    train_templates, heldout_templates = split_templates(config.seed, config.heldout_templates_per_domain)
+    pool = template_sentences(config.template_sentences, config.seed, train_templates)
     known = {text for _, text in pool}
-    pool += [("llm", text) for text in llm_sentences if text not in known]
+    pool += [("llm", t) for t in llm_sentences if t not in known]
     known |= set(llm_sentences)
     pool += [("prose", t) for t in prose_sentences(config.prose_sentences, config.seed) if t not in known]
     freeform = set(FREEFORM_SENTENCES)
-    pool = [(s, t) for s, t in pool if t not in freeform]  # the free-form set must stay unseen
+    pool = [(src, t) for src, t in pool if t not in freeform]  # the free-form set must stay unseen
     rng.shuffle(pool)
-    heldout, train = pool[: config.heldout_sentences], pool[config.heldout_sentences :]
-    voices = train_voices()
+    unseen = template_sentences(config.eval_clips, config.seed + 1, heldout_templates)
+    return {
+        "eval_templates": unseen,
+        "eval_synth": pool[: config.eval_clips],
+        "eval_freeform": [("freeform", t) for t in FREEFORM_SENTENCES],
+        "train": pool[config.eval_clips :],
+    }
 
-    def clip(split: str, i: int, source: str, text: str, voice_pool: Sequence[str]) -> Clip:
+
+def plan_clips(config: SpeechDataConfig, sentences: dict[str, list[tuple[str, str]]], answers: dict[str, str]) -> list[Clip]:
+    """A voice, speed, pitch and augmentation for every sentence; deterministic given the config.
+    Training clips: a training synthesizer (by `TRAIN_SYNTH_WEIGHTS`) and a drawn augmentation;
+    eval_templates: a training synthesizer, clean; eval_synth and eval_freeform: the held-out
+    synthesizer, clean."""
+    rng = random.Random(config.seed)
+    np_rng = np.random.default_rng(config.seed)
+    synths, weights = zip(*TRAIN_SYNTH_WEIGHTS.items())
+
+    def clip(split: str, i: int, source: str, text: str) -> Clip:
+        synth = HELDOUT_SYNTH if split in ("eval_synth", "eval_freeform") else rng.choices(synths, weights)[0]
         return Clip(
             id=f"{split}-{i:05d}",
             split=split,
             text=text,
             source=source,
-            voice=rng.choice(voice_pool),
-            speed_wpm=rng.randint(*SPEED_WPM),
-            pitch=rng.randint(*PITCH),
+            synth=synth,
+            voice=rng.choice(SYNTHS[synth]),
+            speed=round(rng.uniform(*SPEED_RANGE), 3),
+            pitch=rng.randint(*PITCH_RANGE),
+            augment=augment.draw(np_rng) if split == "train" else "clean",
+            answer=answers.get(text) if split == "train" else None,
         )
 
     # Eval clips come first so that they sit in the first shard, ready before training data ends.
-    clips = [clip("eval_sentences", i, s, t, voices) for i, (s, t) in enumerate(heldout)]
-    clips += [clip("eval_voices", i, s, t, HELDOUT_VOICES) for i, (s, t) in enumerate(heldout)]
-    clips += [clip("eval_freeform", i, "freeform", t, HELDOUT_VOICES) for i, t in enumerate(FREEFORM_SENTENCES)]
-    clips += [clip("train", i, s, t, voices) for i, (s, t) in enumerate(train)]
-    return clips
+    return [clip(split, i, src, text) for split in (*EVAL_SPLITS, "train") for i, (src, text) in enumerate(sentences[split])]
 
 
 # --- building ---------------------------------------------------------------------------------------
@@ -215,24 +243,29 @@ def build_speech_data(
     config: SpeechDataConfig,
     whisper_runtime,
     llm_factory: Callable[[], tuple[object, object]] | None,
-    synthesize: Callable[..., object],
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write the corpus under `config.out_dir`; resumes from existing shards. Returns the directory.
 
-    `llm_factory()` → (model, tokenizer) for LLM-written sentences (None: templates only);
-    `synthesize(text, voice=, speed_wpm=, pitch=)` → float32 16 kHz audio (modalities.speech.espeak).
-    """
+    `llm_factory()` → (model, tokenizer) for LLM-written sentences and the teacher's answers
+    (None: templates and prose only, no answers)."""
+    from fusion.synthesizers import missing
+
+    if absent := missing():
+        raise RuntimeError(f"synthesizers not installed: {', '.join(absent)} (make setup installs them)")
     out = prepare_set_dir(config, config.out_dir, "speech corpus")
-    llm_sentences = _llm_sentences(config, out, llm_factory, log)
-    clips = plan_clips(config, llm_sentences)
-    write_recipe(out, _recipe(config, clips, llm_sentences))
+    llm = _Lazy(llm_factory)
+    llm_sentences = _llm_sentences(config, out, llm, log)
+    sentences = plan_sentences(config, llm_sentences)
+    answers = _answers(config, out, [t for _, t in sentences["train"]], llm, log)
+    clips = plan_clips(config, sentences, answers)
+    write_recipe(out, _recipe(config, clips, llm_sentences, answers))
     with ThreadPoolExecutor(max_workers=SYNTHESIS_THREADS) as pool:
 
         def encode(shard: list[Clip], progress: Callable[[int], object]) -> dict[str, torch.Tensor]:
             tensors: dict[str, torch.Tensor] = {}
-            # espeak runs in subprocesses, so synthesis overlaps with encoding in this thread.
-            audios = pool.map(lambda c: synthesize(c.text, voice=c.voice, speed_wpm=c.speed_wpm, pitch=c.pitch), shard)
+            # The synthesizers run in subprocesses (hibari in ONNX Runtime), overlapping the encoder.
+            audios = pool.map(lambda c: render(c, config.seed), shard)
             for clip, audio in zip(shard, audios):
                 features = whisper_runtime.encode(audio)
                 tensors[clip.id] = features.to(torch.float16).contiguous()
@@ -244,16 +277,26 @@ def build_speech_data(
     return out
 
 
-def _llm_sentences(
-    config: SpeechDataConfig, out: Path, llm_factory: Callable[[], tuple[object, object]] | None, log: Callable[[str], None]
-) -> list[str]:
+class _Lazy:
+    """The LLM, loaded on first use only (a resumed build with every cache written needs none)."""
+
+    def __init__(self, factory: Callable[[], tuple[object, object]] | None) -> None:
+        self.factory, self.value = factory, None
+
+    def __call__(self) -> tuple[object, object] | None:
+        if self.value is None and self.factory is not None:
+            self.value = self.factory()
+        return self.value
+
+
+def _llm_sentences(config: SpeechDataConfig, out: Path, llm: _Lazy, log: Callable[[str], None]) -> list[str]:
     """The LLM-written sentences: cached in the corpus directory, else generated (and cached)."""
     llm_path = out / LLM_SENTENCES
     if llm_path.exists():
         return json.loads(llm_path.read_text())
-    if not config.llm_sentences or llm_factory is None:
+    if not config.llm_sentences or llm.factory is None:
         return []
-    model, tokenizer = llm_factory()
+    model, tokenizer = llm()
     t0 = time.perf_counter()
     sentences = generate_llm_sentences(
         model, tokenizer, config.llm_sentences, config.llm_budget_s, config.llm_temperature, config.seed
@@ -263,19 +306,42 @@ def _llm_sentences(
     return sentences
 
 
-def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequence[str]) -> dict:
+def _answers(config: SpeechDataConfig, out: Path, texts: Sequence[str], llm: _Lazy, log: Callable[[str], None]) -> dict[str, str]:
+    """The LLM's greedy answer to each sentence as text, cached in `answers.json` (written after
+    every batch, so an interrupted build resumes)."""
+    from fusion.teacher import teacher_answers
+
+    path = out / ANSWERS
+    cache: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if not config.answers or llm.factory is None:
+        return cache
+    todo = [t for t in dict.fromkeys(texts) if t not in cache]
+    if todo:
+        model, tokenizer = llm()
+        t0 = time.perf_counter()
+        for batch_answers in teacher_answers(model, tokenizer, todo, config.answer_max_tokens):
+            cache.update(batch_answers)
+            path.write_text(json.dumps(cache, indent=0))
+        log(f"LLM answered {len(todo)} sentences in {time.perf_counter() - t0:.0f} s")
+    return cache
+
+
+def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequence[str], answers: dict[str, str]) -> dict:
     return {
         "version": DATA_VERSION,
         "config": config.model_dump(),
-        "train_voices": train_voices(),
-        "heldout_voices": list(HELDOUT_VOICES),
-        "speed_wpm": list(SPEED_WPM),
-        "pitch": list(PITCH),
+        "synthesizers": {name: list(voices) for name, voices in SYNTHS.items()},
+        "heldout_synthesizer": HELDOUT_SYNTH,
+        "train_synthesizer_weights": TRAIN_SYNTH_WEIGHTS,
+        "heldout_templates": {d: list(t) for d, t in split_templates(config.seed, config.heldout_templates_per_domain)[1].items()},
+        "speed": list(SPEED_RANGE),
+        "pitch_espeak": list(PITCH_RANGE),
+        "augmentations": dict(zip(augment.KINDS, augment.TRAIN_WEIGHTS)),
         "instructions": INSTRUCTIONS.all(),
         "counts": {split: sum(c.split == split for c in clips) for split in SPLITS},
         "distinct_sentences": len({c.text for c in clips}),
         "llm_sentences": len(llm_sentences),
-        "synthesizer": "espeak-ng",
+        "answers": sum(c.answer is not None for c in clips),
     }
 
 

@@ -66,6 +66,19 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0)
     distill: bool = Field(False, description="Add KL to the LLM reading the text (teacher) on target tokens")
     distill_weight: float = Field(1.0, ge=0)
+    kl_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the distillation KL (Ultravox: 2)")
+    hidden_weight: float = Field(
+        0.0, ge=0, description="DiVA: weight of the final-prompt-position hidden-state match to the teacher (needs distill)"
+    )
+    ce_weight: float = Field(1.0, ge=0, description="Weight of cross-entropy on the target tokens")
+    align_steps: int = Field(
+        0, ge=0, description="Steps of CTC alignment to the sentences' token embeddings before the LLM stage (fusion.align)"
+    )
+    align_lr: float = Field(2e-3, gt=0, description="Peak learning rate of the alignment stage")
+    answer_share: float = Field(
+        0.0, ge=0, le=1, description="Share of training clips whose target is the LLM's own answer to the sentence "
+        "(the rest: repeat what was said); needs a corpus built with answers"
+    )
     match_embedding_norm: bool = Field(
         True, description="Scale the projector's last layer at init so its outputs have the RMS of the LLM's token embeddings"
     )
@@ -85,8 +98,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _distill_needs_text(self) -> TrainConfig:
-        if self.distill and self.modality != "audio":
-            raise ValueError("distill needs a text form of the media (a transcript); only audio has one")
+        if (self.distill or self.answer_share) and self.modality != "audio":
+            raise ValueError("distill and answers need a text form of the media (a transcript); only audio has one")
+        if self.hidden_weight and not self.distill:
+            raise ValueError("hidden_weight matches the teacher's hidden state: it needs distill")
         return self
 
     @property
@@ -125,6 +140,7 @@ class _RunState:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    aligned: bool = False
 
     def save(self, path: Path, config: TrainConfig) -> None:
         state = {
@@ -134,6 +150,7 @@ class _RunState:
             "step": self.step,
             "history": self.history,
             "seconds": self.seconds,
+            "aligned": self.aligned,
             "rng": self.rng.getstate(),
         }
         torch.save(state, path.with_suffix(".tmp"))
@@ -162,6 +179,17 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.requires_grad_(False).eval()
     run = _start_or_resume(config, model, train_examples, in_dim, out / STATE_FILE, log)
+    if config.align_steps and not run.aligned:
+        from fusion.align import align
+
+        t0 = time.perf_counter()
+        aligned = align(
+            run.projector, model.get_input_embeddings().weight, tokenizer, train_examples, config.align_steps,
+            config.batch_size * 4, config.align_lr, config.seed, progress, log,
+        )
+        run.aligned, run.seconds = True, run.seconds + time.perf_counter() - t0
+        run.history.append({"step": 0, "align": aligned[-1], "align_seconds": round(time.perf_counter() - t0, 1)})
+        run.save(out / STATE_FILE, config)
     order: list[int] = []
     start = time.perf_counter() - run.seconds
     deadline = start + config.max_minutes * 60 if config.max_minutes else None
@@ -222,6 +250,7 @@ def _start_or_resume(
         projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
         run.step, run.history, run.seconds = state["step"], state["history"], state["seconds"]
+        run.aligned = state.get("aligned", False)
         run.rng.setstate(state["rng"])
         log(f"resumed at step {run.step}")
     elif config.match_embedding_norm:
@@ -250,7 +279,10 @@ def _optimizer_step(
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     distill_weight = config.distill_weight if config.distill else 0.0
-    loss, stats = projector_loss(batch, run.projector, model, tokenizer, distill_weight)
+    hidden_weight = config.hidden_weight if config.distill else 0.0
+    loss, stats = projector_loss(
+        batch, run.projector, model, tokenizer, distill_weight, config.ce_weight, hidden_weight, config.kl_temperature
+    )
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.projector.parameters(), config.grad_clip)
@@ -299,7 +331,7 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
     torch.set_num_threads(config.threads)
     runtime = LLMRuntime.from_config(LLMConfig(threads=config.threads, device=config.device))
     runtime.model.to(getattr(torch, config.llm_dtype))
-    sets = training_sets(config.modality, config.data_dir, config.seed)
+    sets = training_sets(config.modality, config.data_dir, config.seed, config.answer_share)
     print({split: len(ex) for split, ex in sets.splits.items()})
     result = train(config, runtime.model, runtime.tokenizer, sets.splits["train"], sets.eval_sets, refresh=sets.refresh)
     metadata = _checkpoint_metadata(config, command, result, sets)
@@ -316,8 +348,10 @@ def train_projector_cli(config: TrainConfig, command: str, ship_to: str | None =
 def _checkpoint_metadata(config: TrainConfig, command: str, result: TrainResult, sets: TrainingSets) -> dict[str, Any]:
     """What the checkpoint records about its training run and data."""
     evals = [h["eval"] for h in result.history if "eval" in h]
-    recent = [h["loss"] for h in result.history[-50:]]
-    first = [h["loss"] for h in result.history[:20]]
+    steps = [h for h in result.history if "loss" in h]
+    recent = [h["loss"] for h in steps[-50:]]
+    first = [h["loss"] for h in steps[:20]]
+    alignment = next((h for h in result.history if "align" in h), None)
     return {
         "modality": config.modality,
         "training": {
@@ -328,6 +362,7 @@ def _checkpoint_metadata(config: TrainConfig, command: str, result: TrainResult,
             "train_loss_first20": round(sum(first) / max(1, len(first)), 4),
             "train_loss_last50": round(sum(recent) / max(1, len(recent)), 4),
             "heldout_ce": evals[-1] if evals else None,
+            "alignment": alignment,
             f"train_{sets.unit}": len(sets.splits["train"]),
         },
         "data": sets.recipe,

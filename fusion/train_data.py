@@ -14,17 +14,28 @@ from fusion.checkpoint import ModelIdentity, whisper_identity
 from fusion.prompt import MediaKind
 from fusion.shards import Instructions, complete_shards
 
-AUDIO_EVAL_SETS = ("eval_sentences", "eval_voices")  # the speech splits the periodic held-out loss uses
+AUDIO_EVAL_SETS = ("eval_templates", "eval_synth")  # the speech splits the periodic held-out loss uses
 
 
-def corpus_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
-    """Examples per split from a speech corpus; training instructions vary (canonical one half the time)."""
+def corpus_examples(
+    data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False, answer_share: float = 0.0
+) -> dict[str, list[Example]]:
+    """Examples per split from a speech corpus; training instructions vary (canonical one half the time).
+
+    `answer_share` of the training clips that have a teacher answer become "answer" turns instead:
+    no instruction (the clip is the whole user turn), target = the LLM's own answer to the sentence."""
     from fusion.speech_data import INSTRUCTIONS, load_features, load_manifest
 
     clips = [c for c in load_manifest(data_dir) if c.split in splits]
     features = load_features(data_dir, clips)
     items = [(c.split, features[c.id], c.text, c.transcript) for c in clips]
-    return _turns(items, splits, seed, canonical_only, INSTRUCTIONS, "audio")
+    out = _turns(items, splits, seed, canonical_only, INSTRUCTIONS, "audio")
+    if answer_share and "train" in out:
+        rng = random.Random(seed + 1)
+        for clip, example in zip([c for c in clips if c.split == "train"], out["train"]):
+            if clip.answer and rng.random() < answer_share:
+                example.spoken, example.target, example.instruction, example.media_first = clip.text, clip.answer, "", False
+    return out
 
 
 def vision_examples(data_dir: str, splits: Sequence[str], seed: int, canonical_only: bool = False) -> dict[str, list[Example]]:
@@ -82,11 +93,11 @@ class TrainingSets:
     refresh: Callable[[], list[Example]] | None = None
 
 
-def training_sets(modality: str, data_dir: str, seed: int) -> TrainingSets:
+def training_sets(modality: str, data_dir: str, seed: int, answer_share: float = 0.0) -> TrainingSets:
     """The training and held-out turns of the set at `data_dir` for a `modality` projector."""
     if modality == "image":
         return _image_sets(data_dir, seed)
-    return _audio_sets(data_dir, seed)
+    return _audio_sets(data_dir, seed, answer_share)
 
 
 def _image_sets(data_dir: str, seed: int) -> TrainingSets:
@@ -101,10 +112,10 @@ def _image_sets(data_dir: str, seed: int) -> TrainingSets:
     return TrainingSets(data, eval_sets, recipe, ModelIdentity(**recipe["encoder"]), "images")
 
 
-def _audio_sets(data_dir: str, seed: int) -> TrainingSets:
+def _audio_sets(data_dir: str, seed: int, answer_share: float) -> TrainingSets:
     from fusion import speech_data
 
-    data = corpus_examples(data_dir, ("train", *speech_data.EVAL_SPLITS), seed)
+    data = corpus_examples(data_dir, ("train", *speech_data.EVAL_SPLITS), seed, answer_share=answer_share)
     eval_sets = {s: data[s] for s in AUDIO_EVAL_SETS if data[s]}
     shards_seen = complete_shards(data_dir)
 
@@ -113,7 +124,7 @@ def _audio_sets(data_dir: str, seed: int) -> TrainingSets:
         shards = complete_shards(data_dir)
         if shards != shards_seen:
             shards_seen = shards
-            data["train"] = corpus_examples(data_dir, ("train",), seed)["train"]
+            data["train"] = corpus_examples(data_dir, ("train",), seed, answer_share=answer_share)["train"]
         return data["train"]
 
     recipe = speech_data.load_recipe(data_dir)

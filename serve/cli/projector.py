@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from modalities.paths import PACKAGED
 from serve.cli.common import (
@@ -42,6 +43,13 @@ def _add_train(subparsers) -> None:
     train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
     train.add_argument("--distill", action="store_true", help="add KL to the LLM reading the transcript as text")
+    train.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation KL")
+    train.add_argument("--kl-temperature", type=float, default=1.0, help="softmax temperature of the KL (Ultravox: 2)")
+    train.add_argument("--hidden-weight", type=float, default=0.0, help="DiVA: weight of the final-prompt hidden-state match (with --distill)")
+    train.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy on the target tokens")
+    train.add_argument("--align-steps", type=int, default=0, help="CTC alignment steps before the LLM stage (fusion.align)")
+    train.add_argument("--align-lr", type=float, default=2e-3, help="peak learning rate of the alignment stage")
+    train.add_argument("--answer-share", type=float, default=0.0, help="share of training clips taught the LLM's own answer (the rest: repeat)")
     train.add_argument("--no-norm-match", action="store_true", help="skip scaling outputs to the embedding norm")
     train.add_argument("--eval-every", type=int, default=200, help="held-out loss every this many steps")
     train.add_argument("--checkpoint-every", type=int, default=50, help="save the train state (for resume) every this many steps")
@@ -55,7 +63,8 @@ def _add_eval(subparsers) -> None:
     ev = add_command(
         subparsers, "eval-projector", "measure a projector: audio WER, image captions", _cmd_eval_projector,
         description='Measure a projector checkpoint. Audio: "repeat" word error rate with the projector (embed), '
-        "with Whisper's transcript, and untrained; image: caption cross-entropy and attribute accuracy, trained "
+        "with Whisper's transcript, and untrained, then answer agreement (word F1 of the answers to the clip as the "
+        "whole turn: embed, transcript and untrained vs the answer to the true text); image: caption cross-entropy and attribute accuracy, trained "
         "vs untrained.",
     )
     ev.add_argument("--checkpoint", required=True, help="projector checkpoint directory")
@@ -63,6 +72,8 @@ def _add_eval(subparsers) -> None:
     add_report_flags(ev, limit=40, unit="clips / images")
     ev.add_argument("--modes", default="embed,transcript,untrained", help="audio: comma-separated")
     ev.add_argument("--baseline", default=None, help="merge the modes of an earlier --report JSON (same clips)")
+    ev.add_argument("--no-agreement", dest="agreement", action="store_false",
+                    help="audio: skip the answer agreement (the eval-agreement figures, written beside the report)")
     add_threads(ev, 2)
     add_device(ev, "image projectors; the audio eval runs on CPU")
 
@@ -115,9 +126,10 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
         data = args.data or read_metadata(args.checkpoint)["data"]["config"]["out_dir"]
         evaluate_vision_cli(args.checkpoint, data, args.limit, args.write_metadata, args.threads, args.report, args.device)
         return 0
+    data = args.data or default_fusion_dir(SPEECH_SET)
     evaluate_cli(
         checkpoint=args.checkpoint,
-        data_dir=args.data or default_fusion_dir(SPEECH_SET),
+        data_dir=data,
         limit=args.limit,
         modes=args.modes.split(","),
         write_metadata=args.write_metadata,
@@ -125,6 +137,11 @@ def _cmd_eval_projector(args: argparse.Namespace) -> int:
         report=args.report,
         baseline=args.baseline,
     )
+    if args.agreement:
+        from fusion.agreement import evaluate_agreement_cli
+
+        report = str(Path(args.report).with_suffix(".agreement.json")) if args.report else None
+        evaluate_agreement_cli(args.checkpoint, data, args.limit, args.threads, report, args.write_metadata)
     return 0
 
 
