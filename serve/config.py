@@ -204,6 +204,12 @@ class RealtimeConfig(_Strict):
         ge=2**16,
         description="Server events queued for a client that does not read them; over this the socket is closed (1008)",
     )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the connection to take one server event (a client not reading, the socket "
+        "buffers full); past it the socket is closed (1008)",
+    )
 
 
 class ChorusConfig(_Strict):

@@ -260,15 +260,23 @@ def _discard_locked(kill: bool) -> None:
     if pool is None:
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # `shutdown` forgets it
     if kill:
         for process in processes:
             process.kill()
-        # Reaped before we go on: a killed worker that was inflating gigabytes takes seconds to
-        # free them on a loaded machine (5 s was not always enough), and a zombie left behind would
-        # still count as alive.
-        for process in processes:
-            process.join(KILL_REAP_TIMEOUT_S)
     pool.shutdown(wait=False, cancel_futures=True)
+    if kill:
+        # Killed and reaped before we go on. Two threads reap the worker: the pool's manager thread
+        # (it sees the worker die, fails its futures, joins every worker, then exits) and our join.
+        # The one whose waitpid loses gets ECHILD, and `Process` then reads as alive until the winner
+        # stores the exit code — so the manager thread is waited for first (then our join finds the
+        # code stored). A worker killed while inflating gigabytes takes seconds to free them on a
+        # loaded machine; the timeout only bounds a kernel stall.
+        deadline = time.monotonic() + KILL_REAP_TIMEOUT_S
+        if manager is not None:
+            manager.join(KILL_REAP_TIMEOUT_S)
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
 
 
 def _usable(pool: ProcessPoolExecutor) -> bool:

@@ -255,6 +255,7 @@ class Ingress:
             max_sessions=limits.max_sessions,
             max_session_s=limits.max_session_s,
             max_pending_bytes=limits.max_pending_bytes,
+            send_timeout_s=limits.send_timeout_s,
         )
 
     def _realtime_session(self, model: str, outbox: Outbox) -> RealtimeSession:

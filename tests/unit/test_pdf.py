@@ -4,6 +4,7 @@ a `MediaError` or a normal result, in bounded time, with the worker process stil
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -302,6 +303,10 @@ def test_timeout_kills_the_worker_and_the_next_document_gets_a_fresh_one():
     # At least the limit; the upper bound only catches a hang (reaping a killed worker that was
     # inflating gigabytes takes seconds on a loaded machine).
     assert 1.0 <= elapsed < pdf_module.KILL_REAP_TIMEOUT_S
+    # Killed by the timeout and reaped before the call returned: its exit status is known. (Not
+    # `is_alive()` alone: a worker reaped by the pool's manager thread reads as alive until that
+    # thread has stored the status — the read must have waited for it.)
+    assert process.exitcode == -signal.SIGKILL, process.exitcode
     assert not process.is_alive()
     assert read(pdfs.text_pdf([["A fresh worker process"]]), limits).pages[0].text == "A fresh worker process"
     assert worker_process().pid != process.pid
