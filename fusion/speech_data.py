@@ -11,13 +11,14 @@ Recipe (`SpeechDataConfig`, recorded in `recipe.json` and in every projector che
    held-out synthesizer. Nothing is tuned on them.
 3. Each clip: a synthesizer and voice, speaking rate (and espeak pitch) drawn at random; training
    clips also get a channel augmentation (`fusion.augment`: noise, telephone band, level), 16 kHz.
-4. The teacher's targets: the LLM's own greedy answer to each training sentence as text
-   (`fusion.teacher`, cached in `answers.json`, written into the manifest).
-5. Whisper features `[T, d_audio]` at the clip's real length (what serve's AudioEncoder returns),
+4. Whisper features `[T, d_audio]` at the clip's real length (what serve's AudioEncoder returns),
    stored float16 in safetensors shards, one key per clip. Shards are written one at a time (eval
    clips first), so an interrupted run resumes where it stopped and training can start on the
    shards already complete. Whisper transcripts for `transcript`-mode evaluation are made at eval
    time (`render` re-synthesizes a clip exactly: every draw is seeded) and cached in `transcripts.json`.
+5. Last, the teacher's targets: the LLM's own greedy answer to each of the first `answer_sentences`
+   training sentences as text (`fusion.teacher`, `answers.json`, written after every batch; training
+   reads whatever is there, so it can start before they are all written).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class SpeechDataConfig(BaseModel):
     llm_temperature: float = Field(1.1, gt=0, description="Sampling temperature for LLM-written sentences")
     heldout_templates_per_domain: int = Field(1, ge=1, description="Whole templates per domain held out (eval_templates)")
     eval_clips: int = Field(100, ge=1, description="Clips in eval_templates and in eval_synth each")
-    answers: bool = Field(True, description="Write the LLM's own answer to each training sentence (the distillation targets)")
+    answer_sentences: int = Field(
+        2500, ge=0, description="Training sentences (the first of the shuffled pool) the LLM answers: the distillation targets"
+    )
     answer_max_tokens: int = Field(32, ge=1, description="Longest teacher answer, in tokens")
     shard_size: int = Field(500, ge=1, description="Clips per feature shard")
     seed: int = Field(0, description="Seed for sentences, splits, voices, speeds, pitches and augmentations")
@@ -100,7 +103,6 @@ class Clip:
     frames: int = 0
     shard: str = ""
     transcript: str | None = None
-    answer: str | None = None  # the LLM's answer to `text` as text (training clips)
 
 
 def render(clip: Clip, seed: int = 0) -> np.ndarray:
@@ -208,7 +210,7 @@ def plan_sentences(config: SpeechDataConfig, llm_sentences: Sequence[str]) -> di
     }
 
 
-def plan_clips(config: SpeechDataConfig, sentences: dict[str, list[tuple[str, str]]], answers: dict[str, str]) -> list[Clip]:
+def plan_clips(config: SpeechDataConfig, sentences: dict[str, list[tuple[str, str]]]) -> list[Clip]:
     """A voice, speed, pitch and augmentation for every sentence; deterministic given the config.
     Training clips: a training synthesizer (by `TRAIN_SYNTH_WEIGHTS`) and a drawn augmentation;
     eval_templates: a training synthesizer, clean; eval_synth and eval_freeform: the held-out
@@ -229,7 +231,6 @@ def plan_clips(config: SpeechDataConfig, sentences: dict[str, list[tuple[str, st
             speed=round(rng.uniform(*SPEED_RANGE), 3),
             pitch=rng.randint(*PITCH_RANGE),
             augment=augment.draw(np_rng) if split == "train" else "clean",
-            answer=answers.get(text) if split == "train" else None,
         )
 
     # Eval clips come first so that they sit in the first shard, ready before training data ends.
@@ -257,9 +258,8 @@ def build_speech_data(
     llm = _Lazy(llm_factory)
     llm_sentences = _llm_sentences(config, out, llm, log)
     sentences = plan_sentences(config, llm_sentences)
-    answers = _answers(config, out, [t for _, t in sentences["train"]], llm, log)
-    clips = plan_clips(config, sentences, answers)
-    write_recipe(out, _recipe(config, clips, llm_sentences, answers))
+    clips = plan_clips(config, sentences)
+    write_recipe(out, _recipe(config, clips, llm_sentences))
     with ThreadPoolExecutor(max_workers=SYNTHESIS_THREADS) as pool:
 
         def encode(shard: list[Clip], progress: Callable[[int], object]) -> dict[str, torch.Tensor]:
@@ -274,6 +274,8 @@ def build_speech_data(
             return tensors
 
         write_shards(out, clips, config.shard_size, encode, desc="speech clips", unit="clip")
+    # Last: the features are what training starts on; the answers only add the "answer" turns.
+    _answers(config, out, [t for _, t in sentences["train"]][: config.answer_sentences], llm, log)
     return out
 
 
@@ -313,7 +315,8 @@ def _answers(config: SpeechDataConfig, out: Path, texts: Sequence[str], llm: _La
 
     path = out / ANSWERS
     cache: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    if not config.answers or llm.factory is None:
+    cache = {t: cache[t] for t in texts if t in cache}  # only these sentences: the corpus stays reproducible
+    if llm.factory is None:
         return cache
     todo = [t for t in dict.fromkeys(texts) if t not in cache]
     if todo:
@@ -326,7 +329,7 @@ def _answers(config: SpeechDataConfig, out: Path, texts: Sequence[str], llm: _La
     return cache
 
 
-def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequence[str], answers: dict[str, str]) -> dict:
+def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequence[str]) -> dict:
     return {
         "version": DATA_VERSION,
         "config": config.model_dump(),
@@ -341,7 +344,6 @@ def _recipe(config: SpeechDataConfig, clips: Sequence[Clip], llm_sentences: Sequ
         "counts": {split: sum(c.split == split for c in clips) for split in SPLITS},
         "distinct_sentences": len({c.text for c in clips}),
         "llm_sentences": len(llm_sentences),
-        "answers": sum(c.answer is not None for c in clips),
     }
 
 
@@ -355,6 +357,12 @@ def load_manifest(data_dir: str | Path) -> list[Clip]:
 
 def load_recipe(data_dir: str | Path) -> dict:
     return read_recipe(data_dir)
+
+
+def load_answers(data_dir: str | Path) -> dict[str, str]:
+    """sentence → the LLM's answer to it as text, for the sentences answered so far (may be empty)."""
+    path = Path(data_dir).expanduser() / ANSWERS
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load_features(data_dir: str | Path, clips: Iterable[Clip]) -> dict[str, torch.Tensor]:

@@ -29,6 +29,8 @@ import soundfile as sf
 from modalities.audio.decode import resample
 
 SYNTH_TIMEOUT_S = 60
+# espeak-ng 1.51 ignores a variant after "en-gb" (every "en-gb+…" name is one voice; "en+m1" would
+# differ): 13 of the 104 names below sound alike. Kept as built (corpus v2 records these names).
 ESPEAK_BASES: tuple[str, ...] = (
     "en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-029", "en-gb-scotland", "en-us-nyc", "en-gb-x-gbcwmd",
 )
@@ -95,10 +97,11 @@ def _festival(voice: str, text: str, speed: float) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         text_file, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
         text_file.write_text(text)
-        _run([
-            "text2wave", "-o", str(wav), "-eval", f"(voice_{voice})",
-            "-eval", f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})", str(text_file),
-        ])
+        # Diphone voices take Duration_Stretch; the HTS voice ignores it and takes hts_engine's "-r" rate.
+        rate = f'(set! hts_engine_params (cons (list "-r" {speed:.3f}) hts_engine_params))' if voice.endswith("_hts") else (
+            f"(Parameter.set 'Duration_Stretch {1 / speed:.3f})"
+        )
+        _run(["text2wave", "-o", str(wav), "-eval", f"(voice_{voice})", "-eval", rate, str(text_file)])
         return _read(wav)
 
 

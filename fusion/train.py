@@ -188,7 +188,11 @@ def train(
             config.batch_size * 4, config.align_lr, config.seed, progress, log,
         )
         run.aligned, run.seconds = True, run.seconds + time.perf_counter() - t0
-        run.history.append({"step": 0, "align": aligned[-1], "align_seconds": round(time.perf_counter() - t0, 1)})
+        record = {"step": 0, "align": aligned[-1], "align_seconds": round(time.perf_counter() - t0, 1)}
+        if eval_sets:
+            record["eval"] = _held_out_losses(config, run.projector, model, tokenizer, eval_sets)
+            log(f"after alignment: held-out CE {record['eval']}")
+        run.history.append(record)
         run.save(out / STATE_FILE, config)
     order: list[int] = []
     start = time.perf_counter() - run.seconds

@@ -24,7 +24,7 @@ def corpus_examples(
 
     `answer_share` of the training clips that have a teacher answer become "answer" turns instead:
     no instruction (the clip is the whole user turn), target = the LLM's own answer to the sentence."""
-    from fusion.speech_data import INSTRUCTIONS, load_features, load_manifest
+    from fusion.speech_data import INSTRUCTIONS, load_answers, load_features, load_manifest
 
     clips = [c for c in load_manifest(data_dir) if c.split in splits]
     features = load_features(data_dir, clips)
@@ -32,9 +32,10 @@ def corpus_examples(
     out = _turns(items, splits, seed, canonical_only, INSTRUCTIONS, "audio")
     if answer_share and "train" in out:
         rng = random.Random(seed + 1)
+        answers = load_answers(data_dir)
         for clip, example in zip([c for c in clips if c.split == "train"], out["train"]):
-            if clip.answer and rng.random() < answer_share:
-                example.spoken, example.target, example.instruction, example.media_first = clip.text, clip.answer, "", False
+            if answers.get(clip.text) and rng.random() < answer_share:
+                example.spoken, example.target, example.instruction, example.media_first = clip.text, answers[clip.text], "", False
     return out
 
 

@@ -42,7 +42,7 @@ def _add_speech(subparsers) -> None:
     data.add_argument("--prose-sentences", type=int, default=2200, help="sentences from stdlib docstrings")
     data.add_argument("--eval-clips", type=int, default=100, help="clips in eval_templates and eval_synth each")
     data.add_argument("--answer-max-tokens", type=int, default=32, help="longest teacher answer, tokens")
-    data.add_argument("--no-answers", dest="answers", action="store_false", help="skip the teacher's answers")
+    data.add_argument("--answer-sentences", type=int, default=2500, help="training sentences the LLM answers (0: none)")
     add_seed(data, "sentences, splits, voices, speeds, pitches and augmentations")
     add_threads(data, 2)
 

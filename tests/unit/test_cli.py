@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from serve.cli import build_parser, main
+from serve.cli.common import config_from_args
+from serve.cli.data import SPEECH_SET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = (
@@ -70,7 +72,8 @@ def test_defaults_are_shown_once():
     flat = " ".join(train.split())
     assert "(default: 1000)" in flat  # --steps: argparse's default, shown
     assert "(default: None)" not in flat and "(default: False)" not in flat  # nothing to show: not shown
-    assert "(default: ~/.cache/chorus/fusion/speech-v2)" in flat and "speech-v2) (default" not in flat  # said once
+    said = f"(default: ~/.cache/chorus/fusion/{SPEECH_SET})"
+    assert said in flat and f"{SPEECH_SET}) (default" not in flat  # said once
 
 
 def test_arguments_reach_the_command(monkeypatch):
@@ -87,3 +90,29 @@ def test_arguments_reach_the_command(monkeypatch):
     assert (args.command, args.models_command, args.only, args.force) == ("models", "prepare", "llm", False)
     args = build_parser().parse_args(["train-projector", "--steps", "3", "--distill"])
     assert (args.steps, args.distill, args.batch_size, args.threads, args.device) == (3, True, 8, 2, "cpu")
+
+
+def test_fusion_flags_reach_their_configs():
+    """The speech-corpus and training flags name their config fields: `config_from_args` carries them."""
+    from fusion.speech_data import SpeechDataConfig
+    from fusion.train import TrainConfig
+
+    assert SPEECH_SET == "speech-v3"  # corpus v2 (fusion.speech_data.DATA_VERSION 2) in a directory of its own
+    flags = ["make-speech-data", "--eval-clips", "7", "--answer-max-tokens", "9", "--answer-sentences", "0"]
+    args = build_parser().parse_args(flags)
+    data = config_from_args(SpeechDataConfig, args, out_dir=args.out)
+    assert (data.eval_clips, data.answer_max_tokens, data.answer_sentences) == (7, 9, 0)
+    assert data.out_dir.endswith(SPEECH_SET)
+    defaults = config_from_args(SpeechDataConfig, build_parser().parse_args(["make-speech-data"]), out_dir="x")
+    assert defaults.model_dump(exclude={"out_dir"}) == SpeechDataConfig(out_dir="x").model_dump(exclude={"out_dir"})
+
+    flags = "train-projector --distill --distill-weight 0.5 --kl-temperature 2 --hidden-weight 0.25 --ce-weight 0.1"
+    flags += " --align-steps 40 --align-lr 0.004 --answer-share 0.3"
+    paths = {"data_dir": "d", "out_dir": "o", "modality": "audio"}  # what the command adds
+    train = config_from_args(TrainConfig, build_parser().parse_args(flags.split()), **paths)
+    assert (train.distill, train.distill_weight, train.kl_temperature, train.hidden_weight) == (True, 0.5, 2.0, 0.25)
+    assert (train.ce_weight, train.align_steps, train.align_lr, train.answer_share) == (0.1, 40, 0.004, 0.3)
+    plain = config_from_args(TrainConfig, build_parser().parse_args(["train-projector"]), **paths)
+    assert plain.model_dump() == TrainConfig(**paths).model_dump()  # the flags' defaults are the config's
+    args = build_parser().parse_args(["eval-projector", "--checkpoint", "c", "--no-agreement"])
+    assert (args.checkpoint, args.agreement) == ("c", False)
