@@ -25,7 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fusion.evaluate import AUDIO_INDEX, cached_transcripts, greedy_texts, normalize, plan_embeds
+from fusion.evaluate import (
+    AUDIO_INDEX,
+    cache_mode,
+    cached_outputs,
+    cached_transcripts,
+    greedy_texts,
+    normalize,
+    plan_embeds,
+)
 from fusion.prompt import MediaItem, Message, build_prompt
 
 ANSWER_MAX_NEW_TOKENS = 48
@@ -104,12 +112,20 @@ def evaluate_agreement_cli(
     for split, group in by_split.items():
         start = time.perf_counter()
         prompts = {
-            "reference": [request_embeds(model, tokenizer, "transcript", text=c.text) for c in group],
-            "transcript": [request_embeds(model, tokenizer, "transcript", transcript=transcripts[c.id]) for c in group],
-            "embed": [request_embeds(model, tokenizer, "embed", projector=projector, features=features[c.id]) for c in group],
-            "untrained": [request_embeds(model, tokenizer, "embed", projector=untrained, features=features[c.id]) for c in group],
+            "reference": lambda cs: [request_embeds(model, tokenizer, "transcript", text=c.text) for c in cs],
+            "transcript": lambda cs: [request_embeds(model, tokenizer, "transcript", transcript=transcripts[c.id]) for c in cs],
+            "embed": lambda cs: [request_embeds(model, tokenizer, "embed", projector=projector, features=features[c.id]) for c in cs],
+            "untrained": lambda cs: [request_embeds(model, tokenizer, "embed", projector=untrained, features=features[c.id]) for c in cs],
         }
-        out = {mode: greedy_texts(model, tokenizer, eos, prompts[mode], ANSWER_MAX_NEW_TOKENS) for mode in MODES}
+
+        def answers(chosen, mode, prompts=prompts):
+            return greedy_texts(model, tokenizer, eos, prompts[mode](chosen), ANSWER_MAX_NEW_TOKENS)
+
+        # Only `embed` depends on the checkpoint: the other modes' answers are cached in the corpus.
+        out = {
+            mode: answers(group, mode) if mode == "embed" else cached_outputs(root, "answer", cache_mode(mode, spec), group, lambda cs, m=mode: answers(cs, m))
+            for mode in MODES
+        }
         figures[split] = {
             "clips": len(group),
             "seconds": round(time.perf_counter() - start, 1),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jiwer
@@ -34,6 +34,7 @@ AUDIO_INDEX = 0
 MAX_NEW_TOKENS_SLACK = 16  # room beyond the reference's own length for a few extra words
 EVAL_BATCH = 8
 TRANSCRIPTS_FILE = "transcripts.json"
+EVAL_OUTPUTS_FILE = "eval_outputs.json"
 SAMPLES_PER_SPLIT = 3
 _WORD_RE = re.compile(r"[a-z0-9']+")
 
@@ -181,6 +182,27 @@ def cached_transcripts(data_dir: Path, clips, whisper_factory) -> dict[str, str]
     return cache
 
 
+def cached_outputs(
+    data_dir: Path, task: str, mode: str, clips, compute: Callable[[list], list[str]]
+) -> list[str]:
+    """The LLM's greedy outputs for `clips` in a mode that does not depend on the checkpoint under
+    test (reference, transcript, untrained), cached per task in the corpus (`eval_outputs.json`), so
+    that measuring a second checkpoint on the same clips only generates its own `embed` outputs."""
+    path = data_dir / EVAL_OUTPUTS_FILE
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    done = cache.setdefault(f"{task}:{mode}", {})
+    missing = [c for c in clips if c.id not in done]
+    if missing:
+        done.update(zip((c.id for c in missing), compute(missing)))
+        path.write_text(json.dumps(cache, indent=0))
+    return [done[c.id] for c in clips]
+
+
+def cache_mode(mode: str, spec: dict) -> str:
+    """The cache key of a mode's outputs: the untrained projector's depend on its kind and sizes."""
+    return f"{mode}:{spec['kind']}:{spec['in_dim']}x{spec['out_dim']}" if mode == "untrained" else mode
+
+
 def evaluate_cli(
     checkpoint: str,
     data_dir: str,
@@ -228,12 +250,16 @@ def evaluate_cli(
     projectors = {"embed": projector, "untrained": untrained, "transcript": None}
     figures: dict[str, dict] = {}
     for split, group in by_split.items():
-        rows = [{"text": c.text, "features": features[c.id], "transcript": transcripts.get(c.id)} for c in group]
         refs = [c.text for c in group]
         figures[split] = {"clips": len(group)}
         for mode in modes:
             start = time.perf_counter()
-            answers = repeat_outputs(runtime.model, runtime.tokenizer, eos, rows, mode, projectors[mode], REPEAT_INSTRUCTION)
+
+            def run(chosen, mode=mode):
+                rows = [{"text": c.text, "features": features[c.id], "transcript": transcripts.get(c.id)} for c in chosen]
+                return repeat_outputs(runtime.model, runtime.tokenizer, eos, rows, mode, projectors[mode], REPEAT_INSTRUCTION)
+
+            answers = run(group) if mode == "embed" else cached_outputs(root, "repeat", cache_mode(mode, spec), group, run)
             figures[split][mode] = {
                 "wer": round(wer(refs, answers), 4),
                 "seconds": round(time.perf_counter() - start, 1),
