@@ -154,15 +154,26 @@ def projector_loss(
     ce_weight: float = 1.0,
     hidden_weight: float = 0.0,
     kl_temperature: float = 1.0,
+    split_turns: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ce_weight × cross-entropy on the target tokens, plus, against the teacher (the same LLM
     reading what was said as text): distill_weight × KL(teacher ‖ student) over the target positions
     at `kl_temperature` (Ultravox), and hidden_weight × the squared distance between the last hidden
-    states at the final prompt position, relative to the teacher's norm (DiVA)."""
+    states at the final prompt position, relative to the teacher's norm (DiVA).
+
+    `split_turns`: the teacher terms (KL, hidden) on answer turns only and cross-entropy on repeat
+    turns only — a small teacher answers when asked to repeat, so its distribution there is the
+    wrong target, while the sentence itself is the right one (Ultravox's transcription turns use CE)."""
     inputs, mask, labels = build_inputs(examples, projector, model, tokenizer, "embed")
     logits, final = _target_outputs(model, inputs, mask, labels)
     targets = labels[labels != IGNORE_INDEX]
-    ce = F.cross_entropy(logits.float(), targets)
+    answer_rows = torch.tensor([ex.spoken is not None for ex in examples], device=labels.device)
+    everywhere = torch.ones(len(examples), dtype=torch.bool, device=labels.device)
+    ce_rows, teacher_rows = (~answer_rows, answer_rows) if split_turns else (everywhere, everywhere)
+    row_of = (labels != IGNORE_INDEX).nonzero()[:, 0]  # the row of each labelled position
+    ce_at, teacher_at = ce_rows[row_of], teacher_rows[row_of]
+    zero = logits.new_zeros((), dtype=torch.float32)
+    ce = F.cross_entropy(logits[ce_at].float(), targets[ce_at]) if bool(ce_at.any()) else zero
     stats = {"ce": ce.item()}
     loss = ce_weight * ce
     if distill_weight > 0 or hidden_weight > 0:
@@ -172,12 +183,17 @@ def projector_loss(
         assert teacher.shape == logits.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(logits.shape)}"
         if distill_weight > 0:
             t = kl_temperature
-            kl = F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(teacher.float() / t, -1), log_target=True, reduction="batchmean")
+            kl = zero
+            if bool(teacher_at.any()):
+                student_lp = F.log_softmax(logits[teacher_at].float() / t, -1)
+                kl = F.kl_div(student_lp, F.log_softmax(teacher[teacher_at].float() / t, -1), log_target=True, reduction="batchmean")
             loss = loss + distill_weight * kl
             stats["kl"] = kl.item()
         if hidden_weight > 0:
-            t_final = t_final.float()
-            hidden = ((final.float() - t_final).pow(2).sum(-1) / t_final.pow(2).sum(-1)).mean()
+            hidden = zero
+            if bool(teacher_rows.any()):
+                t_final = t_final[teacher_rows].float()
+                hidden = ((final[teacher_rows].float() - t_final).pow(2).sum(-1) / t_final.pow(2).sum(-1)).mean()
             loss = loss + hidden_weight * hidden
             stats["hidden"] = hidden.item()
     stats["loss"] = loss.item()

@@ -71,6 +71,12 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="DiVA: weight of the final-prompt-position hidden-state match to the teacher (needs distill)"
     )
     ce_weight: float = Field(1.0, ge=0, description="Weight of cross-entropy on the target tokens")
+    split_turns: bool = Field(
+        False, description="Teacher terms (KL, hidden) on answer turns only, CE on repeat turns only (fusion.batches)"
+    )
+    init_from: str | None = Field(
+        None, description="Start from this projector checkpoint's weights (no alignment, no norm matching)"
+    )
     align_steps: int = Field(
         0, ge=0, description="Steps of CTC alignment to the sentences' token embeddings before the LLM stage (fusion.align)"
     )
@@ -257,6 +263,13 @@ def _start_or_resume(
         run.aligned = state.get("aligned", False)
         run.rng.setstate(state["rng"])
         log(f"resumed at step {run.step}")
+    elif config.init_from:
+        from fusion.checkpoint import load_projector
+
+        start, _meta = load_projector(config.init_from, llm_hidden_size=hidden)
+        projector.load_state_dict({k: v.float() for k, v in start.state_dict().items()})
+        run.aligned = True  # the weights it starts from were trained already
+        log(f"starting from the projector at {config.init_from}")
     elif config.match_embedding_norm:
         factor = match_output_norm(projector, model, examples[: config.batch_size * NORM_MATCH_BATCHES])
         log(f"output scale matched to the embedding RMS (x{factor:.3g})")
@@ -285,7 +298,8 @@ def _optimizer_step(
     distill_weight = config.distill_weight if config.distill else 0.0
     hidden_weight = config.hidden_weight if config.distill else 0.0
     loss, stats = projector_loss(
-        batch, run.projector, model, tokenizer, distill_weight, config.ce_weight, hidden_weight, config.kl_temperature
+        batch, run.projector, model, tokenizer, distill_weight, config.ce_weight, hidden_weight, config.kl_temperature,
+        config.split_turns,
     )
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -47,6 +47,8 @@ def _add_train(subparsers) -> None:
     train.add_argument("--kl-temperature", type=float, default=1.0, help="softmax temperature of the KL (Ultravox: 2)")
     train.add_argument("--hidden-weight", type=float, default=0.0, help="DiVA: weight of the final-prompt hidden-state match (with --distill)")
     train.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy on the target tokens")
+    train.add_argument("--split-turns", action="store_true", help="KL/hidden on answer turns only, CE on repeat turns only")
+    train.add_argument("--init-from", default=None, help="start from this projector checkpoint's weights")
     train.add_argument("--align-steps", type=int, default=0, help="CTC alignment steps before the LLM stage (fusion.align)")
     train.add_argument("--align-lr", type=float, default=2e-3, help="peak learning rate of the alignment stage")
     train.add_argument("--answer-share", type=float, default=0.0, help="share of training clips taught the LLM's own answer (the rest: repeat)")

@@ -1,11 +1,9 @@
 """The shipped audio projector with the packaged Whisper base and SmolLM2: speech in, the same words out.
 
 Held-out material only: free-form sentences no template or generator produced (they are excluded
-from the training corpus), spoken by espeak-ng voices the shipped projector never heard in training.
-That projector was trained on a corpus v1 (espeak-ng only, whole voices held out, recorded in its
-metadata as `data.heldout_voices`); corpus v2 (`fusion.speech_data`) trains on every espeak-ng voice
-and holds out a synthesizer instead, so a projector trained on it needs CASES spoken by that
-synthesizer and its thresholds measured again — the test checks the claim rather than assuming it.
+from the training corpus), spoken by festival — the synthesizer the shipped projector's corpus held
+out (recorded in its metadata as `data.heldout_synthesizer`; it shares neither engine nor speaker
+with the training synthesizers). The test checks that claim rather than assuming it.
 """
 
 from __future__ import annotations
@@ -18,13 +16,12 @@ import torch
 pytestmark = pytest.mark.slow
 
 SHIPPED = Path(__file__).resolve().parents[2] / "fusion" / "checkpoints" / "whisper-base__smollm2-135m-instruct"
-# (sentence index in FREEFORM_SENTENCES, held-out voice, words per minute)
-CASES = ((9, "en-us-nyc", 150), (22, "en-gb-scotland+m7", 150), (27, "en-us-nyc+m5", 160), (38, "en-us-nyc", 150))
-# Measured on these 4 free-form clips with the shipped projector (step 1445): trained WER 1.02,
-# untrained 1.69 (the untrained one babbles the instruction back; the trained one answers in the
-# right form and topic, but free-form wording is still mostly wrong). Headroom for platform noise.
-MAX_TRAINED_WER = 1.25
-MIN_MARGIN = 0.35
+# (sentence index in FREEFORM_SENTENCES, festival voice, speaking rate)
+CASES = ((9, "kal_diphone", 1.0), (22, "ked_diphone", 1.1), (27, "cmu_us_slt_arctic_hts", 1.0), (38, "kal_diphone", 0.9))
+# Measured on these 4 clips with the shipped projector (distilled, then split-turns fine-tuned, step
+# 250): trained WER 0.46, untrained 1.90 (the untrained one babbles). Headroom for platform noise.
+MAX_TRAINED_WER = 0.75
+MIN_MARGIN = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +45,15 @@ def test_shipped_projector_repeats_held_out_speech(models):
     from fusion.evaluate import repeat_outputs, wer
     from fusion.projectors import build_projector
     from fusion.speech_data import REPEAT_INSTRUCTION
-    from modalities.speech import synthesize
+    from fusion.synthesizers import Voice, speak
 
     llm, projector, meta, whisper_rt = models
     assert meta["projector"]["kind"] == "stack4_swiglu" and meta["dtype"] == "float16"
-    heldout = set(meta.get("data", {}).get("heldout_voices", ()))
-    assert {voice for _, voice, _ in CASES} <= heldout, (
-        "CASES must be voices the shipped projector's corpus held out; for a corpus v2 projector, speak them "
-        f"with its held-out synthesizer ({meta.get('data', {}).get('heldout_synthesizer')}) and re-measure"
-    )
+    assert meta["data"]["heldout_synthesizer"] == "festival", "CASES must be spoken by the synthesizer its corpus held out"
     clips = []
-    for index, voice, wpm in CASES:
+    for index, voice, speed in CASES:
         text = FREEFORM_SENTENCES[index]
-        clips.append({"text": text, "features": whisper_rt.encode(synthesize(text, voice=voice, speed_wpm=wpm))})
+        clips.append({"text": text, "features": whisper_rt.encode(speak(Voice("festival", voice), text, speed))})
     torch.manual_seed(0)
     untrained = build_projector("stack4_swiglu", 512, llm.hidden_size).eval()
     refs = [c["text"] for c in clips]

@@ -154,6 +154,21 @@ def test_loss_terms_weights_and_temperature(model, tokenizer):
     assert loss.item() == pytest.approx(0.25 * stats["ce"] + 0.5 * stats["kl"] + 2.0 * stats["hidden"], rel=1e-5)
 
 
+def test_split_turns_put_the_teacher_on_answer_turns_and_ce_on_repeat_turns(model, tokenizer):
+    examples, projector = _mixed(), _projector()
+    repeats, answers = examples[0::2], examples[1::2]
+    split = projector_loss(examples, projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)[1]
+    # CE from the repeat turns alone, KL and hidden from the answer turns alone: each equals the
+    # term computed on that half of the batch by itself (all positions of a half are its own).
+    assert split["ce"] == pytest.approx(projector_loss(repeats, projector, model, tokenizer)[1]["ce"], rel=1e-4)
+    answers_only = projector_loss(answers, projector, model, tokenizer, 1.0, 1.0, 1.0)[1]
+    assert split["kl"] == pytest.approx(answers_only["kl"], rel=1e-4)
+    assert split["hidden"] == pytest.approx(answers_only["hidden"], rel=1e-4)
+    # A batch without answer turns has no teacher term; one without repeat turns has no CE.
+    assert projector_loss(repeats, projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)[1]["kl"] == 0.0
+    assert projector_loss(answers, projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)[1]["ce"] == 0.0
+
+
 def test_the_hidden_term_alone_trains_the_projector(model, tokenizer):
     projector = _projector()
     loss, stats = projector_loss(_mixed(), projector, model, tokenizer, ce_weight=0.0, hidden_weight=1.0)
@@ -263,6 +278,22 @@ def test_train_aligns_once_and_a_resumed_run_does_not_realign(model, tokenizer, 
     )
     assert calls == [5] and resumed.step == 3
     assert sum("align" in h for h in resumed.history) == 1
+
+
+def test_init_from_starts_from_a_checkpoints_weights_without_aligning(model, tokenizer, tmp_path, monkeypatch):
+    from fusion.checkpoint import ModelIdentity, save_projector
+
+    monkeypatch.setattr(align_module, "align", lambda *a, **k: pytest.fail("a run started from weights must not realign"))
+    start = _projector(seed=7)
+    who = ModelIdentity(name="tiny")
+    save_projector(tmp_path / "start", start, kind="stack4_swiglu", encoder=who, llm=who, dtype="float32")
+    config = TrainConfig(
+        data_dir=str(tmp_path), out_dir=str(tmp_path / "run"), steps=1, batch_size=2, lr=1e-9, warmup_steps=1,
+        align_steps=5, init_from=str(tmp_path / "start"),
+    )
+    result = train(config, model, tokenizer, _word_examples(), log=lambda _: None, progress=False)
+    for name, weight in start.state_dict().items():  # lr 1e-9: one step leaves the weights where they started
+        assert torch.allclose(result.projector.state_dict()[name], weight, atol=1e-6), name
 
 
 # --- the teacher's answers ---------------------------------------------------------------------------
