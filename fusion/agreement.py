@@ -29,8 +29,8 @@ from fusion.evaluate import (
     AUDIO_INDEX,
     cache_mode,
     cached_outputs,
-    cached_transcripts,
     greedy_texts,
+    load_eval_inputs,
     normalize,
     plan_embeds,
 )
@@ -84,28 +84,14 @@ def evaluate_agreement_cli(
     checkpoint: str, data_dir: str, limit: int, threads: int, report: str | None = None, write_metadata: bool = False
 ) -> dict:
     """`chorus eval-agreement`: answers in each mode on the held-out splits, pairwise agreement."""
-    from fusion.checkpoint import llm_identity, load_projector, update_metadata, whisper_identity
-    from fusion.projectors import build_projector
-    from fusion.speech_data import EVAL_SPLITS, load_features, load_manifest
-    from modalities.audio import WhisperConfig, WhisperRuntime
-    from modalities.llm import LLMConfig, LLMRuntime
+    from fusion.checkpoint import update_metadata
+    from fusion.speech_data import EVAL_SPLITS
 
-    torch.set_num_threads(threads)
     root = Path(data_dir).expanduser()
-    runtime = LLMRuntime.from_config(LLMConfig(threads=threads, engine="eager"))
+    inputs = load_eval_inputs(checkpoint, root, limit, threads, engine="eager")
+    runtime, projector, untrained, spec = inputs.runtime, inputs.projector, inputs.untrained, inputs.spec
     model, tokenizer = runtime.model, runtime.tokenizer
-    projector, meta = load_projector(
-        checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=whisper_identity("packaged")
-    )
-    spec = meta["projector"]
-    torch.manual_seed(0)  # serve's untrained projector (LLMDecoder._projector)
-    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
-
-    clips = [c for c in load_manifest(root) if c.split in EVAL_SPLITS]
-    by_split = {s: [c for c in clips if c.split == s][:limit] for s in EVAL_SPLITS}
-    chosen = [c for group in by_split.values() for c in group]
-    features = load_features(root, chosen)
-    transcripts = cached_transcripts(root, chosen, lambda: WhisperRuntime.from_config(WhisperConfig(threads=threads)))
+    by_split, features, transcripts = inputs.by_split, inputs.features, inputs.transcripts
     eos = set(runtime.eos_token_ids)
 
     figures: dict[str, dict] = {}

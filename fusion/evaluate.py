@@ -22,6 +22,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
@@ -199,8 +200,54 @@ def cached_outputs(
 
 
 def cache_mode(mode: str, spec: dict) -> str:
-    """The cache key of a mode's outputs: the untrained projector's depend on its kind and sizes."""
+    """The cache key of a mode's outputs in `eval_outputs.json` (used by the repeat and the answer
+    evaluations alike): the untrained projector's outputs depend on its kind and sizes."""
     return f"{mode}:{spec['kind']}:{spec['in_dim']}x{spec['out_dim']}" if mode == "untrained" else mode
+
+
+@dataclass
+class EvalInputs:
+    """What both audio evaluations (repeat WER, answer agreement) start from."""
+
+    runtime: object  # modalities.llm.LLMRuntime
+    projector: nn.Module
+    untrained: nn.Module
+    spec: dict
+    by_split: dict[str, list]
+    features: dict[str, torch.Tensor]
+    transcripts: dict[str, str]
+
+
+def load_eval_inputs(
+    checkpoint: str, data_dir: Path, limit: int, threads: int, transcripts: bool = True, engine: str | None = None
+) -> EvalInputs:
+    """The packaged LLM, the checkpoint's projector and serve's untrained one of the same kind (seeded
+    with 0, as `LLMDecoder._projector` seeds it), the first `limit` clips of each held-out split, their
+    cached Whisper features and (optionally) Whisper's cached transcripts."""
+    from fusion.checkpoint import llm_identity, load_projector, whisper_identity
+    from fusion.projectors import build_projector
+    from fusion.speech_data import EVAL_SPLITS, load_features, load_manifest
+    from modalities.audio import WhisperConfig, WhisperRuntime
+    from modalities.llm import LLMConfig, LLMRuntime
+
+    torch.set_num_threads(threads)
+    config = LLMConfig(threads=threads) if engine is None else LLMConfig(threads=threads, engine=engine)
+    runtime = LLMRuntime.from_config(config)
+    projector, meta = load_projector(
+        checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=whisper_identity("packaged")
+    )
+    spec = meta["projector"]
+    torch.manual_seed(0)
+    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
+    clips = [c for c in load_manifest(data_dir) if c.split in EVAL_SPLITS]
+    by_split = {s: [c for c in clips if c.split == s][:limit] for s in EVAL_SPLITS}
+    chosen = [c for group in by_split.values() for c in group]
+    heard = (
+        cached_transcripts(data_dir, chosen, lambda: WhisperRuntime.from_config(WhisperConfig(threads=threads)))
+        if transcripts
+        else {}
+    )
+    return EvalInputs(runtime, projector, untrained, spec, by_split, load_features(data_dir, chosen), heard)
 
 
 def evaluate_cli(
@@ -217,37 +264,19 @@ def evaluate_cli(
 
     `baseline`: a report JSON from an earlier run on the same clips (e.g. `transcript,untrained`,
     which do not depend on the trained projector) whose modes are merged into this result."""
-    from fusion.checkpoint import llm_identity, load_projector, update_metadata, whisper_identity
-    from fusion.projectors import build_projector
-    from fusion.speech_data import EVAL_SPLITS, REPEAT_INSTRUCTION, load_features, load_manifest
-    from modalities.audio import WhisperConfig, WhisperRuntime
-    from modalities.llm import LLMConfig, LLMRuntime
+    from fusion.checkpoint import update_metadata
+    from fusion.speech_data import EVAL_SPLITS, REPEAT_INSTRUCTION
 
     known = {"embed", "transcript", "untrained"}
     if unknown := set(modes) - known:
         raise ValueError(f"unknown eval modes {sorted(unknown)}; known: {sorted(known)}")
-    torch.set_num_threads(threads)
     root = Path(data_dir).expanduser()
-    runtime = LLMRuntime.from_config(LLMConfig(threads=threads))
-    projector, meta = load_projector(
-        checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=whisper_identity("packaged")
-    )
-    spec = meta["projector"]
-    # serve's untrained projector: same kind, seeded with 0 (LLMDecoder._projector).
-    torch.manual_seed(0)
-    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
-
-    clips = [c for c in load_manifest(root) if c.split in EVAL_SPLITS]
-    by_split = {s: [c for c in clips if c.split == s][:limit] for s in EVAL_SPLITS}
-    chosen = [c for group in by_split.values() for c in group]
-    features = load_features(root, chosen)
-    transcripts = (
-        cached_transcripts(root, chosen, lambda: WhisperRuntime.from_config(WhisperConfig(threads=threads)))
-        if "transcript" in modes
-        else {}
+    inputs = load_eval_inputs(checkpoint, root, limit, threads, transcripts="transcript" in modes)
+    runtime, spec, by_split, features, transcripts = (
+        inputs.runtime, inputs.spec, inputs.by_split, inputs.features, inputs.transcripts
     )
     eos = set(runtime.eos_token_ids)
-    projectors = {"embed": projector, "untrained": untrained, "transcript": None}
+    projectors = {"embed": inputs.projector, "untrained": inputs.untrained, "transcript": None}
     figures: dict[str, dict] = {}
     for split, group in by_split.items():
         refs = [c.text for c in group]
