@@ -176,26 +176,27 @@ def projector_loss(
     ce = F.cross_entropy(logits[ce_at].float(), targets[ce_at]) if bool(ce_at.any()) else zero
     stats = {"ce": ce.item()}
     loss = ce_weight * ce
-    if distill_weight > 0 or hidden_weight > 0:
+    if (distill_weight > 0 or hidden_weight > 0) and bool(teacher_rows.any()):
+        # The teacher reads only the rows its terms use (with split turns, the answer turns).
+        taught = [ex for ex, used in zip(examples, teacher_rows.tolist()) if used]
         with torch.no_grad():
-            t_inputs, t_mask, t_labels = build_inputs(examples, None, model, tokenizer, "transcript")
+            t_inputs, t_mask, t_labels = build_inputs(taught, None, model, tokenizer, "transcript")
             teacher, t_final = _target_outputs(model, t_inputs, t_mask, t_labels)
-        assert teacher.shape == logits.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(logits.shape)}"
+        student = logits[teacher_at]
+        assert teacher.shape == student.shape, f"teacher {tuple(teacher.shape)} vs student {tuple(student.shape)}"
         if distill_weight > 0:
             t = kl_temperature
-            kl = zero
-            if bool(teacher_at.any()):
-                student_lp = F.log_softmax(logits[teacher_at].float() / t, -1)
-                kl = F.kl_div(student_lp, F.log_softmax(teacher[teacher_at].float() / t, -1), log_target=True, reduction="batchmean")
+            student_lp = F.log_softmax(student.float() / t, -1)
+            kl = F.kl_div(student_lp, F.log_softmax(teacher.float() / t, -1), log_target=True, reduction="batchmean")
             loss = loss + distill_weight * kl
             stats["kl"] = kl.item()
         if hidden_weight > 0:
-            hidden = zero
-            if bool(teacher_rows.any()):
-                t_final = t_final[teacher_rows].float()
-                hidden = ((final[teacher_rows].float() - t_final).pow(2).sum(-1) / t_final.pow(2).sum(-1)).mean()
+            t_final = t_final.float()
+            hidden = ((final[teacher_rows].float() - t_final).pow(2).sum(-1) / t_final.pow(2).sum(-1)).mean()
             loss = loss + hidden_weight * hidden
             stats["hidden"] = hidden.item()
+    else:  # no turn for the teacher in this batch
+        stats.update({name: 0.0 for name, weight in (("kl", distill_weight), ("hidden", hidden_weight)) if weight > 0})
     stats["loss"] = loss.item()
     return loss, stats
 

@@ -169,6 +169,23 @@ def test_split_turns_put_the_teacher_on_answer_turns_and_ce_on_repeat_turns(mode
     assert projector_loss(answers, projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)[1]["ce"] == 0.0
 
 
+def test_with_split_turns_the_teacher_reads_only_the_answer_turns(model, tokenizer, monkeypatch):
+    read: list[int] = []
+    real = batches.build_inputs
+
+    def spy(examples, projector, model, tokenizer, mode):
+        if mode == "transcript":
+            read.append(len(examples))
+        return real(examples, projector, model, tokenizer, mode)
+
+    monkeypatch.setattr(batches, "build_inputs", spy)
+    examples, projector = _mixed(), _projector()
+    projector_loss(examples, projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)
+    projector_loss(examples[0::2], projector, model, tokenizer, 1.0, 1.0, 1.0, split_turns=True)  # repeats only
+    projector_loss(examples, projector, model, tokenizer, 1.0, 1.0, 1.0)
+    assert read == [2, 4]  # the two answer turns; none for a batch of repeats; every turn without split
+
+
 def test_the_hidden_term_alone_trains_the_projector(model, tokenizer):
     projector = _projector()
     loss, stats = projector_loss(_mixed(), projector, model, tokenizer, ce_weight=0.0, hidden_weight=1.0)
