@@ -141,9 +141,14 @@ def test_a_client_that_never_reads_is_closed_with_1008_and_freed(server_with, li
     with server.connect() as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
         sent = time.monotonic()
-        ws.send(LONG)
-        for _ in range(EVENTS - 1):
-            ws.send(ECHO)
+        try:
+            ws.send(LONG)
+            for _ in range(EVENTS - 1):
+                ws.send(ECHO)
+        except ConnectionClosed:
+            # The server may close the connection (1008, the outcome under test) while the client is
+            # still sending: whether its close frame comes before the last event is a race.
+            pass
         freed = server.wait_freed()
         if limits["max_pending_bytes"] > EVENTS * len(LONG):  # only the deadline could close it
             assert freed - sent >= limits["send_timeout_s"]
