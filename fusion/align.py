@@ -91,7 +91,7 @@ def align(
             order += torch.randperm(len(examples), generator=generator).tolist()
         batch, order = order[:batch_size], order[batch_size:]
         frames, lengths = _padded_features([examples[i] for i in batch], embedding_table.device)
-        soft = projector(frames)
+        soft = projector(frames, lengths)
         out_lengths = [projector.num_output_tokens(n) for n in lengths]
         for group in optimizer.param_groups:  # linear warm-up over the first tenth, then flat
             group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))

@@ -84,8 +84,8 @@ def build_inputs(
     if mode == "embed":
         assert projector is not None
         frames, lengths = _padded_features(examples, device)
-        # One batched projector call: zero frames past a clip's end only touch tokens that are cut off.
-        projected = projector(frames)
+        # One batched projector call; `lengths` lets a projector keep the padding out of real tokens.
+        projected = projector(frames, lengths)
         media = [projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)]
     rows = [_turn_row(ex, soft, embedding, tokenizer, mode) for ex, soft in zip(examples, media)]
     return _pad_rows(rows, device)
@@ -224,8 +224,10 @@ def match_output_norm(projector: nn.Module, model: nn.Module, sample: Sequence[E
     hundreds of steps being spent shrinking the outputs. Returns the factor applied."""
     table = model.get_input_embeddings().weight.float()
     target_rms = table.pow(2).mean().sqrt()
-    frames, _lengths = _padded_features(sample, table.device)
-    out_rms = projector(frames).pow(2).mean().sqrt()
+    frames, lengths = _padded_features(sample, table.device)
+    projected = projector(frames, lengths)
+    real = torch.cat([projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)])
+    out_rms = real.pow(2).mean().sqrt()
     factor = float(target_rms / out_rms)
     projector.linear_2.weight.mul_(factor)
     return factor

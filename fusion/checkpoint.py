@@ -139,6 +139,8 @@ def clip_identity(model_name: str, pretrained: str | None, seed: int | None = No
 
 def projector_spec(module: nn.Module, kind: str) -> dict[str, Any]:
     """What `build_projector` needs to rebuild `module`."""
+    if hasattr(module, "spec"):  # the connector says what it is built from
+        return {"kind": kind, **module.spec()}
     spec: dict[str, Any] = {"kind": kind, "in_dim": module.in_dim, "out_dim": module.out_dim}
     hidden = getattr(module, "linear_2", None)
     if kind != "mlp2x_gelu" and hidden is not None:

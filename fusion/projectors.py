@@ -6,18 +6,25 @@ Two families, chosen by a string key (`build_projector`):
 - `stack{k}_swiglu` — Ultravox's audio projector: stack k consecutive frames (zero-padded to a
   multiple of k), RMSNorm → Linear → SwiGLU → Linear. Stacking divides the token count by k, so a
   5 s clip (250 Whisper frames at 50 frames/s) becomes 250/k soft tokens.
+- `whisperdec{k}` — DiVA's audio connector (`fusion.connector`): Whisper's text decoder reading the
+  frames through one learned query per k frames (the same token count as `stack{k}_swiglu`).
+
+Every projector's forward takes `(frames [B, T, in_dim], lengths=None)`: the clips' frame counts in
+a zero-padded batch (the connector masks the padding; the others need not).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _STACK_RE = re.compile(r"^stack(\d+)_swiglu$")
-KNOWN_KINDS = ("mlp2x_gelu", "stack{k}_swiglu")
+_CONNECTOR_RE = re.compile(r"^whisperdec(\d+)$")
+KNOWN_KINDS = ("mlp2x_gelu", "stack{k}_swiglu", "whisperdec{k}")
 
 
 class MLP2xGELU(nn.Module):
@@ -32,7 +39,7 @@ class MLP2xGELU(nn.Module):
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.linear_2 = nn.Linear(out_dim, out_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
         assert features.shape[-1] == self.in_dim, f"expected last dim {self.in_dim}, got {tuple(features.shape)}"
         return self.linear_2(F.gelu(self.linear_1(features)))
 
@@ -59,7 +66,8 @@ class StackSwiGLU(nn.Module):
         self.linear_1 = nn.Linear(stacked, 2 * hidden, bias=False)
         self.linear_2 = nn.Linear(hidden, out_dim, bias=False)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        # Zero frames past a clip's end only touch the stacked tokens past its end: `lengths` unneeded.
         assert frames.dim() == 3 and frames.shape[-1] == self.in_dim, (
             f"expected [B, T, {self.in_dim}], got {tuple(frames.shape)}"
         )
@@ -82,4 +90,9 @@ def build_projector(kind: str, in_dim: int, out_dim: int, **kwargs: int) -> nn.M
     match = _STACK_RE.match(kind)
     if match:
         return StackSwiGLU(in_dim, out_dim, stack=int(match.group(1)), **kwargs)
+    match = _CONNECTOR_RE.match(kind)
+    if match:
+        from fusion.connector import WhisperDecoderConnector
+
+        return WhisperDecoderConnector(in_dim, out_dim, stack=int(match.group(1)), **kwargs)
     raise ValueError(f"unknown projector kind {kind!r}; known kinds: {', '.join(KNOWN_KINDS)}")

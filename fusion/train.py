@@ -57,7 +57,11 @@ class TrainConfig(BaseModel):
     modality: Literal["audio", "image"] = Field(
         "audio", description="audio: stack{k}_swiglu on Whisper frames; image: mlp2x_gelu on CLIP patches"
     )
-    stack: int = Field(4, ge=1, description="Whisper frames per soft token (`stack{k}_swiglu`; audio only)")
+    stack: int = Field(4, ge=1, description="Whisper frames per soft token (audio only)")
+    connector: Literal["stack", "whisper_decoder"] = Field(
+        "stack", description="audio: stack = `stack{k}_swiglu` (Ultravox); whisper_decoder = `whisperdec{k}`, Whisper's "
+        "decoder reading the frames through learned queries (DiVA; fusion.connector), started from the corpus's Whisper"
+    )
     steps: int = Field(1000, ge=1, description="Optimizer steps in total (a resumed run continues the count)")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay)")
@@ -106,13 +110,17 @@ class TrainConfig(BaseModel):
     def _distill_needs_text(self) -> TrainConfig:
         if (self.distill or self.answer_share) and self.modality != "audio":
             raise ValueError("distill and answers need a text form of the media (a transcript); only audio has one")
+        if self.connector != "stack" and self.modality != "audio":
+            raise ValueError("the whisper_decoder connector reads Whisper frames: audio only")
         if self.hidden_weight and not self.distill:
             raise ValueError("hidden_weight matches the teacher's hidden state: it needs distill")
         return self
 
     @property
     def projector_kind(self) -> str:
-        return f"stack{self.stack}_swiglu" if self.modality == "audio" else IMAGE_PROJECTOR
+        if self.modality == "image":
+            return IMAGE_PROJECTOR
+        return f"whisperdec{self.stack}" if self.connector == "whisper_decoder" else f"stack{self.stack}_swiglu"
 
 
 def lr_at(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -173,18 +181,20 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool = True,
     refresh: Callable[[], Sequence[Example]] | None = None,
+    whisper_model: nn.Module | None = None,
 ) -> TrainResult:
     """Train (or resume, from `out_dir/train_state.pt`) a `config.projector_kind` projector.
 
     `refresh()`, when given, is called at each epoch boundary and may return a larger training set
-    (the corpus builder writes shards while training runs)."""
+    (the corpus builder writes shards while training runs). `whisper_model` starts a fresh
+    `whisper_decoder` connector (default: the packaged Whisper, whose features the corpus holds)."""
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
     out = Path(config.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model.requires_grad_(False).eval()
-    run = _start_or_resume(config, model, train_examples, in_dim, out / STATE_FILE, log)
+    run = _start_or_resume(config, model, tokenizer, train_examples, in_dim, out / STATE_FILE, log, whisper_model)
     if config.align_steps and not run.aligned:
         from fusion.align import align
 
@@ -242,15 +252,21 @@ def train(
 def _start_or_resume(
     config: TrainConfig,
     model: nn.Module,
+    tokenizer,
     examples: Sequence[Example],
     in_dim: int | None,
     state_path: Path,
     log: Callable[[str], None],
+    whisper_model: nn.Module | None = None,
 ) -> _RunState:
     """A fresh projector and optimizer on the LLM's device, or those of the saved run."""
     hidden = model.get_input_embeddings().embedding_dim
     device = model.get_input_embeddings().weight.device  # the projector trains where the LLM runs
-    projector = build_projector(config.projector_kind, in_dim or examples[0].features.shape[-1], hidden).to(device)
+    shape: dict[str, int] = {}
+    if config.modality == "audio" and config.connector == "whisper_decoder":
+        whisper_model = whisper_model or _packaged_whisper()
+        shape = {"n_layer": whisper_model.dims.n_text_layer, "n_head": whisper_model.dims.n_text_head}
+    projector = build_projector(config.projector_kind, in_dim or examples[0].features.shape[-1], hidden, **shape).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run = _RunState(projector, optimizer, random.Random(config.seed))
     if state_path.exists():
@@ -270,10 +286,23 @@ def _start_or_resume(
         projector.load_state_dict({k: v.float() for k, v in start.state_dict().items()})
         run.aligned = True  # the weights it starts from were trained already
         log(f"starting from the projector at {config.init_from}")
-    elif config.match_embedding_norm:
-        factor = match_output_norm(projector, model, examples[: config.batch_size * NORM_MATCH_BATCHES])
-        log(f"output scale matched to the embedding RMS (x{factor:.3g})")
+    else:
+        if whisper_model is not None:
+            from fusion.connector import start_connector
+
+            shared = start_connector(projector, whisper_model, model.get_input_embeddings().weight, tokenizer)
+            log(f"connector: Whisper's decoder, output map fitted on {shared} tokens both vocabularies spell alike")
+        if config.match_embedding_norm:
+            factor = match_output_norm(projector, model, examples[: config.batch_size * NORM_MATCH_BATCHES])
+            log(f"output scale matched to the embedding RMS (x{factor:.3g})")
     return run
+
+
+def _packaged_whisper() -> nn.Module:
+    """The Whisper the speech corpus's features come from (`fusion.train_data`: the packaged one)."""
+    from modalities.audio.whisper import load_whisper_model
+
+    return load_whisper_model("packaged")
 
 
 def _grown(

@@ -103,7 +103,7 @@ class TokenProjector(nn.Module):
         super().__init__()
         self.embedding = embedding
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, lengths=None) -> torch.Tensor:
         return self.embedding(frames[..., 0].long())
 
     def num_output_tokens(self, num_input_frames: int) -> int:
