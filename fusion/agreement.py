@@ -89,7 +89,7 @@ def evaluate_agreement_cli(
 
     root = Path(data_dir).expanduser()
     inputs = load_eval_inputs(checkpoint, root, limit, threads, engine="eager")
-    runtime, projector, untrained, spec = inputs.runtime, inputs.projector, inputs.untrained, inputs.spec
+    runtime, projector, untrained, floor = inputs.runtime, inputs.projector, inputs.untrained, inputs.untrained_spec
     model, tokenizer = runtime.model, runtime.tokenizer
     by_split, features, transcripts = inputs.by_split, inputs.features, inputs.transcripts
     eos = set(runtime.eos_token_ids)
@@ -109,7 +109,7 @@ def evaluate_agreement_cli(
 
         # Only `embed` depends on the checkpoint: the other modes' answers are cached in the corpus.
         out = {
-            mode: answers(group, mode) if mode == "embed" else cached_outputs(root, "answer", cache_mode(mode, spec), group, lambda cs, m=mode: answers(cs, m))
+            mode: answers(group, mode) if mode == "embed" else cached_outputs(root, "answer", cache_mode(mode, floor), group, lambda cs, m=mode: answers(cs, m))
             for mode in MODES
         }
         figures[split] = {

@@ -229,5 +229,8 @@ def match_output_norm(projector: nn.Module, model: nn.Module, sample: Sequence[E
     real = torch.cat([projected[i, : projector.num_output_tokens(n)] for i, n in enumerate(lengths)])
     out_rms = real.pow(2).mean().sqrt()
     factor = float(target_rms / out_rms)
-    projector.linear_2.weight.mul_(factor)
+    if hasattr(projector, "output_scale"):  # a projector with a fixed output scale keeps its weights
+        projector.output_scale.mul_(factor)
+    else:
+        projector.linear_2.weight.mul_(factor)
     return factor

@@ -212,7 +212,7 @@ class EvalInputs:
     runtime: object  # modalities.llm.LLMRuntime
     projector: nn.Module
     untrained: nn.Module
-    spec: dict
+    untrained_spec: dict  # serve's untrained projector (its cache key: `cache_mode`)
     by_split: dict[str, list]
     features: dict[str, torch.Tensor]
     transcripts: dict[str, str]
@@ -221,11 +221,12 @@ class EvalInputs:
 def load_eval_inputs(
     checkpoint: str, data_dir: Path, limit: int, threads: int, transcripts: bool = True, engine: str | None = None
 ) -> EvalInputs:
-    """The packaged LLM, the checkpoint's projector and serve's untrained one of the same kind (seeded
-    with 0, as `LLMDecoder._projector` seeds it), the first `limit` clips of each held-out split, their
+    """The packaged LLM, the checkpoint's projector and serve's untrained one (the audio modality's
+    default kind, seeded with 0, as `LLMDecoder._projector` builds it), the first `limit` clips of each held-out split, their
     cached Whisper features and (optionally) Whisper's cached transcripts."""
     from fusion.checkpoint import llm_identity, load_projector, whisper_identity
     from fusion.projectors import build_projector
+    from fusion.registry import spec as modality_spec
     from fusion.speech_data import EVAL_SPLITS, load_features, load_manifest
     from modalities.audio import WhisperConfig, WhisperRuntime
     from modalities.llm import LLMConfig, LLMRuntime
@@ -237,8 +238,10 @@ def load_eval_inputs(
         checkpoint, llm_hidden_size=runtime.hidden_size, llm=llm_identity("packaged"), encoder=whisper_identity("packaged")
     )
     spec = meta["projector"]
+    # The floor is what serve runs with no checkpoint: the modality's default kind, seeded with 0.
+    untrained_spec = {**spec, "kind": modality_spec("audio").default_projector}
     torch.manual_seed(0)
-    untrained = build_projector(spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
+    untrained = build_projector(untrained_spec["kind"], spec["in_dim"], spec["out_dim"]).eval()
     clips = [c for c in load_manifest(data_dir) if c.split in EVAL_SPLITS]
     by_split = {s: [c for c in clips if c.split == s][:limit] for s in EVAL_SPLITS}
     chosen = [c for group in by_split.values() for c in group]
@@ -247,7 +250,7 @@ def load_eval_inputs(
         if transcripts
         else {}
     )
-    return EvalInputs(runtime, projector, untrained, spec, by_split, load_features(data_dir, chosen), heard)
+    return EvalInputs(runtime, projector, untrained, untrained_spec, by_split, load_features(data_dir, chosen), heard)
 
 
 def evaluate_cli(
@@ -272,9 +275,7 @@ def evaluate_cli(
         raise ValueError(f"unknown eval modes {sorted(unknown)}; known: {sorted(known)}")
     root = Path(data_dir).expanduser()
     inputs = load_eval_inputs(checkpoint, root, limit, threads, transcripts="transcript" in modes)
-    runtime, spec, by_split, features, transcripts = (
-        inputs.runtime, inputs.spec, inputs.by_split, inputs.features, inputs.transcripts
-    )
+    runtime, by_split, features, transcripts = inputs.runtime, inputs.by_split, inputs.features, inputs.transcripts
     eos = set(runtime.eos_token_ids)
     projectors = {"embed": inputs.projector, "untrained": inputs.untrained, "transcript": None}
     figures: dict[str, dict] = {}
@@ -288,7 +289,7 @@ def evaluate_cli(
                 rows = [{"text": c.text, "features": features[c.id], "transcript": transcripts.get(c.id)} for c in chosen]
                 return repeat_outputs(runtime.model, runtime.tokenizer, eos, rows, mode, projectors[mode], REPEAT_INSTRUCTION)
 
-            answers = run(group) if mode == "embed" else cached_outputs(root, "repeat", cache_mode(mode, spec), group, run)
+            answers = run(group) if mode == "embed" else cached_outputs(root, "repeat", cache_mode(mode, inputs.untrained_spec), group, run)
             figures[split][mode] = {
                 "wer": round(wer(refs, answers), 4),
                 "seconds": round(time.perf_counter() - start, 1),

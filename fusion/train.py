@@ -62,6 +62,9 @@ class TrainConfig(BaseModel):
         "stack", description="audio: stack = `stack{k}_swiglu` (Ultravox); whisper_decoder = `whisperdec{k}`, Whisper's "
         "decoder reading the frames through learned queries (DiVA; fusion.connector), started from the corpus's Whisper"
     )
+    connector_window: int = Field(
+        0, ge=0, description="whisper_decoder: frames each side of a query's own that it reads (0: the whole clip)"
+    )
     steps: int = Field(1000, ge=1, description="Optimizer steps in total (a resumed run continues the count)")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay)")
@@ -265,7 +268,8 @@ def _start_or_resume(
     shape: dict[str, int] = {}
     if config.modality == "audio" and config.connector == "whisper_decoder":
         whisper_model = whisper_model or _packaged_whisper()
-        shape = {"n_layer": whisper_model.dims.n_text_layer, "n_head": whisper_model.dims.n_text_head}
+        dims = whisper_model.dims
+        shape = {"n_layer": dims.n_text_layer, "n_head": dims.n_text_head, "window": config.connector_window}
     projector = build_projector(config.projector_kind, in_dim or examples[0].features.shape[-1], hidden, **shape).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run = _RunState(projector, optimizer, random.Random(config.seed))

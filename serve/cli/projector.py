@@ -41,6 +41,8 @@ def _add_train(subparsers) -> None:
     train.add_argument("--stack", type=int, default=4, help="Whisper frames per soft token (recorded in the checkpoint; the decoder reads it from there)")
     train.add_argument("--connector", choices=["stack", "whisper_decoder"], default="stack",
                        help="audio: stack{k}_swiglu (Ultravox) or Whisper's decoder with learned queries (DiVA)")
+    train.add_argument("--connector-window", type=int, default=0,
+                       help="whisper_decoder: frames each side of a query's own that it reads (0: the whole clip)")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps in total (a resumed run continues the count)")
     train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")

@@ -30,9 +30,9 @@ def tiny_whisper() -> Whisper:
     return model
 
 
-def _connector(stack: int = 4) -> WhisperDecoderConnector:
+def _connector(stack: int = 4, window: int = 0) -> WhisperDecoderConnector:
     torch.manual_seed(1)
-    return WhisperDecoderConnector(D_AUDIO, HIDDEN, stack=stack, n_layer=2, n_head=2)
+    return WhisperDecoderConnector(D_AUDIO, HIDDEN, stack=stack, n_layer=2, n_head=2, window=window)
 
 
 def test_one_token_per_stack_frames_and_the_kind_string():
@@ -47,8 +47,9 @@ def test_one_token_per_stack_frames_and_the_kind_string():
         connector(torch.randn(1, 4 * MAX_QUERIES + 1, D_AUDIO))
 
 
-def test_a_clip_gives_the_same_tokens_alone_and_in_a_padded_batch():
-    connector = _connector().eval()
+@pytest.mark.parametrize("window", [0, 2])
+def test_a_clip_gives_the_same_tokens_alone_and_in_a_padded_batch(window):
+    connector = _connector(window=window).eval()
     short, long = torch.randn(10, D_AUDIO), torch.randn(23, D_AUDIO)
     batch = torch.zeros(2, 23, D_AUDIO)
     batch[0, :10], batch[1] = short, long
@@ -59,6 +60,23 @@ def test_a_clip_gives_the_same_tokens_alone_and_in_a_padded_batch():
     assert torch.allclose(batched[0, :3], alone, atol=1e-5)
     assert torch.allclose(batched[1], connector(long[None])[0], atol=1e-5)
     assert not torch.allclose(unmasked[0, :3], alone, atol=1e-3)
+
+
+def test_a_windowed_query_reads_only_frames_near_its_own():
+    connector = _connector(stack=4, window=2)
+    mask = connector._window_mask(3, 12, torch.device("cpu"))
+    assert mask[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    assert mask[1].nonzero().flatten().tolist() == list(range(2, 10))
+    # A one-layer connector has no query-to-query path for far frames to take: only the window counts.
+    one = WhisperDecoderConnector(D_AUDIO, HIDDEN, stack=4, n_layer=1, n_head=2, window=2).eval()
+    one.blocks[0].attn.out.weight.data.zero_()  # no mixing between queries either
+    one.blocks[0].attn.out.bias.data.zero_()
+    frames = torch.randn(1, 12, D_AUDIO)
+    changed = frames.clone()
+    changed[0, 10:] += 5.0  # frames 10-11: outside query 0's window, inside query 2's
+    with torch.no_grad():
+        before, after = one(frames)[0], one(changed)[0]
+    assert torch.allclose(before[0], after[0], atol=1e-6) and not torch.allclose(before[2], after[2], atol=1e-3)
 
 
 def test_it_starts_from_whispers_decoder(tiny_whisper):
@@ -112,14 +130,14 @@ def test_training_a_connector_lowers_the_loss_and_survives_a_checkpoint(tiny_whi
     model = frozen_tiny_llama(len(tokenizer), HIDDEN)
     examples = _examples(32)
     config = TrainConfig(
-        data_dir=str(tmp_path), out_dir=str(tmp_path / "run"), connector="whisper_decoder", steps=30, batch_size=8,
+        data_dir=str(tmp_path), out_dir=str(tmp_path / "run"), connector="whisper_decoder", connector_window=3, steps=30, batch_size=8,
         lr=3e-3, warmup_steps=2, eval_every=30, checkpoint_every=30,
     )
     assert config.projector_kind == "whisperdec4"
     torch.manual_seed(0)
     result = train(config, model, tokenizer, examples, log=lambda _: None, progress=False, whisper_model=tiny_whisper)
     assert isinstance(result.projector, WhisperDecoderConnector) and result.projector.n_layer == 2
-    started = _connector()
+    started = _connector(window=3)
     start_connector(started, tiny_whisper, model.get_input_embeddings().weight, tokenizer)
     before, _ = projector_loss(examples[:8], started, model, tokenizer)
     after, _ = projector_loss(examples[:8], result.projector, model, tokenizer)
@@ -128,7 +146,7 @@ def test_training_a_connector_lowers_the_loss_and_survives_a_checkpoint(tiny_whi
     ident = ModelIdentity("tiny", "0" * 64)
     path = save_projector(tmp_path / "ckpt", result.projector, kind="whisperdec4", encoder=ident, llm=ident, dtype="float32")
     loaded, meta = load_projector(path, llm_hidden_size=HIDDEN)
-    assert meta["projector"] == {"kind": "whisperdec4", "in_dim": D_AUDIO, "out_dim": HIDDEN, "n_layer": 2, "n_head": 2}
+    assert meta["projector"] == {"kind": "whisperdec4", "in_dim": D_AUDIO, "out_dim": HIDDEN, "n_layer": 2, "n_head": 2, "window": 3}
     reloaded, _ = projector_loss(examples[:8], loaded, model, tokenizer)
     assert abs(reloaded.item() - after.item()) < 1e-4
 
