@@ -85,7 +85,8 @@ class WhisperDecoderConnector(nn.Module):
             # A padding query may see no real frame: let it see all (its token is cut off; no NaN).
             frame_mask = frame_mask | ~frame_mask.any(-1, keepdim=True)
         for block in self.blocks:
-            x = x + _attention(block.attn, block.attn_ln(x), block.attn_ln(x), query_mask, self.n_head)
+            normed = block.attn_ln(x)
+            x = x + _attention(block.attn, normed, normed, query_mask, self.n_head)
             x = x + _attention(block.cross_attn, block.cross_attn_ln(x), frames, frame_mask, self.n_head)
             x = x + block.mlp(block.mlp_ln(x))
         return self.linear_2(self.ln(x)) * self.output_scale
