@@ -19,6 +19,7 @@ teaches what the LLM should make of the soft tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -74,13 +75,20 @@ def align(
     seed: int,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    eval_sets: dict[str, Sequence[Example]] | None = None,
 ) -> list[dict[str, float]]:
-    """Train `projector` in place with CTC to the sentences' tokens for `steps` steps; the history."""
+    """Train `projector` in place with CTC to the sentences' tokens for `steps` steps; the history.
+
+    `augment(frames, generator)` gives each training clip a fresh view at every step
+    (`fusion.feature_augment`); `eval_sets` get their CTC measured at each tenth of the steps."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
     ids = sentence_ids(tokenizer, examples)
-    aligner = Aligner(embedding_table.detach(), [t for row in ids for t in row]).to(embedding_table.device)
+    held_out = {name: (list(rows), sentence_ids(tokenizer, rows)) for name, rows in (eval_sets or {}).items()}
+    every_id = [t for row in ids for t in row] + [t for _, rows in held_out.values() for row in rows for t in row]
+    aligner = Aligner(embedding_table.detach(), every_id).to(embedding_table.device)
     params = [*projector.parameters(), *aligner.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     history: list[dict[str, float]] = []
@@ -90,7 +98,10 @@ def align(
         if len(order) < batch_size:
             order += torch.randperm(len(examples), generator=generator).tolist()
         batch, order = order[:batch_size], order[batch_size:]
-        frames, lengths = _padded_features([examples[i] for i in batch], embedding_table.device)
+        chosen = [examples[i] for i in batch]
+        if augment is not None:
+            chosen = [replace(ex, features=augment(ex.features, generator)) for ex in chosen]
+        frames, lengths = _padded_features(chosen, embedding_table.device)
         soft = projector(frames, lengths)
         out_lengths = [projector.num_output_tokens(n) for n in lengths]
         for group in optimizer.param_groups:  # linear warm-up over the first tenth, then flat
@@ -102,5 +113,35 @@ def align(
         optimizer.step()
         history.append({"align_step": step + 1, **stats})
         if (step + 1) % max(1, steps // 10) == 0:
-            log(f"alignment step {step + 1}/{steps}: CTC {stats['ctc']:.3f}, soft-token RMS ×{stats['rms']:.2f} of the embeddings'")
+            if held_out:
+                history[-1]["eval_ctc"] = _held_out_ctc(projector, aligner, held_out, batch_size, embedding_table.device)
+            log(
+                f"alignment step {step + 1}/{steps}: CTC {stats['ctc']:.3f}, soft-token RMS ×{stats['rms']:.2f} of the "
+                f"embeddings'" + (f", held-out CTC {history[-1]['eval_ctc']}" if held_out else "")
+            )
     return history
+
+
+@torch.no_grad()
+def _held_out_ctc(
+    projector: nn.Module,
+    aligner: Aligner,
+    sets: dict[str, tuple[list[Example], list[list[int]]]],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean CTC (norm penalty excluded) of each held-out split, its frames as cached."""
+    projector.eval()
+    try:
+        out = {}
+        for name, (rows, ids) in sets.items():
+            total = 0.0
+            for i in range(0, len(rows), batch_size):
+                frames, lengths = _padded_features(rows[i : i + batch_size], device)
+                soft = projector(frames, lengths)
+                _, stats = aligner.loss(soft, [projector.num_output_tokens(n) for n in lengths], ids[i : i + batch_size])
+                total += stats["ctc"] * len(rows[i : i + batch_size])
+            out[name] = round(total / max(1, len(rows)), 3)
+        return out
+    finally:
+        projector.train()

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from fusion.batches import (  # noqa: F401  (re-exported: fusion.train is where 
     projector_loss,
     target_logits,
 )
+from fusion.feature_augment import FeatureAugment
 from fusion.projectors import build_projector
 from fusion.train_data import TrainingSets, corpus_examples, vision_examples  # noqa: F401  (re-exported)
 
@@ -64,6 +65,10 @@ class TrainConfig(BaseModel):
     )
     connector_window: int = Field(
         0, ge=0, description="whisper_decoder: frames each side of a query's own that it reads (0: the whole clip)"
+    )
+    augment_features: FeatureAugment | None = Field(
+        None, description="SpecAugment on the cached encoder frames of training turns, a fresh view every step "
+        "(fusion.feature_augment); alignment and distillation stages"
     )
     steps: int = Field(1000, ge=1, description="Optimizer steps in total (a resumed run continues the count)")
     batch_size: int = Field(8, ge=1)
@@ -158,6 +163,8 @@ class _RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     aligned: bool = False
+    views: torch.Generator = field(default_factory=torch.Generator)  # feature augmentation's draws
+    order: list[int] = field(default_factory=list)  # the epoch's clips not yet drawn
 
     def save(self, path: Path, config: TrainConfig) -> None:
         state = {
@@ -169,6 +176,8 @@ class _RunState:
             "seconds": self.seconds,
             "aligned": self.aligned,
             "rng": self.rng.getstate(),
+            "views": self.views.get_state(),
+            "order": self.order,
         }
         torch.save(state, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)  # never a half-written state
@@ -204,7 +213,7 @@ def train(
         t0 = time.perf_counter()
         aligned = align(
             run.projector, model.get_input_embeddings().weight, tokenizer, train_examples, config.align_steps,
-            config.batch_size * 4, config.align_lr, config.seed, progress, log,
+            config.batch_size * 4, config.align_lr, config.seed, progress, log, config.augment_features, eval_sets,
         )
         run.aligned, run.seconds = True, run.seconds + time.perf_counter() - t0
         record = {"step": 0, "align": aligned[-1], "align_seconds": round(time.perf_counter() - t0, 1)}
@@ -213,7 +222,7 @@ def train(
             log(f"after alignment: held-out CE {record['eval']}")
         run.history.append(record)
         run.save(out / STATE_FILE, config)
-    order: list[int] = []
+    order = run.order  # saved with the state: a resumed run finishes the epoch it was in
     start = time.perf_counter() - run.seconds
     deadline = start + config.max_minutes * 60 if config.max_minutes else None
     bar = tqdm(total=config.steps, initial=run.step, desc="projector", unit="step", disable=not progress)
@@ -227,6 +236,8 @@ def train(
             order += fresh
         batch = [train_examples[i] for i in order[: config.batch_size]]
         del order[: config.batch_size]
+        if config.augment_features is not None:
+            batch = [replace(ex, features=config.augment_features(ex.features, run.views)) for ex in batch]
         spent = (time.perf_counter() - start) / (config.max_minutes * 60) if config.max_minutes else 0.0
         lr = lr_at(run.step, config, spent)
         stats = _optimizer_step(config, run, batch, model, tokenizer, lr)
@@ -272,7 +283,7 @@ def _start_or_resume(
         shape = {"n_layer": dims.n_text_layer, "n_head": dims.n_text_head, "window": config.connector_window}
     projector = build_projector(config.projector_kind, in_dim or examples[0].features.shape[-1], hidden, **shape).to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run = _RunState(projector, optimizer, random.Random(config.seed))
+    run = _RunState(projector, optimizer, random.Random(config.seed), views=torch.Generator().manual_seed(config.seed + 2))
     if state_path.exists():
         state = torch.load(state_path, weights_only=False, map_location=device)
         if not _same_run(state["config"], config):
@@ -282,6 +293,9 @@ def _start_or_resume(
         run.step, run.history, run.seconds = state["step"], state["history"], state["seconds"]
         run.aligned = state.get("aligned", False)
         run.rng.setstate(state["rng"])
+        if "views" in state:
+            run.views.set_state(state["views"])
+        run.order = list(state.get("order", []))
         log(f"resumed at step {run.step}")
     elif config.init_from:
         from fusion.checkpoint import load_projector

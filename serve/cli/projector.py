@@ -43,6 +43,8 @@ def _add_train(subparsers) -> None:
                        help="audio: stack{k}_swiglu (Ultravox) or Whisper's decoder with learned queries (DiVA)")
     train.add_argument("--connector-window", type=int, default=0,
                        help="whisper_decoder: frames each side of a query's own that it reads (0: the whole clip)")
+    train.add_argument("--augment-features", action="store_true",
+                       help="SpecAugment the cached encoder frames of training turns (speed, time/channel masks, noise; fusion.feature_augment)")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps in total (a resumed run continues the count)")
     train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, cosine decay)")
@@ -112,13 +114,15 @@ def _invocation() -> str:
 
 
 def _cmd_train_projector(args: argparse.Namespace) -> int:
+    from fusion.feature_augment import FeatureAugment
     from fusion.train import TrainConfig, train_projector_cli
 
     modality = _modality(args)
     data = args.data or default_fusion_dir(VISION_SET if modality == "image" else SPEECH_SET)
     out = args.out or default_fusion_dir(f"runs/{modality}")
     config = config_from_args(
-        TrainConfig, args, data_dir=data, out_dir=out, modality=modality, match_embedding_norm=not args.no_norm_match
+        TrainConfig, args, data_dir=data, out_dir=out, modality=modality, match_embedding_norm=not args.no_norm_match,
+        augment_features=FeatureAugment() if args.augment_features else None,
     )
     train_projector_cli(config, command=_invocation(), ship_to=args.ship_to)
     return 0
