@@ -81,7 +81,9 @@ def align(
     """Train `projector` in place with CTC to the sentences' tokens for `steps` steps; the history.
 
     `augment(frames, generator)` gives each training clip a fresh view at every step
-    (`fusion.feature_augment`); `eval_sets` get their CTC measured at each tenth of the steps."""
+    (`fusion.feature_augment`); `eval_sets` get their CTC measured at each tenth of the steps (their
+    sentences' tokens join the scored classes, so that every held-out token counts; training never
+    targets them)."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
