@@ -19,9 +19,9 @@ Only training turns are augmented; held-out losses and evaluation read the frame
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class FeatureAugment(BaseModel):

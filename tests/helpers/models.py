@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+TINY_HIDDEN = 32  # the fusion tests' tiny LLM hidden size (tests/unit/conftest.py's `model`)
 
-def frozen_tiny_llama(vocab_size: int, hidden: int = 32, seed: int = 0) -> LlamaForCausalLM:
+
+def frozen_tiny_llama(vocab_size: int, hidden: int = TINY_HIDDEN, seed: int = 0) -> LlamaForCausalLM:
     """A 2-layer Llama, frozen, whose outputs react to its inputs (initializer_range 0.3), so that
     gradients reach a projector trained in front of it."""
     torch.manual_seed(seed)

@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 
 from modalities.llm.engine import BatchedEngine
+from tests.helpers.models import TINY_HIDDEN, frozen_tiny_llama
+from tests.helpers.tokenizer import tiny_chat_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny chat tokenizer the fusion tests build prompts with (a module may override it)."""
+    return tiny_chat_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """A frozen random Llama of hidden size TINY_HIDDEN over that tokenizer (projector training's LLM)."""
+    return frozen_tiny_llama(len(tokenizer), TINY_HIDDEN)
 
 
 @pytest.fixture

@@ -20,22 +20,11 @@ from fusion.projectors import build_projector
 from fusion.prompt import MediaSlot
 from fusion.teacher import teacher_answers
 from fusion.train import STATE_FILE, TrainConfig, train
-from tests.helpers.models import frozen_tiny_llama
-from tests.helpers.tokenizer import tiny_chat_tokenizer
+from tests.helpers.models import TINY_HIDDEN
 
 D_AUDIO = 16
-HIDDEN = 32
+HIDDEN = TINY_HIDDEN  # the conftest's `model`
 REPEAT = "Repeat exactly what was said."
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_chat_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return frozen_tiny_llama(len(tokenizer), HIDDEN)
 
 
 def _frames(n: int, seed: int) -> torch.Tensor:

@@ -10,11 +10,10 @@ from fusion.batches import Example
 from fusion.feature_augment import FeatureAugment
 from fusion.projectors import build_projector
 from fusion.train import STATE_FILE, TrainConfig, train
-from tests.helpers.models import frozen_tiny_llama
-from tests.helpers.tokenizer import tiny_chat_tokenizer
+from tests.helpers.models import TINY_HIDDEN
 
 D_AUDIO = 16
-HIDDEN = 32
+HIDDEN = TINY_HIDDEN  # the conftest's `model`
 OFF = FeatureAugment(speed=0, time_masks=0, channel_masks=0, noise=0)
 
 
@@ -86,16 +85,6 @@ def test_validation():
 
 
 # --- in the training stages -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_chat_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return frozen_tiny_llama(len(tokenizer), HIDDEN)
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:

@@ -8,21 +8,10 @@ from pydantic import ValidationError
 
 from fusion.checkpoint import ModelIdentity, load_projector, save_projector
 from fusion.train import IGNORE_INDEX, Example, TrainConfig, build_inputs, lr_at, projector_loss, train
-from tests.helpers.models import frozen_tiny_llama
-from tests.helpers.tokenizer import tiny_chat_tokenizer
+from tests.helpers.models import TINY_HIDDEN
 
 D_AUDIO = 16
-HIDDEN = 32
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_chat_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return frozen_tiny_llama(len(tokenizer), HIDDEN)
+HIDDEN = TINY_HIDDEN  # the conftest's `model`
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:

@@ -35,13 +35,12 @@ from fusion.vision_data import (
     load_manifest,
     plan_images,
 )
-from tests.helpers.models import frozen_tiny_llama
-from tests.helpers.tokenizer import tiny_chat_tokenizer
+from tests.helpers.models import TINY_HIDDEN
 
 TINY_CLIP_JSON = Path(__file__).resolve().parents[1] / "assets" / "tiny_clip.json"
 TINY_CLIP = json.loads(TINY_CLIP_JSON.read_text())["vision_cfg"]
 NUM_PATCHES = (TINY_CLIP["image_size"] // TINY_CLIP["patch_size"]) ** 2
-HIDDEN = 32
+HIDDEN = TINY_HIDDEN  # the conftest's `model`
 SATURATION = 60  # the background is grey (saturation 0); every shape colour is far above this
 
 
@@ -152,16 +151,6 @@ def image_set(tmp_path_factory):
     return out, config
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_chat_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llm(tokenizer):
-    return frozen_tiny_llama(len(tokenizer), HIDDEN)
-
-
 def test_built_set_holds_pngs_and_clip_features(image_set, tmp_path):
     out, config = image_set
     assert is_vision_data(out)
@@ -182,7 +171,7 @@ def test_built_set_holds_pngs_and_clip_features(image_set, tmp_path):
         build_vision_data(config.model_copy(update={"seed": 7}), None, {}, log=lambda _: None)
 
 
-def test_training_beats_untrained_on_heldout_images(image_set, llm, tokenizer, tmp_path):
+def test_training_beats_untrained_on_heldout_images(image_set, model, tokenizer, tmp_path):
     out, _config_ = image_set
     data = vision_examples(str(out), ("train", "eval_seen", "eval_combos"), seed=0)
     assert all(ex.kind == "image" and ex.features.shape[0] == NUM_PATCHES for ex in data["train"])
@@ -195,21 +184,21 @@ def test_training_beats_untrained_on_heldout_images(image_set, llm, tokenizer, t
     torch.manual_seed(0)
     untrained = build_projector("mlp2x_gelu", TINY_CLIP["width"], HIDDEN).eval()
     eval_sets = {"eval_combos": data["eval_combos"]}
-    result = train(config, llm, tokenizer, data["train"], eval_sets, log=lambda _: None, progress=False)
+    result = train(config, model, tokenizer, data["train"], eval_sets, log=lambda _: None, progress=False)
     assert isinstance(result.projector, MLP2xGELU) and result.step == 100
     first, last = result.history[0]["ce"], sum(h["ce"] for h in result.history[-5:]) / 5
     # Measured: 6.76 → 5.80. A random 2-layer LLM reading bytes is hard to steer, so the floor is high.
     assert last < 0.9 * first, (first, last)
 
     heldout = data["eval_combos"]
-    trained_ce = eval_loss(result.projector, llm, tokenizer, heldout, 8)
-    untrained_ce = eval_loss(untrained, llm, tokenizer, heldout, 8)
+    trained_ce = eval_loss(result.projector, model, tokenizer, heldout, 8)
+    untrained_ce = eval_loss(untrained, model, tokenizer, heldout, 8)
     # Measured: 5.72 vs 6.65 on colour × shape pairs never trained on.
     assert trained_ce < 0.9 * untrained_ce, (trained_ce, untrained_ce)
 
     scenes = [r.scene for r in load_manifest(out) if r.split == "eval_combos"]
-    figures = caption_figures(llm, tokenizer, {tokenizer.convert_tokens_to_ids("<|im_end|>")}, heldout[:8], scenes[:8], result.projector)
-    assert figures["caption_ce"] == eval_loss(result.projector, llm, tokenizer, heldout[:8], 8)
+    figures = caption_figures(model, tokenizer, {tokenizer.convert_tokens_to_ids("<|im_end|>")}, heldout[:8], scenes[:8], result.projector)
+    assert figures["caption_ce"] == eval_loss(result.projector, model, tokenizer, heldout[:8], 8)
     assert set(figures["attribute_accuracy"]) == {"count", "colour", "shape", "position", "colour_shape", "all"}
     assert len(figures["samples"]) == 3 and figures["samples"][0]["ref"] == heldout[0].target
 
@@ -221,13 +210,13 @@ def test_training_beats_untrained_on_heldout_images(image_set, llm, tokenizer, t
     loaded, meta = load_projector(path, llm_hidden_size=HIDDEN, llm=llm_id, encoder=encoder)
     assert meta["modality"] == "image" and meta["projector"]["kind"] == "mlp2x_gelu"
     assert read_metadata(path)["data"]["heldout_pairs"] == [list(p) for p in HELDOUT_PAIRS]
-    assert eval_loss(loaded, llm, tokenizer, heldout, 8) == pytest.approx(trained_ce, abs=1e-4)
+    assert eval_loss(loaded, model, tokenizer, heldout, 8) == pytest.approx(trained_ce, abs=1e-4)
     other_clip = clip_identity(str(TINY_CLIP_JSON), None, seed=1)
     with pytest.raises(ProjectorMismatchError, match="encoder"):
         load_projector(path, encoder=other_clip)
 
     # Resume continues the run rather than starting over.
-    resumed = train(config.model_copy(update={"steps": 102}), llm, tokenizer, data["train"], log=lambda _: None, progress=False)
+    resumed = train(config.model_copy(update={"steps": 102}), model, tokenizer, data["train"], log=lambda _: None, progress=False)
     assert resumed.step == 102 and len(resumed.history) == 102
 
 
