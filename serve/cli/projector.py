@@ -43,7 +43,7 @@ def _add_train(subparsers) -> None:
                        help="audio: stack{k}_swiglu (Ultravox) or Whisper's decoder with learned queries (DiVA)")
     train.add_argument("--connector-window", type=int, default=0,
                        help="whisper_decoder: frames each side of a query's own that it reads (0: the whole clip)")
-    train.add_argument("--augment-features", action="store_true",
+    train.add_argument("--augment-features", dest="augment", action="store_true",
                        help="SpecAugment the cached encoder frames of training turns (speed, time/channel masks, noise; fusion.feature_augment)")
     train.add_argument("--steps", type=int, default=1000, help="optimizer steps in total (a resumed run continues the count)")
     train.add_argument("--batch-size", type=int, default=8, help="training turns per step")
@@ -122,7 +122,7 @@ def _cmd_train_projector(args: argparse.Namespace) -> int:
     out = args.out or default_fusion_dir(f"runs/{modality}")
     config = config_from_args(
         TrainConfig, args, data_dir=data, out_dir=out, modality=modality, match_embedding_norm=not args.no_norm_match,
-        augment_features=FeatureAugment() if args.augment_features else None,
+        augment_features=FeatureAugment() if args.augment else None,
     )
     train_projector_cli(config, command=_invocation(), ship_to=args.ship_to)
     return 0

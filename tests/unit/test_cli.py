@@ -114,5 +114,6 @@ def test_fusion_flags_reach_their_configs():
     assert (train.ce_weight, train.align_steps, train.align_lr, train.answer_share) == (0.1, 40, 0.004, 0.3)
     plain = config_from_args(TrainConfig, build_parser().parse_args(["train-projector"]), **paths)
     assert plain.model_dump() == TrainConfig(**paths).model_dump()  # the flags' defaults are the config's
+    assert build_parser().parse_args(["train-projector", "--augment-features"]).augment is True
     args = build_parser().parse_args(["eval-projector", "--checkpoint", "c", "--no-agreement"])
     assert (args.checkpoint, args.agreement) == ("c", False)
