@@ -19,13 +19,13 @@ teaches what the LLM should make of the soft tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fusion.batches import Example, _padded_features
+from fusion.feature_augment import with_views
 
 NORM_WEIGHT = 0.1
 
@@ -102,7 +102,7 @@ def align(
         batch, order = order[:batch_size], order[batch_size:]
         chosen = [examples[i] for i in batch]
         if augment is not None:
-            chosen = [replace(ex, features=augment(ex.features, generator)) for ex in chosen]
+            chosen = with_views(chosen, augment, generator)
         frames, lengths = _padded_features(chosen, embedding_table.device)
         soft = projector(frames, lengths)
         out_lengths = [projector.num_output_tokens(n) for n in lengths]

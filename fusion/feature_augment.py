@@ -19,6 +19,10 @@ Only training turns are augmented; held-out losses and evaluation read the frame
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,3 +73,10 @@ def _span(size: int, widest: int, generator: torch.Generator) -> tuple[int, int]
     width = int(torch.randint(0, min(widest, size) + 1, (), generator=generator))
     start = int(torch.randint(0, size - width + 1, (), generator=generator))
     return start, width
+
+
+def with_views(
+    examples: Sequence[Any], augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], generator: torch.Generator
+) -> list[Any]:
+    """Copies of training turns (`fusion.batches.Example`) whose features are fresh augmented views."""
+    return [replace(ex, features=augment(ex.features, generator)) for ex in examples]

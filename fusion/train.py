@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from fusion.batches import (  # noqa: F401  (re-exported: fusion.train is where 
     projector_loss,
     target_logits,
 )
-from fusion.feature_augment import FeatureAugment
+from fusion.feature_augment import FeatureAugment, with_views
 from fusion.projectors import build_projector
 from fusion.train_data import TrainingSets, corpus_examples, vision_examples  # noqa: F401  (re-exported)
 
@@ -237,7 +237,7 @@ def train(
         batch = [train_examples[i] for i in order[: config.batch_size]]
         del order[: config.batch_size]
         if config.augment_features is not None:
-            batch = [replace(ex, features=config.augment_features(ex.features, run.views)) for ex in batch]
+            batch = with_views(batch, config.augment_features, run.views)
         spent = (time.perf_counter() - start) / (config.max_minutes * 60) if config.max_minutes else 0.0
         lr = lr_at(run.step, config, spent)
         stats = _optimizer_step(config, run, batch, model, tokenizer, lr)
