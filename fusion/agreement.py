@@ -119,6 +119,10 @@ def evaluate_agreement_cli(
             "samples": [
                 {"request": c.text, **{mode: out[mode][i] for mode in MODES}} for i, c in enumerate(group[:2])
             ],
+            # each pair's word F1 per clip: what `chorus compare-projectors` pairs up
+            "per_clip": {
+                c.id: {f"{a}_vs_{b}": round(word_f1(out[a][i], out[b][i]), 4) for a, b in PAIRS} for i, c in enumerate(group)
+            },
         }
         line = "  ".join(f"{a}/{b} F1 {figures[split][f'{a}_vs_{b}']['word_f1']:.2f}" for a, b in PAIRS)
         print(f"{split:15s} {line}  ({len(group)} clips)", flush=True)

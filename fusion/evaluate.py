@@ -294,6 +294,8 @@ def evaluate_cli(
                 "wer": round(wer(refs, answers), 4),
                 "seconds": round(time.perf_counter() - start, 1),
                 "samples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, answers))[:SAMPLES_PER_SPLIT]],
+                # [word errors, reference words] per clip: what `chorus compare-projectors` pairs up
+                "per_clip": {c.id: list(word_errors(c.text, h)) for c, h in zip(group, answers)},
             }
             print(f"{split:15s} {mode:10s} WER {figures[split][mode]['wer']:.3f}  ({len(group)} clips)", flush=True)
         if "transcript" in modes:

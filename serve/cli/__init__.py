@@ -13,6 +13,7 @@ transformers, whisper, ray) happen inside the commands, so `chorus --help` is in
   chorus train-projector --data DIR [--out DIR]          train a projector (encoder, LLM frozen); audio or image by --data
   chorus eval-projector --checkpoint DIR --data DIR      audio: "repeat" WER; image: caption CE + attribute accuracy
   chorus eval-agreement [--checkpoint packaged]          "answer the request": embed vs transcript answer agreement
+  chorus compare-projectors A.json B.json               two eval reports clip by clip (paired bootstrap interval)
   chorus bench [--only SECTIONS] [--quick]               side-by-side benchmarks (bench.harness)
 """
 

@@ -1,5 +1,6 @@
-"""`chorus train-projector`, `eval-projector`, `eval-agreement`: train a projector on a feature set
-(encoder and LLM frozen) and measure it (see fusion.train, fusion.evaluate, fusion.agreement)."""
+"""`chorus train-projector`, `eval-projector`, `eval-agreement`, `compare-projectors`: train a projector
+on a feature set (encoder and LLM frozen), measure it, and compare two measurements clip by clip (see
+fusion.train, fusion.evaluate, fusion.agreement, fusion.paired)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def add_parser(subparsers) -> None:
     _add_train(subparsers)
     _add_eval(subparsers)
     _add_agreement(subparsers)
+    _add_compare(subparsers)
 
 
 def _add_train(subparsers) -> None:
@@ -99,6 +101,20 @@ def _add_agreement(subparsers) -> None:
     add_threads(agree, 1)
 
 
+def _add_compare(subparsers) -> None:
+    compare = add_command(
+        subparsers, "compare-projectors", "two eval reports clip by clip: difference and its bootstrap interval", _cmd_compare,
+        description="Compare two eval-projector reports of one task measured on the same clips (repeat WER, or the "
+        "answer agreement's word F1): per split, the difference, its paired-bootstrap 95 % interval and the clips "
+        "each one does better on.",
+    )
+    compare.add_argument("first", help="report JSON (eval-projector --report, or its .agreement.json)")
+    compare.add_argument("second", help="report JSON of the same task and clips")
+    compare.add_argument("--key", default=None,
+                         help="repeat: the mode (default embed); answer: the pair (default embed_vs_reference)")
+    compare.add_argument("--report", default=None, help="also write the comparison as JSON here")
+
+
 def _modality(args: argparse.Namespace) -> str:
     """--modality, else what the --data directory holds (an image set or a speech corpus)."""
     from fusion.vision_data import is_vision_data
@@ -162,4 +178,11 @@ def _cmd_eval_agreement(args: argparse.Namespace) -> int:
     checkpoint = str(PACKAGED_AUDIO_PROJECTOR) if args.checkpoint == PACKAGED else args.checkpoint
     data = args.data or default_fusion_dir(SPEECH_SET)
     evaluate_agreement_cli(checkpoint, data, args.limit, args.threads, args.report, args.write_metadata)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fusion.paired import compare_cli
+
+    compare_cli(args.first, args.second, args.key, args.report)
     return 0

@@ -17,7 +17,7 @@ from serve.cli.data import SPEECH_SET
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = (
     "models", "demo", "serve", "explain", "make-speech-data", "make-vision-data", "train-projector", "eval-projector",
-    "eval-agreement", "bench",
+    "eval-agreement", "compare-projectors", "bench",
 )
 
 
