@@ -90,3 +90,24 @@ def test_answer_reports_compare_a_pair_and_write_the_table(tmp_path, capsys):
     assert "| eval_synth | 30 | 0.600 | 0.400 | +0.200 |" in printed and "undecided" not in printed
     same = compare_reports(answer([0.5] * 30), answer([0.5] * 30), key="transcript_vs_reference")
     assert "(undecided)" in format_comparison(same, ("a", "b"))
+
+
+def test_the_command_reports_bad_input_in_one_line(tmp_path, capsys):
+    from serve.cli import main
+
+    answer = {"task": "answer", "splits": {"eval_synth": {"clips": 1, "per_clip": {"c": {"embed_vs_reference": 0.5}}}}}
+    paths = {name: tmp_path / f"{name}.json" for name in ("repeat", "answer", "broken")}
+    paths["repeat"].write_text(json.dumps(_repeat({"a": [0, 5]})))
+    paths["answer"].write_text(json.dumps(answer))
+    paths["broken"].write_text("{not json")
+    cases = {
+        "missing": [str(tmp_path / "nowhere.json"), str(paths["repeat"])],
+        "not json": [str(paths["broken"]), str(paths["repeat"])],
+        "other task": [str(paths["repeat"]), str(paths["answer"])],
+        "unknown pair": [str(paths["answer"]), str(paths["answer"]), "--key", "embed_vs_nothing"],
+    }
+    for name, args in cases.items():
+        assert main(["compare-projectors", *args]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("chorus compare-projectors: ") and err.count("\n") == 1, (name, err)
+    assert main(["compare-projectors", str(paths["answer"]), str(paths["answer"])]) == 0
