@@ -64,9 +64,7 @@ def paired_difference(
     diffs = (a[draws].sum(axis=1) - b[draws].sum(axis=1)) / np.where(totals > 0, totals, 1.0)
     tail = (1 - CONFIDENCE) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
-    per_clip_a, per_clip_b = a / np.where(w > 0, w, 1.0), b / np.where(w > 0, w, 1.0)
-    a_better = per_clip_a < per_clip_b if lower_is_better else per_clip_a > per_clip_b
-    b_better = per_clip_b < per_clip_a if lower_is_better else per_clip_b > per_clip_a
+    per_clip_gain = (a - b) / np.where(w > 0, w, 1.0) * (-1 if lower_is_better else 1)  # > 0: the first does better
     return PairedDifference(
         clips=int(a.size),
         first=float(a.sum() / w.sum()),
@@ -74,8 +72,8 @@ def paired_difference(
         difference=float((a.sum() - b.sum()) / w.sum()),
         low=float(low),
         high=float(high),
-        first_better=int(a_better.sum()),
-        second_better=int(b_better.sum()),
+        first_better=int((per_clip_gain > 0).sum()),
+        second_better=int((per_clip_gain < 0).sum()),
     )
 
 
@@ -88,6 +86,8 @@ def _per_clip(report: dict, split: str, key: str) -> dict[str, list[float]]:
         return {clip: [errors, words] for clip, (errors, words) in figures[key]["per_clip"].items()}
     if "per_clip" not in figures:
         raise ValueError(f"the report has no per-clip F1 on {split} (measured before they were kept?)")
+    if any(key not in pairs for pairs in figures["per_clip"].values()):
+        raise ValueError(f"the report has no pair {key!r} on {split} (pairs: {sorted(next(iter(figures['per_clip'].values())))})")
     return {clip: [pairs[key], 1.0] for clip, pairs in figures["per_clip"].items()}
 
 
@@ -119,10 +119,11 @@ def compare_reports(first: dict, second: dict, key: str | None = None, seed: int
 
 def format_comparison(result: dict, names: tuple[str, str]) -> str:
     """The comparison as a Markdown table (WER in %, F1 as is)."""
-    scale, unit = (100, " %") if result["task"] == "repeat" else (1, "")
-    fmt = (lambda v: f"{v * scale:+.1f}{unit}") if scale == 100 else (lambda v: f"{v:+.3f}")
-    value = (lambda v: f"{v * scale:.1f}{unit}") if scale == 100 else (lambda v: f"{v:.3f}")
-    metric = "repeat WER" if result["task"] == "repeat" else "word F1"
+    wer = result["task"] == "repeat"
+
+    def cell(v: float, sign: str = "") -> str:
+        return f"{v * 100:{sign}.1f} %" if wer else f"{v:{sign}.3f}"
+    metric = "repeat WER" if wer else "word F1"
     a, b = names
     rows = [
         f"{metric} ({result['key']}), paired bootstrap {result['confidence']:.0%} interval",
@@ -132,8 +133,8 @@ def format_comparison(result: dict, names: tuple[str, str]) -> str:
     for split, r in result["splits"].items():
         mark = "" if r["decided"] else " (undecided)"
         rows.append(
-            f"| {split} | {r['clips']} | {value(r['first'])} | {value(r['second'])} | {fmt(r['difference'])}{mark} "
-            f"| {fmt(r['low'])} … {fmt(r['high'])} | {r['first_better']} | {r['second_better']} |"
+            f"| {split} | {r['clips']} | {cell(r['first'])} | {cell(r['second'])} | {cell(r['difference'], '+')}{mark} "
+            f"| {cell(r['low'], '+')} … {cell(r['high'], '+')} | {r['first_better']} | {r['second_better']} |"
         )
     return "\n".join(rows)
 
